@@ -1,0 +1,1 @@
+"""The paper's method: DDC-only and ALTP pruners (importing registers them)."""

@@ -1,0 +1,273 @@
+"""The pruner interface: pruners score and choose, the engine does the rest.
+
+A pruner declares *where* it prunes (:meth:`Pruner.schedule`) and *which* visual
+tokens survive each stage (:meth:`Pruner.select`). Gathering hidden states,
+position ids, attention masks and the KV cache is the engine's job
+(:mod:`altp.pruning.engine`), so a new pruner is one small file::
+
+    from altp.pruning import Pruner, PruneContext, Selection, register_pruner
+
+    @register_pruner("first")
+    class KeepFirstPruner(Pruner):
+        '''Keep the first n visual tokens (a toy).'''
+        def select(self, ctx: PruneContext) -> Selection:
+            idx = torch.arange(ctx.n_keep).expand(ctx.batch_size, -1)
+            return Selection(indices=idx)
+
+Index conventions used throughout:
+
+* ``V`` is the number of visual tokens the model produced (576 for GLaMM), laid
+  out row-major on a ``grid = (rows, cols)`` patch grid.
+* ``visual_ids`` are *original* indices in ``0..V-1``.
+* :attr:`Selection.indices` are *relative* to the visual tokens still present at
+  this stage (``0..V_cur-1``), sorted ascending, one row per batch element.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+__all__ = [
+    "PruneContext",
+    "PruneStage",
+    "Pruner",
+    "ScheduleInfo",
+    "Selection",
+    "available_pruners",
+    "build_pruner",
+    "kept_count",
+    "register_pruner",
+    "validate_keep",
+]
+
+
+def validate_keep(keep: float) -> float:
+    """Return ``keep`` as a float, or raise a one-line error if it is not in (0, 1]."""
+    try:
+        value = float(keep)
+    except (TypeError, ValueError):
+        raise ValueError(f"keep must be a number in (0, 1], got {keep!r}") from None
+    if not (0.0 < value <= 1.0) or math.isnan(value):
+        raise ValueError(f"keep must be in (0, 1] (the fraction of visual tokens kept), got {keep!r}")
+    return value
+
+
+def kept_count(keep: float, num_visual: int) -> int:
+    """Visual tokens kept for ``keep``: ``floor(keep * num_visual)``.
+
+    A tiny epsilon guards against binary round-off (``0.29 * 100 == 28.999...``).
+    Raises if the result would be zero: pruning every visual token is never what
+    a user meant.
+    """
+    keep = validate_keep(keep)
+    n = math.floor(keep * num_visual + 1e-9)
+    if n < 1:
+        raise ValueError(
+            f"keep={keep} keeps 0 of {num_visual} visual tokens; use keep >= {1 / num_visual:.6f}"
+        )
+    return n
+
+
+@dataclass(frozen=True)
+class ScheduleInfo:
+    """What a pruner may know about the sequence and model before prefill.
+
+    Attributes:
+        num_visual: V, visual tokens in the sequence before pruning.
+        num_text: text (non-visual) tokens in the prompt.
+        num_layers: decoder layers of the LLM.
+        hidden_size: LLM hidden size d (for FLOPs-matched schedules).
+        intermediate_size: LLM MLP size m (for FLOPs-matched schedules).
+        grid: (rows, cols) of the visual patch grid, rows * cols == num_visual.
+    """
+
+    num_visual: int
+    num_text: int
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    grid: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class PruneStage:
+    """One pruning step inside the decoder.
+
+    Attributes:
+        layer: visual tokens are dropped from the *input* of this decoder layer
+            (0-based), so layers ``< layer`` see the previous token set.
+        n_keep: visual tokens left after this stage (absolute count).
+        score_layer: the layer whose input norm, q/k projections and RoPE give
+            the last-token attention scores passed to :meth:`Pruner.select`
+            (FastV: ``layer - 1``; PDrop: ``layer``); ``None`` if the pruner
+            needs no scores.
+        renumber_positions: if True, position ids after this stage are
+            renumbered contiguously (PDrop); if False the original ids are kept
+            with gaps (FastV).
+    """
+
+    layer: int
+    n_keep: int
+    score_layer: int | None
+    renumber_positions: bool = False
+
+
+@dataclass(frozen=True)
+class PruneContext:
+    """Everything a pruner may look at when choosing tokens at one stage.
+
+    Attributes:
+        stage: index of this stage in the schedule (0-based).
+        layer: decoder layer whose input is being pruned.
+        n_keep: how many of the current visual tokens to keep.
+        num_visual: V, visual tokens before any pruning.
+        grid: (rows, cols) of the original patch grid.
+        visual_ids: (B, V_cur) long, original indices of the visual tokens still
+            present, ascending.
+        scores: (B, V_cur) float32 attention weight of the last token to each of
+            those tokens (softmax over the whole row per head, then the mean over
+            heads), or None when the stage asked for no scores.
+        prep: one entry per batch element: what :meth:`Pruner.prepare` returned
+            for that sample's image (None entries when there was no image).
+        seed: per-sample seed for pruners that draw random numbers.
+    """
+
+    stage: int
+    layer: int
+    n_keep: int
+    num_visual: int
+    grid: tuple[int, int]
+    visual_ids: torch.Tensor
+    scores: torch.Tensor | None
+    prep: tuple[Any, ...]
+    seed: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.visual_ids.shape[0])
+
+    @property
+    def num_current(self) -> int:
+        """V_cur, visual tokens present before this stage."""
+        return int(self.visual_ids.shape[1])
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A pruner's answer for one stage.
+
+    Attributes:
+        indices: (B, n_keep) long, sorted ascending, relative to the visual
+            tokens present at this stage (``0..V_cur-1``).
+        extras: per-sample JSON-serialisable details to record (e.g. ALTP's
+            region budgets), one dict per batch element; may be empty.
+    """
+
+    indices: torch.Tensor
+    extras: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+
+class Pruner(ABC):
+    """Base class of every visual-token pruner.
+
+    Subclasses set :attr:`name` (via :func:`register_pruner`) and implement
+    :meth:`select`; the default :meth:`schedule` prunes once, before layer
+    ``layer`` (K=2), scoring with layer ``K-1`` like FastV.
+
+    Args:
+        keep: fraction of visual tokens kept, in (0, 1]. The engine keeps
+            exactly ``floor(keep * V)``.
+        layer: K, the decoder layer whose input is pruned.
+    """
+
+    name: ClassVar[str] = ""
+    #: whether :meth:`select` reads ``ctx.scores`` (the engine skips computing them otherwise)
+    needs_scores: ClassVar[bool] = True
+
+    def __init__(self, *, keep: float, layer: int = 2) -> None:
+        self.keep = validate_keep(keep)
+        if layer < 1:
+            raise ValueError(f"pruning layer must be >= 1 (layer 0 has no attention to score with), got {layer}")
+        self.layer = int(layer)
+
+    def schedule(self, info: ScheduleInfo) -> list[PruneStage]:
+        """Stages for one sequence; empty means no pruning."""
+        if self.layer >= info.num_layers:
+            raise ValueError(f"pruning layer {self.layer} >= num_layers {info.num_layers}")
+        n_keep = kept_count(self.keep, info.num_visual)
+        return [
+            PruneStage(
+                layer=self.layer,
+                n_keep=n_keep,
+                score_layer=self.layer - 1 if self.needs_scores else None,
+            )
+        ]
+
+    def prepare(self, image: np.ndarray, grid: tuple[int, int]) -> Any:
+        """Per-image work done at load time, off the model's critical path.
+
+        Args:
+            image: (H, W, 3) uint8 RGB, exactly the pixels the vision tower sees
+                (336x336 for GLaMM after CLIP preprocessing, before normalisation).
+            grid: (rows, cols) of the visual patch grid.
+
+        Returns:
+            Anything; it comes back as ``ctx.prep[b]``. The default does nothing.
+        """
+        return None
+
+    def select(self, ctx: PruneContext) -> Selection:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def hparams(self) -> dict[str, Any]:
+        """Hyper-parameters to record in run files."""
+        return {"keep": self.keep, "layer": self.layer}
+
+
+_REGISTRY: dict[str, type[Pruner]] = {}
+
+
+def register_pruner(name: str) -> Callable[[type[Pruner]], type[Pruner]]:
+    """Class decorator adding a pruner under ``name``; rejects duplicates."""
+
+    def deco(cls: type[Pruner]) -> type[Pruner]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"pruner name {name!r} already registered by {_REGISTRY[name].__qualname__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def _import_builtin_pruners() -> None:
+    # Importing the modules runs their @register_pruner decorators.
+    import altp.methods  # noqa: F401
+    import baselines  # noqa: F401
+
+
+def available_pruners() -> list[str]:
+    """Names of all registered pruners, sorted (``none`` means no pruning)."""
+    _import_builtin_pruners()
+    return sorted(["none", *_REGISTRY])
+
+
+def build_pruner(name: str, **kwargs: Any) -> Pruner | None:
+    """Build a registered pruner by name; ``"none"`` returns None.
+
+    Raises:
+        ValueError: unknown name, listing the valid ones.
+    """
+    _import_builtin_pruners()
+    if name == "none":
+        return None
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown pruner {name!r}; choose one of: {', '.join(available_pruners())}")
+    return _REGISTRY[name](**kwargs)

@@ -1,0 +1,1 @@
+"""Baseline pruners (importing registers them)."""
