@@ -26,7 +26,7 @@ Index conventions used throughout:
 from __future__ import annotations
 
 import math
-from abc import ABC
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -223,8 +223,9 @@ class Pruner(ABC):
         """
         return None
 
-    def select(self, ctx: PruneContext) -> Selection:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def select(self, ctx: PruneContext) -> Selection:
+        """Choose the visual tokens to keep at one stage (see :class:`Selection`)."""
 
     def hparams(self) -> dict[str, Any]:
         """Hyper-parameters to record in run files."""
