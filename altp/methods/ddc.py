@@ -1,0 +1,201 @@
+"""DDC-only: SLIC regions, the same keep share in every region, top tokens by attention.
+
+Also home of :class:`RegionPruner`, the part DDC-only and ALTP share: superpixels
+at image load (:meth:`RegionPruner.prepare`), then on the critical path only the
+budget rounding (about ten regions) and one vectorised per-region top-k.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from altp.budgets import ddc_budgets
+from altp.pruning.base import (
+    PruneContext,
+    Pruner,
+    PruneStage,
+    ScheduleInfo,
+    Selection,
+    register_pruner,
+)
+from altp.superpixels import RegionMap, VarianceMode, compute_regions
+
+__all__ = ["DDCPruner", "RegionPruner", "top_per_region"]
+
+_IMPORTANCE: tuple[str, ...] = ("attention", "random")
+
+
+def top_per_region(
+    scores: torch.Tensor, region: torch.Tensor, budgets: torch.Tensor, n_keep: int
+) -> torch.Tensor:
+    """Keep the ``budgets[b, k]`` highest-scoring tokens of every region k.
+
+    Args:
+        scores: (B, V_cur) float importance; higher is kept first.
+        region: (B, V_cur) long region index in ``0..R_max-1`` of each token.
+        budgets: (B, R_max) long, ``budgets[b].sum() == n_keep`` and
+            ``budgets[b, k] <=`` the tokens of region k in row b.
+        n_keep: tokens kept per row.
+
+    Returns:
+        (B, n_keep) long indices into ``0..V_cur-1``, sorted ascending. Score
+        ties go to the lower index.
+    """
+    bsz, v_cur = scores.shape
+    # Stable sorts: by score descending (ties keep the lower index first), then
+    # by region; the result lists each region's tokens best-first, regions in order.
+    by_score = torch.sort(scores, dim=1, descending=True, stable=True).indices  # (B, V)
+    reg_by_score = region.gather(1, by_score)
+    by_region = torch.sort(reg_by_score, dim=1, stable=True).indices
+    order = by_score.gather(1, by_region)  # (B, V) token ids grouped by region, best first
+    reg_sorted = reg_by_score.gather(1, by_region)
+    sizes = torch.zeros_like(budgets).scatter_add_(1, region, torch.ones_like(region))
+    starts = sizes.cumsum(1) - sizes  # (B, R) first sorted position of each region
+    rank = torch.arange(v_cur, device=scores.device).expand(bsz, -1) - starts.gather(1, reg_sorted)
+    keep = rank < budgets.gather(1, reg_sorted)
+    kept = order[keep].view(bsz, n_keep)  # exact because each row keeps sum(budgets) tokens
+    return kept.sort(dim=1).values
+
+
+class RegionPruner(Pruner):
+    """Shared machinery of the superpixel pruners; subclasses choose the budgets.
+
+    Args:
+        keep: fraction of visual tokens kept, in (0, 1].
+        layer: K, the decoder layer whose input is pruned (2: same place and
+            FLOPs as FastV).
+        n_segments, compactness, sigma: SLIC parameters (:func:`compute_regions`).
+        importance: within-region token score: ``"attention"`` (FastV's
+            last-token attention at layer K-1, the paper's choice) or
+            ``"random"`` (a seeded control; no attention row is computed).
+    """
+
+    needs_scores: ClassVar[bool] = True
+    #: colour space of the pixel variance; only ALTP's densities read it.
+    variance_mode: VarianceMode = "channel_mean"
+
+    def __init__(
+        self,
+        *,
+        keep: float,
+        layer: int = 2,
+        n_segments: int = 10,
+        compactness: float = 5.0,
+        sigma: float = 1.0,
+        importance: str = "attention",
+    ) -> None:
+        super().__init__(keep=keep, layer=layer)
+        if importance not in _IMPORTANCE:
+            raise ValueError(
+                f"unknown importance {importance!r}; choose one of: {', '.join(_IMPORTANCE)}"
+            )
+        if int(n_segments) < 1 or compactness <= 0 or sigma < 0:
+            raise ValueError(
+                f"need n_segments >= 1, compactness > 0, sigma >= 0; got {n_segments}, {compactness}, {sigma}"
+            )
+        self.n_segments = int(n_segments)
+        self.compactness = float(compactness)
+        self.sigma = float(sigma)
+        self.importance = importance
+
+    def schedule(self, info: ScheduleInfo) -> list[PruneStage]:
+        stages = super().schedule(info)
+        if self.importance == "attention":
+            return stages
+        # Random importance reads no scores: spare the engine the attention row.
+        return [PruneStage(layer=s.layer, n_keep=s.n_keep, score_layer=None) for s in stages]
+
+    def prepare(self, image: np.ndarray, grid: tuple[int, int]) -> RegionMap:
+        """Superpixels of the image the vision tower sees; runs at image load."""
+        return compute_regions(
+            image,
+            grid,
+            n_segments=self.n_segments,
+            compactness=self.compactness,
+            sigma=self.sigma,
+            variance_mode=self.variance_mode,
+        )
+
+    def region_budgets(
+        self, regions: RegionMap, sizes: np.ndarray, n_keep: int
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """(R,) int budgets for regions holding ``sizes`` tokens, plus extras to record."""
+        raise NotImplementedError
+
+    def _importance(self, ctx: PruneContext) -> torch.Tensor:
+        if self.importance == "random":
+            gen = torch.Generator().manual_seed(int(ctx.seed))
+            return torch.rand(ctx.batch_size, ctx.num_current, generator=gen).to(
+                ctx.visual_ids.device
+            )
+        if ctx.scores is None:
+            raise ValueError(
+                f"{self.name} with importance='attention' needs ctx.scores; the stage must set score_layer"
+            )
+        return ctx.scores.float()
+
+    def select(self, ctx: PruneContext) -> Selection:
+        scores = self._importance(ctx)
+        device = scores.device
+        ids = ctx.visual_ids.cpu().numpy()
+        regions_b, budgets_b, extras = [], [], []
+        for b, regions in enumerate(ctx.prep):
+            if not isinstance(regions, RegionMap):
+                raise ValueError(
+                    f"{self.name} needs ctx.prep[{b}] = pruner.prepare(image, grid) computed at image load, "
+                    f"got {type(regions).__name__}"
+                )
+            if regions.grid != tuple(ctx.grid):
+                raise ValueError(
+                    f"prep grid {regions.grid} != model grid {tuple(ctx.grid)}; re-run prepare()"
+                )
+            # Regions of the tokens still present (all of them at the first stage).
+            region = regions.patch_region[ids[b]]
+            sizes = np.bincount(region, minlength=regions.num_regions)
+            present = sizes > 0
+            budgets = np.zeros(regions.num_regions, dtype=np.int64)
+            budgets[present], extra = self.region_budgets(regions, sizes, ctx.n_keep)
+            regions_b.append(region)
+            budgets_b.append(budgets)
+            extras.append(
+                {
+                    "region_ids": regions.region_labels[present].tolist(),
+                    "region_sizes": sizes[present].tolist(),
+                    "budgets": budgets[present].tolist(),
+                    **extra,
+                }
+            )
+        r_max = max(len(x) for x in budgets_b)
+        budget_t = torch.zeros(ctx.batch_size, r_max, dtype=torch.long)
+        for b, budgets in enumerate(budgets_b):
+            budget_t[b, : len(budgets)] = torch.from_numpy(budgets)
+        region_t = torch.from_numpy(np.stack(regions_b)).to(device)
+        kept = top_per_region(scores, region_t, budget_t.to(device), ctx.n_keep)
+        return Selection(indices=kept, extras=tuple(extras))
+
+    def hparams(self) -> dict[str, Any]:
+        return {
+            **super().hparams(),
+            "n_segments": self.n_segments,
+            "compactness": self.compactness,
+            "sigma": self.sigma,
+            "importance": self.importance,
+        }
+
+
+@register_pruner("ddc")
+class DDCPruner(RegionPruner):
+    """DDC-only: every region keeps the same share r of its tokens (``ceil(r|k|)``, trimmed)."""
+
+    def region_budgets(
+        self, regions: RegionMap, sizes: np.ndarray, n_keep: int
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        present = sizes[sizes > 0]
+        v_cur = int(present.sum())
+        # The paper's share r is `keep` over the full grid; should tokens already
+        # have been pruned once, the share that lands on n_keep is n_keep / V_cur.
+        share = self.keep if v_cur == regions.patch_region.size else n_keep / v_cur
+        return ddc_budgets(sizes=present, keep=share, n_keep=n_keep), {}
