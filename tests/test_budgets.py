@@ -87,7 +87,11 @@ def test_flat_image_gives_equal_weights() -> None:
 def test_single_region_and_keep_all() -> None:
     assert altp_budgets(weights=np.array([1.0]), sizes=np.array([576]), n_keep=57).tolist() == [57]
     sizes = np.array([3, 100, 17])
-    assert altp_budgets(weights=np.array([0.8, 0.1, 0.1]), sizes=sizes, n_keep=120).tolist() == [3, 100, 17]
+    assert altp_budgets(weights=np.array([0.8, 0.1, 0.1]), sizes=sizes, n_keep=120).tolist() == [
+        3,
+        100,
+        17,
+    ]
     assert ddc_budgets(sizes=sizes, keep=1.0, n_keep=120).tolist() == [3, 100, 17]
 
 
@@ -118,17 +122,23 @@ def _random_regions(rng: np.random.Generator) -> np.ndarray:
 
 @settings(max_examples=80, deadline=None)
 @given(rng=_label_maps, keep=st.floats(0.01, 1.0), alpha=st.floats(0.1, 5.0))
-def test_altp_budgets_exact_and_bounded(rng: np.random.Generator, keep: float, alpha: float) -> None:
+def test_altp_budgets_exact_and_bounded(
+    rng: np.random.Generator, keep: float, alpha: float
+) -> None:
     sizes = _random_regions(rng)
     v = int(sizes.sum())
     n_keep = kept_count(keep, v) if keep * v >= 1 else 1
     # Densities with zeros and duplicates, like flat and identical regions.
-    density = rng.choice([0.0, 1.0, 7.5, 300.0, 1e4], size=sizes.size) * rng.random(sizes.size).round(1)
+    density = rng.choice([0.0, 1.0, 7.5, 300.0, 1e4], size=sizes.size) * rng.random(
+        sizes.size
+    ).round(1)
     w = ddf_weights(density, alpha=alpha)
     b = altp_budgets(weights=w, sizes=sizes, n_keep=n_keep)
     assert b.dtype == np.int64 and int(b.sum()) == n_keep
     assert (b >= 0).all() and (b <= sizes).all()
-    np.testing.assert_array_equal(b, altp_budgets(weights=w.copy(), sizes=sizes.copy(), n_keep=n_keep))
+    np.testing.assert_array_equal(
+        b, altp_budgets(weights=w.copy(), sizes=sizes.copy(), n_keep=n_keep)
+    )
     # Every budget is the floor or the ceil of its water-filled target.
     t = waterfill(w, sizes, n_keep)
     assert (b >= np.floor(t - 1e-9)).all() and (b <= np.ceil(t + 1e-9)).all()
@@ -136,7 +146,9 @@ def test_altp_budgets_exact_and_bounded(rng: np.random.Generator, keep: float, a
 
 @settings(max_examples=80, deadline=None)
 @given(rng=_label_maps, frac=st.floats(0.0, 1.0))
-def test_waterfill_matches_capped_proportional_oracle(rng: np.random.Generator, frac: float) -> None:
+def test_waterfill_matches_capped_proportional_oracle(
+    rng: np.random.Generator, frac: float
+) -> None:
     # Independent characterisation: t_k = min(size_k, lam * w_k) for one lam,
     # with sum t = total; find lam by bisection.
     sizes = _random_regions(rng)

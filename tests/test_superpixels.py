@@ -64,7 +64,9 @@ def test_variance_modes_match_direct_computation() -> None:
     got = {m: region_variance(img, labels, 5, m) for m in ("channel_mean", "pooled", "gray")}
     for k in range(4):
         px = img[labels == k].astype(np.float64)  # (n, 3)
-        np.testing.assert_allclose(got["channel_mean"][k], np.mean([np.var(px[:, c]) for c in range(3)]))
+        np.testing.assert_allclose(
+            got["channel_mean"][k], np.mean([np.var(px[:, c]) for c in range(3)])
+        )
         np.testing.assert_allclose(got["pooled"][k], np.var(px))
         np.testing.assert_allclose(got["gray"][k], np.var(px @ luma))
     assert got["channel_mean"][4] == 0.0  # label with no pixels
@@ -90,7 +92,9 @@ def test_compute_regions_matches_direct_slic() -> None:
     for k, lab in enumerate(regions.region_labels):
         px = img[labels == lab].astype(np.float64)
         assert regions.pixel_count[k] == len(px)
-        np.testing.assert_allclose(regions.variance[k], np.mean([np.var(px[:, c]) for c in range(3)]))
+        np.testing.assert_allclose(
+            regions.variance[k], np.mean([np.var(px[:, c]) for c in range(3)])
+        )
     # Each patch's region is the most frequent SLIC label among its 14x14 pixels.
     for i, k in enumerate(regions.patch_region):
         r, c = divmod(i, 4)
