@@ -7,6 +7,7 @@ budget rounding (about ten regions) and one vectorised per-region top-k.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
@@ -56,8 +57,10 @@ def top_per_region(
     starts = sizes.cumsum(1) - sizes  # (B, R) first sorted position of each region
     rank = torch.arange(v_cur, device=scores.device).expand(bsz, -1) - starts.gather(1, reg_sorted)
     keep = rank < budgets.gather(1, reg_sorted)
-    kept = order[keep].view(bsz, n_keep)  # exact because each row keeps sum(budgets) tokens
-    return kept.sort(dim=1).values
+    # Push dropped tokens past V_cur and sort once: the first n_keep entries are
+    # the kept ids in ascending order (boolean indexing would sync a GPU).
+    key = torch.where(keep, order, order + v_cur)
+    return key.sort(dim=1).values[:, :n_keep]
 
 
 class RegionPruner(Pruner):
@@ -119,11 +122,21 @@ class RegionPruner(Pruner):
             variance_mode=self.variance_mode,
         )
 
+    @abstractmethod
     def region_budgets(
         self, regions: RegionMap, sizes: np.ndarray, n_keep: int
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        """(R,) int budgets for regions holding ``sizes`` tokens, plus extras to record."""
-        raise NotImplementedError
+        """Budgets for the regions that still hold tokens.
+
+        Args:
+            regions: the image's :class:`RegionMap`.
+            sizes: (R,) tokens each region holds now (0 for regions already emptied).
+            n_keep: exact total to keep.
+
+        Returns:
+            ((R_present,) int64 budgets in region order, summing to ``n_keep``;
+            extra per-region details to record, JSON-serialisable).
+        """
 
     def _importance(self, ctx: PruneContext) -> torch.Tensor:
         if self.importance == "random":
@@ -140,7 +153,10 @@ class RegionPruner(Pruner):
     def select(self, ctx: PruneContext) -> Selection:
         scores = self._importance(ctx)
         device = scores.device
-        ids = ctx.visual_ids.cpu().numpy()
+        # At the first stage the tokens are all of 0..V-1 in order, so the region
+        # map applies as is and the ids need not be copied off the device.
+        full = ctx.num_current == ctx.num_visual
+        ids = None if full else ctx.visual_ids.cpu().numpy()
         regions_b, budgets_b, extras = [], [], []
         for b, regions in enumerate(ctx.prep):
             if not isinstance(regions, RegionMap):
@@ -153,7 +169,7 @@ class RegionPruner(Pruner):
                     f"prep grid {regions.grid} != model grid {tuple(ctx.grid)}; re-run prepare()"
                 )
             # Regions of the tokens still present (all of them at the first stage).
-            region = regions.patch_region[ids[b]]
+            region = regions.patch_region if ids is None else regions.patch_region[ids[b]]
             sizes = np.bincount(region, minlength=regions.num_regions)
             present = sizes > 0
             budgets = np.zeros(regions.num_regions, dtype=np.int64)
