@@ -186,6 +186,11 @@ def test_misuse_errors_and_records(preps: tuple) -> None:
         pruner.select(_ctx((None,), torch.rand(1, V), 57))
     with pytest.raises(ValueError, match="score_layer"):
         pruner.select(_ctx((preps[0],), None, 57))
+    with pytest.raises(ValueError, match="variance"):
+        ALTPPruner(keep=0.1, variance_mode="gray").select(_ctx((preps[0],), torch.rand(1, V), 57))
+    with pytest.raises(ValueError, match="grid"):
+        bad = regions_from_labels(np.zeros((336, 336, 3), np.uint8), np.zeros((336, 336)), (12, 12))
+        pruner.select(_ctx((bad,), torch.rand(1, V), 57))
     with pytest.raises(ValueError, match="importance"):
         ALTPPruner(keep=0.1, importance="norm")
     with pytest.raises(ValueError, match="alpha"):

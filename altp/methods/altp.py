@@ -73,6 +73,11 @@ class ALTPPruner(RegionPruner):
     def region_budgets(
         self, regions: RegionMap, sizes: np.ndarray, n_keep: int
     ) -> tuple[np.ndarray, dict[str, Any]]:
+        if regions.variance_mode != self.variance_mode:
+            raise ValueError(
+                f"prep measured variance as {regions.variance_mode!r} but this pruner uses "
+                f"{self.variance_mode!r}; compute ctx.prep with this pruner's prepare()"
+            )
         present = sizes > 0
         density = ddf_density(
             regions.variance[present], regions.pixel_count[present], regions.total_pixels
