@@ -1,0 +1,108 @@
+"""The model-adapter interface the runner calls (GLaMM now, OMG-LLaVA later).
+
+A GCG model adapter turns one image into a grounded caption: text with
+``<p>phrase</p> [SEG]`` tags, one binary mask per phrase. The runner only needs
+:class:`GCGModel`; everything model-specific (preprocessing, the vision tower,
+mask decoding) stays inside the adapter.
+
+Index conventions: masks are ``(H, W)`` bool at the *original* image size; the
+i-th mask pairs with the i-th phrase (that order is what the evaluator's AP50
+tie-breaking sees, so adapters must keep the order the model produced).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from PIL import Image
+
+    from altp.pruning.base import Pruner
+    from eval.flops import LLMShape
+
+__all__ = ["GCGModel", "GCGPrediction", "MissingCheckpointError"]
+
+
+class MissingCheckpointError(FileNotFoundError):
+    """A weights file the model needs is not on disk.
+
+    ``str(err)`` is ONE line naming the missing path and the command that fetches
+    it, so the runner can print it without a traceback and exit non-zero.
+    """
+
+    def __init__(self, *, missing: str, how_to_get: str) -> None:
+        self.missing = missing
+        self.how_to_get = how_to_get
+        super().__init__(f"missing {missing}: get it with `{how_to_get}`")
+
+    def __str__(self) -> str:  # FileNotFoundError's default str() adds errno noise
+        return f"missing {self.missing}: get it with `{self.how_to_get}`"
+
+
+@dataclass
+class GCGPrediction:
+    """One image's grounded caption.
+
+    Attributes:
+        caption: the answer with tags and ``[SEG]`` removed, whitespace collapsed.
+        phrases: the ``<p>...</p>`` contents, stripped, in generation order.
+        masks: one (H, W) bool array per ``[SEG]`` token at the original image
+            size, in generation order. Normally ``len(masks) == len(phrases)``;
+            a model that emits a phrase without ``[SEG]`` (or the reverse) makes
+            them differ and the adapter reports what the model produced.
+        record: the engine's PruneRecord (kept tokens per stage, extras, timings).
+        num_text_tokens: non-visual prompt tokens (for the FLOPs ratio).
+        num_visual: visual tokens before pruning (576 for GLaMM).
+        new_tokens: generated tokens, EOS included if it was produced.
+        timings: milliseconds: vision_ms, prefill_ms, decode_ms, mask_ms, total_ms.
+    """
+
+    caption: str
+    phrases: list[str]
+    masks: list[np.ndarray]
+    record: Any
+    num_text_tokens: int
+    num_visual: int
+    new_tokens: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class GCGModel(Protocol):
+    """What the runner needs from a grounded-conversation model.
+
+    Attributes:
+        name: registry / table label (``glamm``, ``glamm_tiny``).
+        grid: (rows, cols) of the visual patch grid, rows * cols == num_visual.
+        num_visual: visual tokens the LLM sees before pruning.
+        llm_shape: decoder shape for the eq.-5 FLOPs ratio.
+        device: where the model runs.
+        dtype: compute dtype of the LLM.
+    """
+
+    name: str
+    grid: tuple[int, int]
+    num_visual: int
+    llm_shape: LLMShape
+    device: torch.device
+    dtype: torch.dtype
+
+    def vision_image(self, image: Image.Image) -> np.ndarray:
+        """(H, W, 3) uint8: exactly the pixels the vision tower sees (for Pruner.prepare)."""
+        ...
+
+    def predict(
+        self,
+        image: Image.Image,
+        *,
+        pruner: Pruner | None,
+        prep: Any,
+        max_new_tokens: int | None = None,
+        seed: int = 0,
+    ) -> GCGPrediction:
+        """Greedy GCG inference on one image with ``pruner`` (None = unpruned)."""
+        ...

@@ -1,0 +1,262 @@
+"""GLaMM (groundingLMM) on stock transformers, with pruning through the engine.
+
+Parts, named after upstream's checkpoint prefixes (``model/GLaMM.py``,
+``model/llava/``):
+
+* ``vision_tower``: CLIP ViT-L/14-336; features of layer -2, patch tokens only
+  (CLS dropped) -> 24x24 = 576 visual tokens.
+* ``mm_projector``: Linear(1024, 4096), GELU, Linear(4096, 4096).
+* ``llm``: LlamaForCausalLM (Vicuna-7B shapes).
+* ``grounding_encoder``: SAM ViT-H (:mod:`altp.models.sam`).
+* ``text_hidden_fcs``: Linear(4096, 4096), ReLU, Linear(4096, 256).
+
+GCG inference (``eval/gcg/infer.py``): the llava_v1 prompt with the image
+features spliced in place of ``<image>`` between ``<im_start>`` and
+``<im_end>``; greedy decoding; the final-layer (post-norm) hidden state of the
+token *before* each ``[SEG]`` -- the state whose logits produced ``[SEG]`` --
+goes through ``text_hidden_fcs`` into SAM as one sparse prompt. The engine
+returns exactly those states as ``step_hidden``, so ``step_hidden[tokens == seg]``
+needs no position offset, pruned or not (upstream hard-codes 575, which breaks
+as soon as tokens are dropped).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+)
+
+from altp.models.base import GCGPrediction
+from altp.models.sam import GroundingEncoder, GroundingEncoderConfig
+from altp.models.tokenizer import GLaMMTokenIds, gcg_prompt, parse_gcg_output, tokenize_with_image
+from eval.flops import LLMShape
+
+__all__ = ["CLIP_MEAN", "CLIP_STD", "GLaMM", "GLaMMConfig", "clip_resize_crop"]
+
+# openai/clip-vit-large-patch14-336 preprocessor_config.json
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class GLaMMConfig:
+    """Sizes of every part; the defaults are the released GLaMM-GCG.
+
+    ``clip`` and ``llm`` are keyword arguments of ``CLIPVisionConfig`` and
+    ``LlamaConfig`` so the same code builds the 7B model (from the checkpoint's
+    own config files) and a tiny random one.
+    """
+
+    clip: dict[str, Any] = field(default_factory=lambda: dict(
+        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+        image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5))
+    llm: dict[str, Any] = field(default_factory=lambda: dict(
+        vocab_size=32007, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+        num_attention_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False))
+    sam: GroundingEncoderConfig = field(default_factory=GroundingEncoderConfig)
+    select_layer: int = -2  # mm_vision_select_layer: the penultimate CLIP layer
+    out_dim: int = 256  # text_hidden_fcs output = SAM prompt width
+
+
+def clip_resize_crop(image: Image.Image, size: int) -> np.ndarray:
+    """CLIPImageProcessor's resize + centre crop, without normalisation.
+
+    Shortest side -> ``size`` (long side ``int(size * long / short)``, PIL
+    bicubic), then a centre crop of ``size x size`` with the top-left corner at
+    ``((h - size) // 2, (w - size) // 2)``.
+
+    Returns:
+        (size, size, 3) uint8 RGB.
+    """
+    image = image.convert("RGB")
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    arr = np.asarray(image.resize((new_w, new_h), Image.Resampling.BICUBIC))
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return np.ascontiguousarray(arr[top : top + size, left : left + size])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class GLaMM(nn.Module):
+    """GLaMM for grounded conversation generation; implements :class:`altp.models.base.GCGModel`.
+
+    Args:
+        config: part sizes.
+        tokenizer: a tokenizer carrying GLaMM's added tokens.
+        token_ids: its checked ids (:func:`altp.models.tokenizer.load_glamm_tokenizer`).
+        name: label recorded in run files.
+        max_new_tokens: default generation length (upstream: 512).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: GLaMMConfig,
+        tokenizer: PreTrainedTokenizerBase,
+        token_ids: GLaMMTokenIds,
+        name: str = "glamm",
+        max_new_tokens: int = 512,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.name = name
+        self.tokenizer = tokenizer
+        self.token_ids = token_ids
+        self.max_new_tokens = int(max_new_tokens)
+        clip_cfg = CLIPVisionConfig(**config.clip)
+        llm_cfg = LlamaConfig(**config.llm)
+        if token_ids.base_vocab + 7 > llm_cfg.vocab_size:
+            raise ValueError(f"tokenizer ids reach {token_ids.base_vocab + 7} but the LLM has {llm_cfg.vocab_size} rows")
+        self.vision_tower = CLIPVisionModel(clip_cfg)
+        d, c = llm_cfg.hidden_size, clip_cfg.hidden_size
+        self.mm_projector = nn.Sequential(nn.Linear(c, d), nn.GELU(), nn.Linear(d, d))
+        self.llm = LlamaForCausalLM(llm_cfg)
+        self.grounding_encoder = GroundingEncoder(config=config.sam)
+        self.text_hidden_fcs = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, config.out_dim))
+
+        side = clip_cfg.image_size // clip_cfg.patch_size
+        self.clip_size = clip_cfg.image_size
+        self.grid: tuple[int, int] = (side, side)
+        self.num_visual = side * side
+        self.llm_shape = LLMShape(hidden_size=d, intermediate_size=llm_cfg.intermediate_size,
+                                  num_layers=llm_cfg.num_hidden_layers)
+        self.prompt = gcg_prompt()
+        self.prefix_ids, self.suffix_ids = tokenize_with_image(self.prompt, tokenizer)
+        self.num_text_tokens = len(self.prefix_ids) + len(self.suffix_ids)
+        # RoPE frequencies must stay fp32 under .to(bfloat16): a bf16 inv_freq puts
+        # position ~600 off by up to a radian in the fast rotary channels.
+        self._rope_fp32 = {n: m.inv_freq.detach().float().cpu().clone() for n, m in self.named_modules()
+                           if "RotaryEmbedding" in type(m).__name__ and hasattr(m, "inv_freq")}
+
+    def _apply(self, fn: Any, recurse: bool = True) -> GLaMM:
+        super()._apply(fn, recurse)
+        for name, master in self._rope_fp32.items():
+            mod = self.get_submodule(name)
+            mod.inv_freq = master.to(mod.inv_freq.device)
+            if hasattr(mod, "original_inv_freq"):
+                mod.original_inv_freq = master.to(mod.inv_freq.device).clone()
+        return self
+
+    # -- properties the runner reads ---------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.mm_projector[0].weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.mm_projector[0].weight.dtype
+
+    # -- stages --------------------------------------------------------------------------------
+    def vision_image(self, image: Image.Image) -> np.ndarray:
+        """(336, 336, 3) uint8: the pixels CLIP sees (after resize + crop, before normalising)."""
+        return clip_resize_crop(image, self.clip_size)
+
+    def clip_pixels(self, image: Image.Image) -> torch.Tensor:
+        """(1, 3, S, S) normalised CLIP input in the model's dtype."""
+        x = torch.from_numpy(self.vision_image(image)).permute(2, 0, 1).unsqueeze(0).float()
+        mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD, dtype=torch.float32).view(1, 3, 1, 1)
+        x = (x / 255.0 - mean) / std  # fp32 like CLIPImageProcessor, cast afterwards like upstream
+        return x.to(device=self.device, dtype=self.dtype)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(1, 3, S, S) -> projected visual tokens (1, V, D), row-major over the grid."""
+        out = self.vision_tower(pixel_values=pixels, output_hidden_states=True)
+        feats = out.hidden_states[self.config.select_layer][:, 1:]  # drop CLS: (1, V, C)
+        return self.mm_projector(feats)
+
+    def build_inputs_embeds(self, visual: torch.Tensor) -> torch.Tensor:
+        """Prompt embeddings with ``visual`` (1, V, D) in place of ``<image>``: (1, L, D).
+
+        Layout: ``[BOS ... <im_start>] [V visual] [<im_end> ... ASSISTANT:]``;
+        the visual span starts at ``len(self.prefix_ids)``.
+        """
+        emb = self.llm.get_input_embeddings()
+        ids = torch.tensor([self.prefix_ids + self.suffix_ids], device=self.device)
+        text = emb(ids)  # (1, L_text, D)
+        k = len(self.prefix_ids)
+        return torch.cat([text[:, :k], visual.to(text.dtype), text[:, k:]], dim=1)
+
+    def masks_from_states(self, image: Image.Image, seg_states: torch.Tensor) -> list[np.ndarray]:
+        """``[SEG]`` hidden states (N, D) -> N bool masks (H, W) at the image's size."""
+        if seg_states.shape[0] == 0:
+            return []
+        sam = self.grounding_encoder
+        pixels, input_hw = sam.preprocess(image)
+        embedding = sam.encode(pixels.to(self.device, self.dtype))
+        text = self.text_hidden_fcs(seg_states.to(self.dtype))  # (N, 256)
+        low_res = sam.decode(embedding, text)
+        logits = sam.postprocess(low_res, input_hw=input_hw, original_hw=(image.height, image.width))
+        return [m.cpu().numpy() for m in logits > 0]
+
+    # -- the GCGModel entry point --------------------------------------------------------------
+    @torch.inference_mode()
+    def predict(
+        self,
+        image: Image.Image,
+        *,
+        pruner: Any | None,
+        prep: Any,
+        max_new_tokens: int | None = None,
+        seed: int = 0,
+        use_cache: bool = True,
+    ) -> GCGPrediction:
+        """Greedy GCG inference on one image.
+
+        Args:
+            image: any PIL image (converted to RGB).
+            pruner: a :class:`altp.pruning.base.Pruner`, or None for the full model.
+            prep: what ``pruner.prepare(self.vision_image(image), self.grid)`` returned.
+            max_new_tokens: defaults to the model's (512 for the real model).
+            seed: per-image seed for random pruners.
+            use_cache: False recomputes the whole sequence every step (upstream's
+                way; for equivalence tests and benchmarks).
+        """
+        from altp.pruning.engine import PruningEngine
+
+        image = image.convert("RGB")
+        dev = self.device
+        t0 = time.perf_counter()
+        visual = self.encode_image(self.clip_pixels(image))
+        embeds = self.build_inputs_embeds(visual)
+        _sync(dev)
+        t1 = time.perf_counter()
+        out = PruningEngine(lm=self.llm, pruner=pruner).generate(
+            inputs_embeds=embeds, visual_start=len(self.prefix_ids), num_visual=self.num_visual, grid=self.grid,
+            prep=[prep], max_new_tokens=int(max_new_tokens or self.max_new_tokens),
+            eos_token_id=self.token_ids.eos, use_cache=use_cache, seed=seed,
+        )
+        tokens = out.tokens[0]  # (T,)
+        seg_states = out.step_hidden[0][tokens == self.token_ids.seg]  # (N, D): the state that produced [SEG]
+        _sync(dev)
+        t2 = time.perf_counter()
+        masks = self.masks_from_states(image, seg_states)
+        _sync(dev)
+        t3 = time.perf_counter()
+        text = self.tokenizer.decode(tokens.tolist(), skip_special_tokens=False)
+        caption, phrases = parse_gcg_output(text)
+        return GCGPrediction(
+            caption=caption, phrases=phrases, masks=masks, record=out.record,
+            num_text_tokens=self.num_text_tokens, num_visual=self.num_visual, new_tokens=int(tokens.numel()),
+            timings={"vision_ms": (t1 - t0) * 1e3, "prefill_ms": float(out.prefill_ms),
+                     "decode_ms": float(out.decode_ms), "mask_ms": (t3 - t2) * 1e3,
+                     "total_ms": (time.perf_counter() - t0) * 1e3},
+        )

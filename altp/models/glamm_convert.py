@@ -1,0 +1,313 @@
+"""Load the official GLaMM-GCG checkpoint (and CLIP) into :class:`GLaMM`; write that layout back.
+
+Official layout (``MBZUAI/GLaMM-GCG``, saved by groundingLMM's ``GLaMMForCausalLM``):
+``model.embed_tokens``, ``model.layers.*``, ``model.norm``, ``lm_head``,
+``model.mm_projector.{0,2}``, ``model.text_hidden_fcs.0.{0,2}``,
+``model.grounding_encoder.{image_encoder,prompt_encoder,mask_decoder}.*``
+(segment-anything names) and ``model.region_encoder.*`` (unused for GCG,
+ignored). Old transformers also saved ``model.layers.*.self_attn.rotary_emb.inv_freq``;
+those are accepted only if they equal the model's own RoPE frequencies. CLIP
+comes from ``openai/clip-vit-large-patch14-336`` (``vision_model.*``; its text
+side is ignored).
+
+The mapping is defined once, ours -> official (:func:`official_key`), and
+inverted for loading, so the writer and the loader cannot drift apart. Every
+unmapped or missing key and every shape mismatch is reported in one error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from altp.models.base import MissingCheckpointError
+from altp.models.glamm import GLaMM, GLaMMConfig
+from altp.models.sam import GroundingEncoderConfig
+from altp.models.tokenizer import load_glamm_tokenizer
+
+__all__ = [
+    "CheckpointMismatchError",
+    "build_glamm",
+    "clip_key",
+    "load_official_weights",
+    "official_key",
+    "read_state_dict",
+    "write_official_checkpoint",
+]
+
+GLAMM_REPO = "MBZUAI/GLaMM-GCG"
+CLIP_REPO = "openai/clip-vit-large-patch14-336"
+_IGNORED_GLAMM = re.compile(r"^model\.region_encoder\.")
+_INV_FREQ = re.compile(r"^model\.layers\.(\d+)\.self_attn\.rotary_emb\.inv_freq$")
+# CLIPModel keys that CLIPVisionModel does not use.
+_IGNORED_CLIP = re.compile(r"^(text_model\.|text_projection\.|visual_projection\.|logit_scale$|vision_model\.embeddings\.position_ids$)")
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's keys or shapes do not match the model."""
+
+
+def _sub(pattern: str, repl: str | Callable[[re.Match[str]], str]) -> tuple[re.Pattern[str], Any]:
+    return re.compile(pattern), repl
+
+
+def _hyper(m: re.Match[str]) -> str:
+    # SamFeedForward(depth 3): proj_in, layers.0, proj_out  <->  MLP.layers.0, .1, .2
+    idx = {"proj_in": "0", "layers.0": "1", "proj_out": "2"}[m.group(2)]
+    return f"mask_decoder.{m.group(1)}.layers.{idx}."
+
+
+# transformers' SAM names -> segment-anything names (first match wins).
+_SAM_RULES = [
+    _sub(r"^image_encoder\.patch_embed\.projection\.", "image_encoder.patch_embed.proj."),
+    _sub(r"^image_encoder\.layers\.(\d+)\.layer_norm([12])\.", r"image_encoder.blocks.\1.norm\2."),
+    _sub(r"^image_encoder\.layers\.(\d+)\.", r"image_encoder.blocks.\1."),
+    _sub(r"^image_encoder\.neck\.conv1\.", "image_encoder.neck.0."),
+    _sub(r"^image_encoder\.neck\.layer_norm1\.", "image_encoder.neck.1."),
+    _sub(r"^image_encoder\.neck\.conv2\.", "image_encoder.neck.2."),
+    _sub(r"^image_encoder\.neck\.layer_norm2\.", "image_encoder.neck.3."),
+    _sub(r"^prompt_encoder\.shared_embedding\.positional_embedding$",
+         "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"),
+    _sub(r"^prompt_encoder\.point_embed\.", "prompt_encoder.point_embeddings."),
+    _sub(r"^prompt_encoder\.mask_embed\.conv1\.", "prompt_encoder.mask_downscaling.0."),
+    _sub(r"^prompt_encoder\.mask_embed\.layer_norm1\.", "prompt_encoder.mask_downscaling.1."),
+    _sub(r"^prompt_encoder\.mask_embed\.conv2\.", "prompt_encoder.mask_downscaling.3."),
+    _sub(r"^prompt_encoder\.mask_embed\.layer_norm2\.", "prompt_encoder.mask_downscaling.4."),
+    _sub(r"^prompt_encoder\.mask_embed\.conv3\.", "prompt_encoder.mask_downscaling.6."),
+    _sub(r"^mask_decoder\.transformer\.layers\.(\d+)\.layer_norm(\d)\.", r"mask_decoder.transformer.layers.\1.norm\2."),
+    _sub(r"^mask_decoder\.transformer\.layer_norm_final_attn\.", "mask_decoder.transformer.norm_final_attn."),
+    _sub(r"^mask_decoder\.upscale_conv1\.", "mask_decoder.output_upscaling.0."),
+    _sub(r"^mask_decoder\.upscale_layer_norm\.", "mask_decoder.output_upscaling.1."),
+    _sub(r"^mask_decoder\.upscale_conv2\.", "mask_decoder.output_upscaling.3."),
+    _sub(r"^mask_decoder\.(output_hypernetworks_mlps\.\d+|iou_prediction_head)\.(proj_in|layers\.0|proj_out)\.", _hyper),
+]
+_TOP_RULES = [
+    _sub(r"^llm\.model\.", "model."),
+    _sub(r"^llm\.lm_head\.", "lm_head."),
+    _sub(r"^mm_projector\.", "model.mm_projector."),
+    _sub(r"^text_hidden_fcs\.", "model.text_hidden_fcs.0."),  # upstream: ModuleList([Sequential(...)])
+]
+
+
+def _apply(rules: Iterable[tuple[re.Pattern[str], Any]], key: str) -> str | None:
+    for pattern, repl in rules:
+        if pattern.search(key):
+            return pattern.sub(repl, key, count=1)
+    return None
+
+
+def official_key(key: str) -> str:
+    """Our state-dict key -> the official GLaMM checkpoint key (not for ``vision_tower.*``)."""
+    if key.startswith("grounding_encoder."):
+        sub = key.removeprefix("grounding_encoder.")
+        return "model.grounding_encoder." + (_apply(_SAM_RULES, sub) or sub)
+    out = _apply(_TOP_RULES, key)
+    if out is None:
+        raise KeyError(f"no official name for {key!r}; add a rule to _TOP_RULES in {__name__}")
+    return out
+
+
+def clip_key(key: str) -> str:
+    """Our ``vision_tower.*`` key -> the CLIP checkpoint key (``vision_model.*``)."""
+    if not key.startswith("vision_tower."):
+        raise KeyError(f"{key!r} is not a vision_tower key")
+    return "vision_model." + key.removeprefix("vision_tower.")
+
+
+# -- reading -------------------------------------------------------------------------------------
+def _weight_files(folder: Path, repo: str) -> list[Path]:
+    """Every weights file of a HF folder, safetensors first; MissingCheckpointError if none."""
+    get = f"huggingface-cli download {repo} --local-dir {folder}"
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.exists():
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            for n in names:
+                if not (folder / n).exists():
+                    raise MissingCheckpointError(missing=str(folder / n), how_to_get=get)
+            return [folder / n for n in names]
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / single).exists():
+            return [folder / single]
+    shards = sorted(folder.glob("pytorch_model-*-of-*.bin"))
+    if shards:
+        return shards
+    raise MissingCheckpointError(missing=str(folder / "pytorch_model.bin.index.json"), how_to_get=get)
+
+
+def read_state_dict(folder: str | Path, *, repo: str = GLAMM_REPO) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint folder, without unpickling code (safetensors or ``weights_only``)."""
+    out: dict[str, torch.Tensor] = {}
+    for f in _weight_files(Path(folder), repo):
+        if f.suffix == ".safetensors":
+            part = load_file(str(f))
+        else:
+            part = torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
+        dup = out.keys() & part.keys()
+        if dup:
+            raise CheckpointMismatchError(f"{f} repeats keys of an earlier shard: {sorted(dup)[:5]}")
+        out.update(part)
+    return out
+
+
+# -- checking and loading ------------------------------------------------------------------------
+def _report(what: str, unmapped: list[str], missing: list[str], bad_shape: list[str]) -> None:
+    if not (unmapped or missing or bad_shape):
+        return
+    parts = []
+    for label, keys in (("unmapped", unmapped), ("missing", missing), ("shape mismatch", bad_shape)):
+        if keys:
+            shown = ", ".join(sorted(keys)[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")
+            parts.append(f"{len(keys)} {label}: {shown}")
+    raise CheckpointMismatchError(f"{what} does not match the model: " + "; ".join(parts))
+
+
+def _match(what: str, ckpt: dict[str, torch.Tensor], expected: dict[str, str],
+           ours: dict[str, torch.Tensor], ignore: re.Pattern[str]) -> dict[str, torch.Tensor]:
+    """Official-keyed tensors -> our keys; raises on any unmapped / missing / mis-shaped key."""
+    unmapped = [k for k in ckpt if k not in expected and not ignore.search(k)]
+    missing = [k for k in expected if k not in ckpt]
+    bad = [f"{k} {tuple(ckpt[k].shape)} vs {tuple(ours[v].shape)}" for k, v in expected.items()
+           if k in ckpt and tuple(ckpt[k].shape) != tuple(ours[v].shape)]
+    _report(what, unmapped, missing, bad)
+    return {v: ckpt[k] for k, v in expected.items()}
+
+
+def _check_inv_freq(ckpt: dict[str, torch.Tensor], model: GLaMM) -> None:
+    rope = getattr(model.llm.model, "rotary_emb", None)
+    for k, v in ckpt.items():
+        if _INV_FREQ.search(k) and (rope is None or not torch.allclose(v.float().cpu(), rope.inv_freq.float().cpu(), rtol=1e-3)):
+            raise CheckpointMismatchError(f"{k} differs from the model's RoPE frequencies; check rope_theta / head_dim")
+
+
+def load_official_weights(model: GLaMM, checkpoint_dir: str | Path, clip_dir: str | Path) -> None:
+    """Copy the official GLaMM shards and the CLIP weights into ``model`` (strict)."""
+    ours = model.state_dict()
+    glamm_sd = read_state_dict(checkpoint_dir, repo=GLAMM_REPO)
+    clip_sd = read_state_dict(clip_dir, repo=CLIP_REPO)
+    _check_inv_freq(glamm_sd, model)
+    ignore_glamm = re.compile(f"{_IGNORED_GLAMM.pattern}|{_INV_FREQ.pattern}")
+    glamm_keys = {official_key(k): k for k in ours if not k.startswith("vision_tower.")}
+    clip_keys = {clip_key(k): k for k in ours if k.startswith("vision_tower.")}
+    state = _match(f"GLaMM checkpoint {checkpoint_dir}", glamm_sd, glamm_keys, ours, ignore_glamm)
+    state.update(_match(f"CLIP checkpoint {clip_dir}", clip_sd, clip_keys, ours, _IGNORED_CLIP))
+    model.load_state_dict(state, strict=True)
+
+
+# -- writing (the round-trip test's "official" checkpoint) ---------------------------------------
+def write_official_checkpoint(
+    model: GLaMM,
+    checkpoint_dir: str | Path,
+    clip_dir: str | Path,
+    *,
+    num_shards: int = 2,
+    extra: dict[str, torch.Tensor] | None = None,
+    clip_extra: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Save ``model`` in the official layout: GLaMM ``.bin`` shards + index + config.json, CLIP safetensors.
+
+    Args:
+        extra: more official-named tensors for the GLaMM shards (e.g. a fake
+            ``model.region_encoder.*`` or ``rotary_emb.inv_freq``).
+        clip_extra: more CLIP tensors (e.g. ``text_model.*``, ``logit_scale``).
+    """
+    ckpt, clip = Path(checkpoint_dir), Path(clip_dir)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    clip.mkdir(parents=True, exist_ok=True)
+    ours = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    glamm = {official_key(k): v for k, v in ours.items() if not k.startswith("vision_tower.")}
+    glamm.update(extra or {})
+    keys = sorted(glamm)
+    weight_map: dict[str, str] = {}
+    for i in range(num_shards):
+        name = f"pytorch_model-{i + 1:05d}-of-{num_shards:05d}.bin"
+        part = {k: glamm[k].clone() for k in keys[i::num_shards]}
+        torch.save(part, ckpt / name)
+        weight_map.update({k: name for k in part})
+    (ckpt / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
+    llm = dict(model.config.llm)
+    (ckpt / "config.json").write_text(json.dumps({
+        "architectures": ["GLaMMForCausalLM"], "model_type": "llava", **llm,
+        "mm_vision_tower": CLIP_REPO, "mm_vision_select_layer": model.config.select_layer,
+        "mm_use_im_start_end": True, "out_dim": model.config.out_dim}, indent=1))
+    vision = {clip_key(k): v.clone() for k, v in ours.items() if k.startswith("vision_tower.")}
+    vision.update(clip_extra or {})
+    save_file(vision, str(clip / "model.safetensors"))
+    (clip / "config.json").write_text(json.dumps({"model_type": "clip", "vision_config": dict(model.config.clip)}, indent=1))
+
+
+# -- the builder ---------------------------------------------------------------------------------
+_LLAMA_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "rope_theta", "hidden_act",
+                 "tie_word_embeddings")
+_CLIP_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+                "patch_size", "hidden_act", "layer_norm_eps", "projection_dim", "num_channels")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _read_json(path: Path, repo: str) -> dict[str, Any]:
+    if not path.exists():
+        raise MissingCheckpointError(missing=str(path), how_to_get=f"huggingface-cli download {repo} --local-dir {path.parent}")
+    return json.loads(path.read_text())
+
+
+def build_glamm(
+    *,
+    checkpoint_dir: str,
+    clip_dir: str,
+    tokenizer_dir: str | None = None,
+    dtype: str = "bfloat16",
+    device: str = "cuda",
+    max_new_tokens: int = 512,
+    sam: GroundingEncoderConfig | dict[str, Any] | None = None,
+) -> GLaMM:
+    """GLaMM-GCG with the official weights.
+
+    Args:
+        checkpoint_dir: a download of ``MBZUAI/GLaMM-GCG`` (config.json + shards).
+        clip_dir: a download of ``openai/clip-vit-large-patch14-336``.
+        tokenizer_dir: defaults to ``checkpoint_dir``.
+        dtype: ``bfloat16`` (upstream), ``float16`` or ``float32``.
+        device: ``cuda``, ``cuda:i`` or ``cpu``.
+        max_new_tokens: generation length (upstream: 512).
+        sam: SAM sizes; default ViT-H as upstream hard-codes (the checkpoint
+            stores no SAM config). Tests pass a tiny one.
+
+    Raises:
+        MissingCheckpointError: a file is absent (one-line message with the
+            download command).
+        CheckpointMismatchError: keys or shapes do not match.
+    """
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    ckpt, clip = Path(checkpoint_dir), Path(clip_dir)
+    glamm_cfg = _read_json(ckpt / "config.json", GLAMM_REPO)
+    clip_cfg = _read_json(clip / "config.json", CLIP_REPO)
+    _weight_files(ckpt, GLAMM_REPO)  # fail on missing shards before the slow model build
+    _weight_files(clip, CLIP_REPO)
+    vision = clip_cfg.get("vision_config", clip_cfg)
+    sam_cfg = sam if isinstance(sam, GroundingEncoderConfig) else GroundingEncoderConfig(**(sam or {}))
+    config = GLaMMConfig(
+        clip={k: vision[k] for k in _CLIP_FIELDS if k in vision},
+        llm={k: glamm_cfg[k] for k in _LLAMA_FIELDS if k in glamm_cfg},
+        sam=sam_cfg,
+        select_layer=int(glamm_cfg.get("mm_vision_select_layer", -2)),
+        out_dim=int(glamm_cfg.get("out_dim", 256)),
+    )
+    tok, ids = load_glamm_tokenizer(tokenizer_dir or ckpt)
+    torch_dtype = _DTYPES[dtype]
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch_dtype)  # build in the target dtype: 7B in fp32 would double peak memory
+    try:
+        with torch.device(device):
+            model = GLaMM(config=config, tokenizer=tok, token_ids=ids, name="glamm", max_new_tokens=max_new_tokens)
+    finally:
+        torch.set_default_dtype(previous)
+    load_official_weights(model, ckpt, clip)
+    return model.to(device=torch.device(device), dtype=torch_dtype).eval()

@@ -1,0 +1,106 @@
+"""A tiny random GLaMM for tests and CI: same code, same 336 px / 24x24 CLIP grid.
+
+Everything GLaMM-specific is kept (576 visual tokens, the prompt, the added
+tokens, SAM's text-prompted mask path, 32 decoder layers so FastV's K=2 and
+PDrop's [8, 16, 24] schedules apply unchanged); only widths shrink and SAM's
+input drops from 1024 to 256 px. Weights are drawn from one seeded generator in
+a fixed (name-sorted) order, so the same seed gives the same model on any
+machine, independent of transformers' own init order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from altp.models.glamm import GLaMM, GLaMMConfig
+from altp.models.sam import GroundingEncoderConfig
+from altp.models.tokenizer import TINY_TOKENIZER_DIR, load_glamm_tokenizer
+
+__all__ = ["build_glamm_tiny", "randomize_"]
+
+
+def randomize_(module: nn.Module, *, seed: int) -> None:
+    """Redraw every parameter from one seeded generator, in module-name order.
+
+    Linear / conv weights ~ N(0, 1/fan_in) so activations stay O(1) and greedy
+    logits are well separated (fp32 cached vs uncached decoding must not flip
+    near-ties); norms get weight 1, bias 0; biases ~ N(0, 0.02^2); every other
+    parameter (embedding tables, positional and learned tokens) ~ N(0, 1).
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for _, mod in sorted(module.named_modules(), key=lambda kv: kv[0]):
+            is_norm = "Norm" in type(mod).__name__
+            is_affine = isinstance(mod, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))
+            for pname, p in sorted(mod.named_parameters(recurse=False), key=lambda kv: kv[0]):
+                if is_norm:
+                    val = torch.ones(p.shape) if pname == "weight" else torch.zeros(p.shape)
+                elif is_affine and pname == "weight":
+                    val = torch.randn(p.shape, generator=gen) / math.sqrt(math.prod(p.shape[1:]))
+                elif is_affine:
+                    val = 0.02 * torch.randn(p.shape, generator=gen)
+                else:
+                    val = torch.randn(p.shape, generator=gen)
+                p.copy_(val.to(p.dtype))
+
+
+def build_glamm_tiny(
+    *,
+    seed: int = 0,
+    dtype: str = "float32",
+    device: str = "cpu",
+    max_new_tokens: int = 32,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_layers: int = 32,
+    num_heads: int = 4,
+    clip_hidden_size: int = 32,
+    clip_layers: int = 2,
+    sam_image_size: int = 256,
+    sam_hidden_size: int = 32,
+    sam_layers: int = 2,
+    prompt_dim: int = 32,
+) -> GLaMM:
+    """A random GLaMM at toy width, deterministic by ``seed``.
+
+    Args:
+        seed: weight seed.
+        dtype: ``float32`` or ``bfloat16``.
+        device: ``cpu`` or ``cuda[:i]``.
+        max_new_tokens: default generation length.
+        hidden_size, intermediate_size, num_layers, num_heads: the LLM.
+        clip_hidden_size, clip_layers: the CLIP tower (336 px, 14 px patches kept).
+        sam_image_size, sam_hidden_size, sam_layers: SAM's encoder (16 px patches).
+        prompt_dim: SAM prompt width = text_hidden_fcs output (256 in GLaMM).
+
+    Example:
+        >>> m = build_glamm_tiny(seed=0)
+        >>> m.num_visual, m.grid
+        (576, (24, 24))
+    """
+    tok, ids = load_glamm_tokenizer(TINY_TOKENIZER_DIR)
+    config = GLaMMConfig(
+        clip=dict(hidden_size=clip_hidden_size, intermediate_size=2 * clip_hidden_size, num_hidden_layers=clip_layers,
+                  num_attention_heads=2, image_size=336, patch_size=14, hidden_act="quick_gelu"),
+        llm=dict(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=intermediate_size,
+                 num_hidden_layers=num_layers, num_attention_heads=num_heads, max_position_embeddings=2048,
+                 rms_norm_eps=1e-6, tie_word_embeddings=False),
+        sam=GroundingEncoderConfig(
+            image_size=sam_image_size, patch_size=16, hidden_size=sam_hidden_size, num_layers=sam_layers,
+            num_heads=2, global_attn_indexes=(sam_layers - 1,), window_size=4, prompt_dim=prompt_dim,
+            decoder_mlp_dim=2 * prompt_dim, decoder_layers=2, decoder_heads=2, mask_in_chans=8),
+        out_dim=prompt_dim,
+    )
+    model = GLaMM(config=config, tokenizer=tok, token_ids=ids, name="glamm_tiny", max_new_tokens=max_new_tokens)
+    randomize_(model, seed=seed)
+    return model.to(device=torch.device(device), dtype=_dtype(dtype)).eval()
+
+
+def _dtype(name: str) -> torch.dtype:
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in table:
+        raise ValueError(f"dtype must be one of {sorted(table)}, got {name!r}")
+    return table[name]

@@ -1,0 +1,185 @@
+"""GLaMM's tokenizer, prompt and prompt tokenisation.
+
+GLaMM (groundingLMM ``train.py``) adds seven tokens after LLaMA's 32000-piece
+base vocabulary, in this order: ``<im_start> <im_end>`` first, then
+``<bbox> <point> [SEG] <p> </p>``. Ids are always looked up with
+``convert_tokens_to_ids`` and checked, never assumed (an upstream script gets
+them wrong by indexing a tokenised string).
+
+The tiny tokenizer under ``assets/tiny_tokenizer/`` (written by
+``scripts/build_tiny_tokenizer.py``) carries the same special tokens over a
+small word-level vocabulary, so the tiny model exercises the same code paths.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+__all__ = [
+    "GLAMM_ADDED_TOKENS",
+    "GCG_INSTRUCTION",
+    "IMAGE_PLACEHOLDER",
+    "LLAVA_V1_SYSTEM",
+    "TINY_TOKENIZER_DIR",
+    "GLaMMTokenIds",
+    "gcg_prompt",
+    "load_glamm_tokenizer",
+    "parse_gcg_output",
+    "tokenize_with_image",
+]
+
+#: GLaMM's added tokens in the order upstream adds them (ids base_vocab + i).
+GLAMM_ADDED_TOKENS: tuple[str, ...] = ("<im_start>", "<im_end>", "<bbox>", "<point>", "[SEG]", "<p>", "</p>")
+#: Where the image features go; never a vocabulary token (upstream uses id -200).
+IMAGE_PLACEHOLDER = "<image>"
+LLAVA_V1_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+# The five spaces are real: upstream writes the instruction as a backslash-continued
+# string literal whose next line is indented by four spaces.
+GCG_INSTRUCTION = (
+    "Could you please give me a detailed description of the image? Please respond with "
+    "interleaved     segmentation masks for the corresponding parts of the answer."
+)
+TINY_TOKENIZER_DIR = Path(__file__).parent / "assets" / "tiny_tokenizer"
+
+
+def gcg_prompt(instruction: str = GCG_INSTRUCTION) -> str:
+    """The llava_v1 prompt of GLaMM's GCG inference (``eval/gcg/infer.py``).
+
+    ``system + " USER: " + message + " ASSISTANT:"`` where the message is
+    ``"The <im_start><image><im_end> provides an overview of the picture.\\n" + instruction``.
+    """
+    message = f"The <im_start>{IMAGE_PLACEHOLDER}<im_end> provides an overview of the picture.\n{instruction}"
+    return f"{LLAVA_V1_SYSTEM} USER: {message} ASSISTANT:"
+
+
+@dataclass(frozen=True)
+class GLaMMTokenIds:
+    """Checked ids of the tokens GLaMM's inference needs."""
+
+    bos: int
+    eos: int
+    seg: int
+    p_start: int
+    p_end: int
+    im_start: int
+    im_end: int
+    base_vocab: int  # ids >= base_vocab are GLaMM's added tokens
+
+
+def _check_added_tokens(tok: PreTrainedTokenizerBase, source: str) -> GLaMMTokenIds:
+    ids = {t: tok.convert_tokens_to_ids(t) for t in GLAMM_ADDED_TOKENS}
+    unk = tok.unk_token_id
+    missing = [t for t, i in ids.items() if i is None or i == unk]
+    if missing:
+        raise ValueError(
+            f"tokenizer at {source} lacks GLaMM's added tokens {missing}; "
+            "use the tokenizer files shipped with MBZUAI/GLaMM-GCG"
+        )
+    base = ids[GLAMM_ADDED_TOKENS[0]]
+    expected = {t: base + i for i, t in enumerate(GLAMM_ADDED_TOKENS)}
+    if ids != expected:
+        raise ValueError(
+            f"tokenizer at {source}: GLaMM's added tokens are not consecutive in upstream order "
+            f"(got {ids}, expected {expected}); the checkpoint's embedding rows would not match"
+        )
+    for t, i in ids.items():
+        enc = tok(t, add_special_tokens=False)["input_ids"]
+        if enc != [i]:
+            raise ValueError(f"tokenizer at {source} splits {t!r} into {enc}; it must encode to [{i}]")
+    if tok.bos_token_id is None or tok.eos_token_id is None:
+        raise ValueError(f"tokenizer at {source} has no bos/eos token; GLaMM's prompt needs both")
+    return GLaMMTokenIds(
+        bos=int(tok.bos_token_id),
+        eos=int(tok.eos_token_id),
+        seg=ids["[SEG]"],
+        p_start=ids["<p>"],
+        p_end=ids["</p>"],
+        im_start=ids["<im_start>"],
+        im_end=ids["<im_end>"],
+        base_vocab=base,
+    )
+
+
+def load_glamm_tokenizer(path: str | Path) -> tuple[PreTrainedTokenizerBase, GLaMMTokenIds]:
+    """Load a GLaMM tokenizer offline and check its added-token ids.
+
+    Args:
+        path: a folder with ``tokenizer.json`` (fast) or ``tokenizer.model``
+            (sentencepiece; converting it needs the ``sentencepiece`` package).
+
+    Returns:
+        (tokenizer, checked ids).
+    """
+    path = Path(path)
+    if not (path / "tokenizer.json").exists() and (path / "tokenizer.model").exists():
+        try:
+            import sentencepiece  # noqa: F401
+        except ImportError:
+            raise ImportError(
+                f"{path} has only tokenizer.model; converting it needs sentencepiece: "
+                "`.venv/bin/pip install sentencepiece==0.2.3`"
+            ) from None
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    return tok, _check_added_tokens(tok, str(path))
+
+
+def tokenize_with_image(prompt: str, tok: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """Token ids before and after the single ``<image>`` placeholder.
+
+    Mirrors upstream ``tokenizer_image_token``: each chunk is tokenised on its
+    own with BOS, and BOS is kept only on the first chunk.
+
+    Returns:
+        (prefix ids starting with BOS and ending with ``<im_start>``,
+        suffix ids starting with ``<im_end>``).
+    """
+    chunks = prompt.split(IMAGE_PLACEHOLDER)
+    if len(chunks) != 2:
+        raise ValueError(f"prompt must contain exactly one {IMAGE_PLACEHOLDER}, found {len(chunks) - 1}")
+    first = tok(chunks[0])["input_ids"]
+    second = tok(chunks[1])["input_ids"]
+    bos = tok.bos_token_id
+    if not first or first[0] != bos:
+        raise ValueError("the tokenizer does not add BOS; GLaMM's prompt starts with it")
+    if second and second[0] == bos:
+        second = second[1:]
+    return first, second
+
+
+def as_tensor(ids: list[int], device: torch.device) -> torch.Tensor:
+    """(1, L) long tensor on ``device``."""
+    return torch.tensor([ids], dtype=torch.long, device=device)
+
+
+_TAG = re.compile(r"<.*?>")
+_PHRASE = re.compile(r"<p>(.*?)</p>")
+
+
+def parse_gcg_output(text: str) -> tuple[str, list[str]]:
+    """Caption and phrases from GLaMM's decoded answer (upstream ``eval/gcg/infer.py``).
+
+    Same steps in the same order as upstream: drop newlines, replace double
+    spaces once, keep the text after the last ``"ASSISTANT: "``, phrases are the
+    stripped ``<p>(.*?)</p>`` matches, the caption drops every ``<...>`` tag and
+    ``[SEG]``, collapses whitespace and strips single quotes at the ends.
+
+    Args:
+        text: the generated tokens decoded with ``skip_special_tokens=False``
+            (upstream decodes prompt + answer and splits on ``"ASSISTANT: "``;
+            decoding only the answer gives the same result whenever the answer
+            starts with a space-prefixed token, as LLaMA's always do).
+    """
+    text = text.replace("\n", "").replace("  ", " ")
+    text = text.split("ASSISTANT: ")[-1]
+    phrases = [p.strip() for p in _PHRASE.findall(text)]
+    caption = _TAG.sub("", text).replace("[SEG]", "")
+    caption = " ".join(caption.split()).strip("'").strip()
+    return caption, phrases
