@@ -1,0 +1,221 @@
+"""Tiny GLaMM: preprocessing oracles, mask post-processing, [SEG] states, cached == uncached."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from altp.models.base import GCGModel, GCGPrediction
+from altp.models.glamm import clip_resize_crop
+from altp.models.glamm_tiny import build_glamm_tiny
+from altp.models.sam import postprocess_masks
+
+try:
+    importlib.import_module("altp.pruning.engine")
+    HAVE_ENGINE = True
+except ImportError:  # the engine lands in a parallel change; until then a stand-in below
+    HAVE_ENGINE = False
+
+NEW = 12  # new tokens per test generation: enough for several steps, fast on CPU
+
+
+# -- a throwaway stand-in for altp.pruning.engine (used only while it is absent) ------------------
+@dataclass
+class _Record:
+    kept_tokens: list = field(default_factory=list)
+    kept_per_stage: list = field(default_factory=list)
+    stage_layers: list = field(default_factory=list)
+    extras: list = field(default_factory=list)
+    select_ms: float = 0.0
+
+
+@dataclass
+class _Out:
+    tokens: torch.Tensor
+    step_hidden: torch.Tensor
+    record: _Record
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+
+
+class _StandInEngine:
+    """Unpruned greedy decoding with the engine's signature and outputs."""
+
+    def __init__(self, *, lm, pruner):
+        if pruner is not None:
+            raise NotImplementedError("the stand-in engine does not prune")
+        self.lm = lm
+
+    def generate(self, *, inputs_embeds, visual_start, num_visual, grid, prep, max_new_tokens, eos_token_id,
+                 use_cache, seed):
+        emb = self.lm.get_input_embeddings()
+        seq, toks, hid, past = inputs_embeds, [], [], None
+        for _ in range(max_new_tokens):
+            step_in = seq if (past is None or not use_cache) else emb(toks[-1].view(1, 1))
+            out = self.lm.model(inputs_embeds=step_in, past_key_values=past, use_cache=use_cache)
+            past = out.past_key_values if use_cache else None
+            h = out.last_hidden_state[:, -1]
+            tok = self.lm.lm_head(h).argmax(-1)
+            toks.append(tok)
+            hid.append(h)
+            seq = torch.cat([seq, emb(tok.view(1, 1))], dim=1)
+            if int(tok) == eos_token_id:
+                break
+        return _Out(tokens=torch.stack(toks, 1), step_hidden=torch.stack(hid, 1), record=_Record())
+
+
+@pytest.fixture(autouse=True)
+def _engine(monkeypatch):
+    if not HAVE_ENGINE:
+        fake = types.ModuleType("altp.pruning.engine")
+        fake.PruningEngine = _StandInEngine
+        monkeypatch.setitem(sys.modules, "altp.pruning.engine", fake)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_glamm_tiny(seed=0)
+
+
+@pytest.fixture(scope="module")
+def image():
+    return Image.fromarray(np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8))
+
+
+# -- preprocessing -------------------------------------------------------------------------------
+def test_clip_crop_keeps_the_middle_of_the_long_side():
+    rgb = np.zeros((336, 1008, 3), np.uint8)
+    rgb[:, :336, 0] = 255
+    rgb[:, 336:672, 1] = 255
+    rgb[:, 672:, 2] = 255
+    for arr in (rgb, rgb.transpose(1, 0, 2)):  # landscape and portrait: short side already 336, no resize
+        out = clip_resize_crop(Image.fromarray(np.ascontiguousarray(arr)), 336)
+        assert out.shape == (336, 336, 3) and out.dtype == np.uint8
+        assert (out == [0, 255, 0]).all()
+
+
+def test_clip_resize_crop_equals_transformers_clip_processor(image):
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    proc = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                                 do_rescale=False, do_normalize=False)
+    want = proc(image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+    assert np.array_equal(clip_resize_crop(image, 336), want)
+
+
+def test_sam_preprocess_resizes_longest_side_normalises_and_pads(tiny):
+    white = Image.new("RGB", (400, 300), (255, 255, 255))
+    x, hw = tiny.grounding_encoder.preprocess(white)
+    assert hw == (192, 256)  # 300 x 400 scaled by 256 / 400
+    assert x.shape == (1, 3, 256, 256)
+    want = (255 - torch.tensor([123.675, 116.28, 103.53])) / torch.tensor([58.395, 57.12, 57.375])
+    assert torch.allclose(x[0, :, :192, :], want.view(3, 1, 1).expand(3, 192, 256))
+    assert (x[0, :, 192:, :] == 0).all()
+
+
+def test_mask_postprocess_crops_padding_then_resizes_hand_computed():
+    # Low-res 4x4 logits: +1 in columns 0-1, -1 in columns 2-3. Bilinear x2 (align_corners=False)
+    # gives columns [1, 1, 1, .5, -.5, -1, -1, -1]; crop to the 6x8 unpadded area; resize to 3x4
+    # (an exact 2x2 average): columns [1, .75, -.75, -1].
+    low = torch.tensor([[1.0, 1.0, -1.0, -1.0]]).expand(4, 4).unsqueeze(0)
+    out = postprocess_masks(low, image_size=8, input_hw=(6, 8), original_hw=(3, 4))
+    assert out.shape == (1, 3, 4)
+    assert torch.allclose(out[0], torch.tensor([1.0, 0.75, -0.75, -1.0]).expand(3, 4))
+    # the crop keeps the top-left (padding is bottom/right): a row ramp survives as rows 0..5
+    ramp = torch.arange(8.0).view(8, 1).expand(8, 8).unsqueeze(0)
+    cropped = postprocess_masks(ramp, image_size=8, input_hw=(6, 5), original_hw=(6, 5))
+    assert torch.equal(cropped[0], ramp[0, :6, :5])
+
+
+# -- the model -----------------------------------------------------------------------------------
+def test_tiny_model_is_glamm_shaped_and_seeded():
+    a, b, c = build_glamm_tiny(seed=0), build_glamm_tiny(seed=0), build_glamm_tiny(seed=1)
+    assert isinstance(a, GCGModel)
+    assert (a.num_visual, a.grid, a.llm_shape.num_layers) == (576, (24, 24), 32)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["llm.lm_head.weight"], sc["llm.lm_head.weight"])
+
+
+def test_vision_image_is_what_clip_sees(tiny, image):
+    pix = tiny.vision_image(image)
+    assert pix.shape == (336, 336, 3) and pix.dtype == np.uint8
+    x = tiny.clip_pixels(image)
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
+    assert torch.allclose(x[0], (torch.from_numpy(pix).permute(2, 0, 1) / 255.0 - mean) / std, atol=1e-6)
+
+
+def test_predict_returns_a_consistent_prediction(tiny, image):
+    out = tiny.predict(image, pruner=None, prep=None, max_new_tokens=NEW)
+    assert isinstance(out, GCGPrediction)
+    assert 1 <= out.new_tokens <= NEW
+    assert out.num_visual == 576 and out.num_text_tokens == len(tiny.prefix_ids) + len(tiny.suffix_ids)
+    assert set(out.timings) == {"vision_ms", "prefill_ms", "decode_ms", "mask_ms", "total_ms"}
+    assert all(m.shape == (90, 120) and m.dtype == bool for m in out.masks)
+
+
+def _seg_happy_model():
+    """A tiny model whose [SEG] row copies the most often chosen token's row (x1.5), so greedy
+    decoding emits [SEG] where it emitted that token."""
+    model = build_glamm_tiny(seed=2)
+    img = Image.new("RGB", (64, 48), (10, 200, 30))
+    out = _generate_tokens(model, img)
+    common = Counter(t for t in out if t != model.token_ids.eos).most_common(1)[0][0]
+    with torch.no_grad():
+        w = model.llm.lm_head.weight
+        w[model.token_ids.seg] = 1.5 * w[common]
+    return model, img
+
+
+def _generate_tokens(model, img, **kw) -> list[int]:
+    from altp.pruning.engine import PruningEngine
+
+    with torch.inference_mode():
+        embeds = model.build_inputs_embeds(model.encode_image(model.clip_pixels(img)))
+        out = PruningEngine(lm=model.llm, pruner=kw.pop("pruner", None)).generate(
+            inputs_embeds=embeds, visual_start=len(model.prefix_ids), num_visual=576, grid=(24, 24), prep=[None],
+            max_new_tokens=NEW, eos_token_id=model.token_ids.eos, use_cache=kw.pop("use_cache", True), seed=0)
+    return out.tokens[0].tolist()
+
+
+def test_seg_states_are_the_states_before_each_seg_token():
+    model, img = _seg_happy_model()
+    pred = model.predict(img, pruner=None, prep=None, max_new_tokens=NEW)
+    tokens = _generate_tokens(model, img)
+    seg_pos = [i for i, t in enumerate(tokens) if t == model.token_ids.seg]
+    assert seg_pos, "the forced model should emit [SEG]"
+    assert len(pred.masks) == len(seg_pos)
+    # Oracle: one uncached forward over prompt + generated tokens; the state that produced
+    # generated token i sits at absolute position (prompt length + i - 1).
+    with torch.inference_mode():
+        embeds = model.build_inputs_embeds(model.encode_image(model.clip_pixels(img)))
+        gen = model.llm.get_input_embeddings()(torch.tensor([tokens]))
+        hidden = model.llm.model(inputs_embeds=torch.cat([embeds, gen], 1)).last_hidden_state[0]
+        states = hidden[[embeds.shape[1] + i - 1 for i in seg_pos]]
+        want = model.masks_from_states(img, states)
+    assert all(np.array_equal(a, b) for a, b in zip(pred.masks, want, strict=True))
+
+
+def test_cached_and_uncached_decoding_agree_unpruned(tiny, image):
+    assert _generate_tokens(tiny, image, use_cache=True) == _generate_tokens(tiny, image, use_cache=False)
+
+
+@pytest.mark.skipif(not HAVE_ENGINE, reason="needs altp.pruning.engine (pruning)")
+@pytest.mark.parametrize("name", ["fastv", "random"])
+def test_cached_and_uncached_decoding_agree_pruned(tiny, image, name):
+    from altp.pruning import available_pruners, build_pruner
+
+    if name not in available_pruners():
+        pytest.skip(f"pruner {name} not registered yet")
+    pruner = build_pruner(name, keep=0.25)
+    assert _generate_tokens(tiny, image, pruner=pruner, use_cache=True) == _generate_tokens(
+        tiny, image, pruner=pruner, use_cache=False)
