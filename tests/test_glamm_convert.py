@@ -196,3 +196,19 @@ def test_missing_clip_and_missing_shard_name_the_file(tiny, written):
     with pytest.raises(MissingCheckpointError) as err:
         _build(ckpt, clip.parent / "no_clip", tiny)
     _one_line_missing(err.value, "openai/clip-vit-large-patch14-336", "no_clip")
+
+
+def test_model_configs_instantiate_and_fail_in_one_line(monkeypatch, tmp_path):
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "model"
+    monkeypatch.setenv("GLAMM_CKPT", str(tmp_path / "ckpt"))
+    monkeypatch.setenv("ALTP_DEVICE", "cpu")
+    with pytest.raises(InstantiationException) as err:
+        instantiate(OmegaConf.load(conf / "glamm.yaml"))
+    assert isinstance(err.value.__cause__, MissingCheckpointError)
+    _one_line_missing(err.value.__cause__, "MBZUAI/GLaMM-GCG", str(tmp_path / "ckpt" / "config.json"))
+    tiny = instantiate(OmegaConf.load(conf / "glamm_tiny.yaml"))
+    assert (tiny.name, tiny.num_visual, tiny.max_new_tokens, str(tiny.device)) == ("glamm_tiny", 576, 32, "cpu")
