@@ -219,3 +219,20 @@ def test_cached_and_uncached_decoding_agree_pruned(tiny, image, name):
     pruner = build_pruner(name, keep=0.25)
     assert _generate_tokens(tiny, image, pruner=pruner, use_cache=True) == _generate_tokens(
         tiny, image, pruner=pruner, use_cache=False)
+
+
+def test_visual_tokens_are_penultimate_clip_layer_without_cls(tiny, image):
+    # Oracle: run CLIP's layers by hand; GLaMM takes the output of layer L-1 (select_layer -2),
+    # drops the CLS token, then the 2-layer GELU projector.
+    tower = tiny.vision_tower.vision_model if hasattr(tiny.vision_tower, "vision_model") else tiny.vision_tower
+    with torch.inference_mode():
+        x = tiny.clip_pixels(image)
+        h = tower.pre_layrnorm(tower.embeddings(x))
+        for layer in tower.encoder.layers[:-1]:
+            out = layer(h, None)
+            h = out[0] if isinstance(out, tuple) else out
+        proj = tiny.mm_projector
+        want = proj[2](torch.nn.functional.gelu(proj[0](h[:, 1:])))
+        got = tiny.encode_image(x)
+    assert got.shape == (1, 576, tiny.llm_shape.hidden_size)
+    assert torch.allclose(got, want, atol=1e-5)
