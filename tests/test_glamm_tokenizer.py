@@ -15,6 +15,7 @@ from altp.models.tokenizer import (
     GLAMM_ADDED_TOKENS,
     TINY_TOKENIZER_DIR,
     _check_added_tokens,
+    encode_like_upstream,
     gcg_prompt,
     load_glamm_tokenizer,
     parse_gcg_output,
@@ -65,7 +66,17 @@ def test_prompt_tokenisation_splits_at_image_like_upstream(tiny):
     assert prefix[0] == ids.bos and prefix[-1] == ids.im_start
     assert suffix[0] == ids.im_end and ids.bos not in suffix
     assert tok.unk_token_id not in prefix + suffix
-    assert tok.decode(prefix + suffix) == "<s>" + EXPECTED_PROMPT.replace("<image>", "")
+    # upstream's slow tokenizer strips the spaces around added tokens: "The <im_start>" -> "The<im_start>"
+    want = EXPECTED_PROMPT.replace(" <im_start><image><im_end> ", "<im_start><im_end>")
+    assert tok.decode(prefix + suffix) == "<s>" + want
+
+
+def test_spaces_around_added_tokens_are_stripped_like_upstream(tiny):
+    tok, ids = tiny
+    enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    assert encode_like_upstream("a red <p> circle </p>  [SEG] left", tok) == (
+        enc("a red") + [ids.p_start] + enc("circle") + [ids.p_end, ids.seg] + enc("left"))
+    assert encode_like_upstream("<p>", tok) == [ids.p_start]
 
 
 def test_prompt_needs_exactly_one_image(tiny):

@@ -28,6 +28,7 @@ __all__ = [
     "TINY_TOKENIZER_DIR",
     "GLaMMTokenIds",
     "gcg_prompt",
+    "encode_like_upstream",
     "load_glamm_tokenizer",
     "parse_gcg_output",
     "tokenize_with_image",
@@ -131,11 +132,40 @@ def load_glamm_tokenizer(path: str | Path) -> tuple[PreTrainedTokenizerBase, GLa
     return tok, _check_added_tokens(tok, str(path))
 
 
+_ADDED_SPLIT = re.compile("(" + "|".join(re.escape(t) for t in GLAMM_ADDED_TOKENS) + ")")
+
+
+def encode_like_upstream(text: str, tok: PreTrainedTokenizerBase) -> list[int]:
+    """Token ids as upstream's slow LlamaTokenizer (transformers 4.31) produced them, no BOS.
+
+    Upstream adds GLaMM's tokens as plain strings, so its slow tokenizer splits
+    the text at them and *strips the whitespace on both sides* of each (the
+    "we strip left and right by default" branch of ``PreTrainedTokenizer.tokenize``),
+    then sentencepiece-encodes every remaining piece on its own. Today's fast
+    tokenizers keep those spaces (an extra ``"▁"`` token), which would shift
+    the prompt by a token or two, so we split and strip here and encode the
+    pieces separately.
+    """
+    parts = _ADDED_SPLIT.split(text)  # [text, token, text, token, ..., text]
+    ids: list[int] = []
+    for i, part in enumerate(parts):
+        if i % 2:
+            ids.append(int(tok.convert_tokens_to_ids(part)))
+            continue
+        if i > 0:
+            part = part.lstrip()
+        if i < len(parts) - 1:
+            part = part.rstrip()
+        if part:
+            ids.extend(tok(part, add_special_tokens=False)["input_ids"])
+    return ids
+
+
 def tokenize_with_image(prompt: str, tok: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
     """Token ids before and after the single ``<image>`` placeholder.
 
     Mirrors upstream ``tokenizer_image_token``: each chunk is tokenised on its
-    own with BOS, and BOS is kept only on the first chunk.
+    own (:func:`encode_like_upstream`) and BOS is kept only before the first.
 
     Returns:
         (prefix ids starting with BOS and ending with ``<im_start>``,
@@ -144,14 +174,9 @@ def tokenize_with_image(prompt: str, tok: PreTrainedTokenizerBase) -> tuple[list
     chunks = prompt.split(IMAGE_PLACEHOLDER)
     if len(chunks) != 2:
         raise ValueError(f"prompt must contain exactly one {IMAGE_PLACEHOLDER}, found {len(chunks) - 1}")
-    first = tok(chunks[0])["input_ids"]
-    second = tok(chunks[1])["input_ids"]
-    bos = tok.bos_token_id
-    if not first or first[0] != bos:
-        raise ValueError("the tokenizer does not add BOS; GLaMM's prompt starts with it")
-    if second and second[0] == bos:
-        second = second[1:]
-    return first, second
+    if tok.bos_token_id is None:
+        raise ValueError("the tokenizer has no BOS token; GLaMM's prompt starts with it")
+    return [int(tok.bos_token_id), *encode_like_upstream(chunks[0], tok)], encode_like_upstream(chunks[1], tok)
 
 
 def as_tensor(ids: list[int], device: torch.device) -> torch.Tensor:
