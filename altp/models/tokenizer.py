@@ -122,12 +122,15 @@ def load_glamm_tokenizer(path: str | Path) -> tuple[PreTrainedTokenizerBase, GLa
     path = Path(path)
     if not (path / "tokenizer.json").exists() and (path / "tokenizer.model").exists():
         try:
+            import google.protobuf  # noqa: F401
             import sentencepiece  # noqa: F401
         except ImportError:
             raise ImportError(
-                f"{path} has only tokenizer.model; converting it needs sentencepiece: "
-                "`.venv/bin/pip install sentencepiece==0.2.3`"
+                f"{path} has only tokenizer.model; converting it needs sentencepiece and protobuf: "
+                "`.venv/bin/pip install sentencepiece==0.2.3 protobuf==7.36.2`"
             ) from None
+    if not path.is_dir():
+        raise FileNotFoundError(f"tokenizer folder {path} does not exist")
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     return tok, _check_added_tokens(tok, str(path))
 
