@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from transformers.initialization import no_init_weights
 
 from altp.models.base import MissingCheckpointError
 from altp.models.glamm import GLaMM, GLaMMConfig
@@ -305,7 +306,9 @@ def build_glamm(
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch_dtype)  # build in the target dtype: 7B in fp32 would double peak memory
     try:
-        with torch.device(device):
+        # Every parameter is overwritten by the strict load below, so skip the random init
+        # (minutes for 7B on CPU); buffers (RoPE, CLIP position ids) are built in __init__.
+        with torch.device(device), no_init_weights():
             model = GLaMM(config=config, tokenizer=tok, token_ids=ids, name="glamm", max_new_tokens=max_new_tokens)
     finally:
         torch.set_default_dtype(previous)
