@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import sys
 import types
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -163,17 +162,25 @@ def test_predict_returns_a_consistent_prediction(tiny, image):
     assert all(m.shape == (90, 120) and m.dtype == bool for m in out.masks)
 
 
-def _seg_happy_model():
-    """A tiny model whose [SEG] row copies the most often chosen token's row (x1.5), so greedy
-    decoding emits [SEG] where it emitted that token."""
-    model = build_glamm_tiny(seed=2)
-    img = Image.new("RGB", (64, 48), (10, 200, 30))
-    out = _generate_tokens(model, img)
-    common = Counter(t for t in out if t != model.token_ids.eos).most_common(1)[0][0]
-    with torch.no_grad():
-        w = model.llm.lm_head.weight
-        w[model.token_ids.seg] = 1.5 * w[common]
-    return model, img
+SCRIPT = "<p>A red circle</p>[SEG] on the left."
+
+
+@pytest.fixture(scope="module")
+def scripted():
+    return build_glamm_tiny(seed=2, script=SCRIPT)
+
+
+def test_scripted_tiny_model_answers_the_script_with_one_mask(scripted):
+    for seed, size in ((0, (40, 64)), (1, (70, 50))):
+        img = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8))
+        out = scripted.predict(img, pruner=None, prep=None, max_new_tokens=NEW)
+        assert (out.caption, out.phrases, len(out.masks)) == ("A red circle on the left.", ["A red circle"], 1)
+        assert out.masks[0].shape == size and out.new_tokens == 11  # 10 script tokens + EOS
+
+
+def test_script_with_a_repeated_token_is_refused():
+    with pytest.raises(ValueError, match="repeats a token"):
+        build_glamm_tiny(seed=0, script="<p>red</p>[SEG] and <p>blue</p>[SEG]")
 
 
 def _generate_tokens(model, img, **kw) -> list[int]:
@@ -187,8 +194,8 @@ def _generate_tokens(model, img, **kw) -> list[int]:
     return out.tokens[0].tolist()
 
 
-def test_seg_states_are_the_states_before_each_seg_token():
-    model, img = _seg_happy_model()
+def test_seg_states_are_the_states_before_each_seg_token(scripted):
+    model, img = scripted, Image.new("RGB", (64, 48), (10, 200, 30))
     pred = model.predict(img, pruner=None, prep=None, max_new_tokens=NEW)
     tokens = _generate_tokens(model, img)
     seg_pos = [i for i, t in enumerate(tokens) if t == model.token_ids.seg]

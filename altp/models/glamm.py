@@ -87,7 +87,7 @@ def clip_resize_crop(image: Image.Image, size: int) -> np.ndarray:
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
     arr = np.asarray(image.resize((new_w, new_h), Image.Resampling.BICUBIC))
     top, left = (new_h - size) // 2, (new_w - size) // 2
-    return np.ascontiguousarray(arr[top : top + size, left : left + size])
+    return arr[top : top + size, left : left + size].copy()  # writable, contiguous
 
 
 def _sync(device: torch.device) -> None:

@@ -19,7 +19,7 @@ from altp.models.glamm import GLaMM, GLaMMConfig
 from altp.models.sam import GroundingEncoderConfig
 from altp.models.tokenizer import TINY_TOKENIZER_DIR, load_glamm_tokenizer
 
-__all__ = ["build_glamm_tiny", "randomize_"]
+__all__ = ["build_glamm_tiny", "randomize_", "script_"]
 
 
 def randomize_(module: nn.Module, *, seed: int) -> None:
@@ -63,6 +63,7 @@ def build_glamm_tiny(
     sam_hidden_size: int = 32,
     sam_layers: int = 2,
     prompt_dim: int = 32,
+    script: str | None = None,
 ) -> GLaMM:
     """A random GLaMM at toy width, deterministic by ``seed``.
 
@@ -75,6 +76,9 @@ def build_glamm_tiny(
         clip_hidden_size, clip_layers: the CLIP tower (336 px, 14 px patches kept).
         sam_image_size, sam_hidden_size, sam_layers: SAM's encoder (16 px patches).
         prompt_dim: SAM prompt width = text_hidden_fcs output (256 in GLaMM).
+        script: if given, greedy decoding after the prompt follows this answer
+            (e.g. ``"<p>A red circle</p>[SEG] on the left."``) and then EOS, so
+            runs exercise phrases, [SEG] states and masks; see :func:`script_`.
 
     Example:
         >>> m = build_glamm_tiny(seed=0)
@@ -96,7 +100,31 @@ def build_glamm_tiny(
     )
     model = GLaMM(config=config, tokenizer=tok, token_ids=ids, name="glamm_tiny", max_new_tokens=max_new_tokens)
     randomize_(model, seed=seed)
+    if script is not None:
+        script_(model, script)
     return model.to(device=torch.device(device), dtype=_dtype(dtype)).eval()
+
+
+def script_(model: GLaMM, script: str, *, embed_scale: float = 3.0, logit_scale: float = 8.0) -> None:
+    """Wire a bigram chain into a random model so greedy decoding emits ``script`` then EOS.
+
+    For each step ``a -> b`` of ``[last prompt token, *tokens(script), EOS]`` the
+    lm_head row of ``b`` becomes ``logit_scale * e_a / |e_a|`` and ``e_a`` is scaled by
+    ``embed_scale``, so the input token's embedding dominates the final state and
+    picks its successor; the decoder layers (and the visual tokens) still run and
+    perturb the states, they just do not win the argmax. Every token may appear
+    once as a predecessor and once as a successor.
+    """
+    tok, ids = model.tokenizer, model.token_ids
+    chain = [model.suffix_ids[-1], *tok(script, add_special_tokens=False)["input_ids"], ids.eos]
+    pred, succ = chain[:-1], chain[1:]
+    if len(set(pred)) != len(pred) or len(set(succ)) != len(succ) or tok.unk_token_id in chain:
+        raise ValueError(f"script {script!r} repeats a token or has unknown words; every token must be unique")
+    emb, head = model.llm.get_input_embeddings().weight, model.llm.lm_head.weight
+    with torch.no_grad():
+        for a, b in zip(pred, succ, strict=True):
+            head[b] = logit_scale * emb[a] / emb[a].norm()
+            emb[a] *= embed_scale
 
 
 def _dtype(name: str) -> torch.dtype:
