@@ -269,3 +269,13 @@ def test_gcg_prompt_is_the_internlm2_chat_instruction():
         "answer.<|im_end|>\n<|im_start|>assistant\n"
     )
     assert len(GCG_QUESTIONS) == 6
+
+
+def test_round_trip_with_attention_bias():
+    model = LlamaForCausalLM(llama_config_from_internlm2({**CFG, "bias": True}))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert "model.layers.0.self_attn.q_proj.bias" in state
+    official = llama_to_internlm2(state, num_heads=H, num_kv_heads=HKV)
+    assert official["model.layers.1.attention.wqkv.bias"].shape == (HKV * (G + 2) * D,)
+    back = convert_internlm2_to_llama(official, num_layers=NL, num_heads=H, num_kv_heads=HKV, bias=True)
+    assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
