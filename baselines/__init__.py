@@ -1,1 +1,5 @@
-"""Baseline pruners (importing registers them)."""
+"""Baseline pruners (importing registers them): FastV, PyramidDrop, random, uniform."""
+
+from baselines.fastv import FastVPruner
+
+__all__ = ["FastVPruner"]

@@ -1,0 +1,226 @@
+"""Book-keeping of one prefill's pruning stages (used by :mod:`altp.pruning.engine`).
+
+A :class:`PrunePlan` checks a pruner's schedule, validates each
+:class:`~altp.pruning.base.Selection`, turns it into a gather index over the
+sequence, and remembers what the decode steps need (which layers start a new
+token set and the position the generated tokens get there).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from altp.pruning.base import Pruner, PruneStage, Selection
+
+__all__ = ["PrunePlan", "StageState"]
+
+
+@dataclass
+class StageState:
+    """One stage of a prefill.
+
+    Attributes:
+        index: stage number.
+        stage: the pruner's :class:`PruneStage`.
+        keep: (B, N_after) long, indices into the prompt as it enters this stage
+            (prefix, kept visual tokens, suffix); None until selected.
+        num_before: prompt tokens entering the stage.
+        decode_base: position of generated token 0 in the layers from this stage on.
+    """
+
+    index: int
+    stage: PruneStage
+    keep: torch.Tensor | None = None
+    num_before: int = 0
+    decode_base: int = 0
+
+    def apply(
+        self, h: torch.Tensor, pos: torch.Tensor, n_gen: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gather the kept tokens of ``h`` (B, num_before + n_gen, D); generated tokens are always kept.
+
+        Returns the gathered hidden states and their position ids (B or 1, L').
+        """
+        if self.keep is None:
+            raise RuntimeError("stage applied before its tokens were selected")
+        idx = self.keep  # (B, N_after)
+        b = h.shape[0]
+        if n_gen:
+            tail = torch.arange(self.num_before, self.num_before + n_gen, device=idx.device)
+            idx = torch.cat([idx, tail[None].expand(b, -1)], dim=1)
+        h = torch.gather(h, 1, idx[..., None].expand(-1, -1, h.shape[-1]))
+        if self.stage.renumber_positions:
+            pos = torch.arange(idx.shape[1], device=h.device)[None]
+        else:
+            pos = torch.gather(pos.expand(b, -1), 1, idx)
+        return h, pos
+
+
+class _Timer:
+    """Wall time of one critical-path region; CUDA events avoid a device sync per stage."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.start_ev = torch.cuda.Event(enable_timing=True)
+            self.end_ev = torch.cuda.Event(enable_timing=True)
+            self.start_ev.record()
+        else:
+            self.t0 = time.perf_counter()
+        self.ms: float | None = None
+
+    def stop(self) -> None:
+        if self.cuda:
+            self.end_ev.record()
+        else:
+            self.ms = (time.perf_counter() - self.t0) * 1e3
+
+    def elapsed_ms(self) -> float:
+        if self.cuda:
+            self.end_ev.synchronize()
+            return float(self.start_ev.elapsed_time(self.end_ev))
+        return float(self.ms or 0.0)
+
+
+@dataclass
+class PrunePlan:
+    """Stages of one prefill and the state between them (see module docstring)."""
+
+    stages: list[PruneStage]
+    batch: int
+    num_prompt: int
+    visual_start: int
+    num_visual: int
+    grid: tuple[int, int]
+    prep: tuple[Any, ...]
+    seed: int
+    num_layers: int
+    pruner_name: str
+    device: torch.device
+    states: dict[int, StageState] = field(init=False)
+    visual_ids: torch.Tensor = field(init=False)
+    num_current: int = field(init=False)
+    num_prompt_current: int = field(init=False)
+    first_kept: torch.Tensor | None = field(init=False, default=None)
+    extras: list[dict[str, Any]] = field(init=False)
+    timers: list[_Timer] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._check_schedule()
+        self.states = {s.layer: StageState(index=k, stage=s) for k, s in enumerate(self.stages)}
+        self._score_layers = {
+            s.score_layer
+            for s in self.stages
+            if s.score_layer is not None and s.score_layer < s.layer
+        }
+        self.visual_ids = torch.arange(self.num_visual, device=self.device)[None].expand(
+            self.batch, -1
+        )
+        self.num_current = self.num_visual
+        self.num_prompt_current = self.num_prompt
+        self._base = self.num_prompt  # position of generated token 0 in the current layer range
+        self.extras = [{} for _ in range(self.batch)]
+
+    def _check_schedule(self) -> None:
+        prev_layer, prev_keep = 0, self.num_visual
+        for k, s in enumerate(self.stages):
+            where = f"{self.pruner_name}.schedule() stage {k} ({s})"
+            if not (max(prev_layer, 0) < s.layer < self.num_layers):
+                raise ValueError(f"{where}: layers must be ascending in [1, {self.num_layers})")
+            if not (1 <= s.n_keep <= prev_keep):
+                raise ValueError(
+                    f"{where}: n_keep must be in [1, {prev_keep}] (tokens only ever get fewer)"
+                )
+            if s.score_layer is not None and not (prev_layer <= s.score_layer <= s.layer):
+                raise ValueError(
+                    f"{where}: score_layer must lie in [{prev_layer}, {s.layer}] so that it sees this stage's tokens"
+                )
+            prev_layer, prev_keep = s.layer, s.n_keep
+
+    @property
+    def visual_offset(self) -> int:
+        return self.visual_start
+
+    def stage_at(self, layer: int) -> StageState | None:
+        return self.states.get(layer)
+
+    def next_score_layer(self, layer: int) -> int | None:
+        """``layer`` if some stage scores with that (already-run) layer's input, else None."""
+        return layer if layer in self._score_layers else None
+
+    def timer(self) -> _Timer:
+        t = _Timer(self.device)
+        self.timers.append(t)
+        return t
+
+    def accept(self, st: StageState, sel: Selection) -> None:
+        """Validate a pruner's answer and turn it into the stage's gather index."""
+        idx = sel.indices
+        want = (self.batch, st.stage.n_keep)
+        who = f"pruner {self.pruner_name} (stage {st.index}, layer {st.stage.layer})"
+        if (
+            not isinstance(idx, torch.Tensor)
+            or idx.dtype not in (torch.int64, torch.int32)
+            or tuple(idx.shape) != want
+        ):
+            got = (
+                (idx.dtype, tuple(idx.shape))
+                if isinstance(idx, torch.Tensor)
+                else type(idx).__name__
+            )
+            raise ValueError(
+                f"{who} must return Selection.indices as a (B, n_keep)={want} integer tensor, got {got}"
+            )
+        idx = idx.to(device=self.device, dtype=torch.long)
+        ok = (idx[:, 1:] > idx[:, :-1]).all() & (idx >= 0).all() & (idx < self.num_current).all()
+        if not bool(ok):  # one sync per stage: a wrong selection must never pass silently
+            raise ValueError(
+                f"{who} returned indices that are not sorted, unique and in [0, {self.num_current}): {idx.tolist()}"
+            )
+        if sel.extras and len(sel.extras) != self.batch:
+            raise ValueError(f"{who} returned {len(sel.extras)} extras for a batch of {self.batch}")
+        for d, e in zip(self.extras, sel.extras, strict=False):
+            d.update(e)
+        a, v = self.visual_start, self.num_current
+        n = self.num_prompt_current
+        b = self.batch
+        dev = self.device
+        st.keep = torch.cat(
+            [
+                torch.arange(a, device=dev)[None].expand(b, -1),
+                idx + a,
+                torch.arange(a + v, n, device=dev)[None].expand(b, -1),
+            ],
+            dim=1,
+        )  # (B, N_after)
+        st.num_before = n
+        self.visual_ids = torch.gather(self.visual_ids, 1, idx)
+        if st.index == 0:
+            self.first_kept = self.visual_ids
+        self.num_current = st.stage.n_keep
+        self.num_prompt_current = n - v + st.stage.n_keep
+        if st.stage.renumber_positions:
+            self._base = self.num_prompt_current
+        st.decode_base = self._base
+
+    def decode_positions(self, layer: int, j: int) -> torch.Tensor:
+        """(1, 1) position of generated token j in the layer range starting at ``layer``."""
+        base = self.num_prompt if layer == 0 else self.states[layer].decode_base
+        return torch.tensor([[base + j]], device=self.device)
+
+    def record(self, pruner: Pruner | None) -> Any:
+        from altp.pruning.engine import PruneRecord  # the record type lives with the public API
+
+        kept = self.first_kept if self.first_kept is not None else self.visual_ids
+        return PruneRecord(
+            kept_tokens=kept.tolist(),
+            kept_per_stage=[s.n_keep for s in self.stages],
+            stage_layers=[s.layer for s in self.stages],
+            extras=self.extras,
+            select_ms=sum(t.elapsed_ms() for t in self.timers),
+            hparams=pruner.hparams() if pruner is not None else {},
+        )

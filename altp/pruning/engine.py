@@ -1,0 +1,372 @@
+"""Visual-token pruning inside a stock transformers decoder, with greedy decoding.
+
+The engine owns everything a pruner should not see: the loop over decoder
+layers, gathering hidden states and position ids at each pruning stage, the
+attention masks and the KV cache. The loop mirrors ``LlamaModel.forward`` of
+transformers 5.23.0 (embeddings in, ``rotary_emb`` once per token set, each
+stock ``LlamaDecoderLayer`` called with ``position_embeddings``, final ``norm``)
+with the pruning stages inserted between layers; no transformers source is
+copied or patched.
+
+Sequence layout (per batch element, equal lengths across the batch)::
+
+    [text prefix: visual_start tokens][V visual tokens][text suffix]
+
+Position ids follow each stage's :attr:`PruneStage.renumber_positions`:
+
+* FastV (False): kept tokens keep their original positions (gaps); generated
+  token j gets position ``N + j`` in every layer (N = unpruned prompt length),
+  as upstream FastV's ``generate`` derives it from the unpruned attention mask.
+* PyramidDrop (True): after a drop, positions are ``0..N_s-1`` contiguously;
+  generated token j gets ``N_s + j`` in the layers after that stage, where N_s
+  is the prompt length kept there. Upstream PyramidDrop
+  (``llava/model/modeling_llama_pdrop.py``) starts a decoded token at the
+  unpruned cache length and, after each stage layer, subtracts the tokens that
+  stage dropped, which is the same number.
+
+The KV cache is a stock :class:`transformers.DynamicCache`; layers after a
+stage simply hold shorter entries. ``use_cache=False`` is upstream-style
+decoding: every step recomputes prompt + generated tokens through all layers,
+re-applying the kept sets chosen at prefill (an oracle for the cached path).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from altp.pruning._plan import PrunePlan, StageState
+from altp.pruning._scores import last_row_attention
+from altp.pruning.base import PruneContext, Pruner, PruneStage, ScheduleInfo
+
+__all__ = ["GenerateOutput", "PruneRecord", "PruningEngine"]
+
+_SUPPORTED_ATTN = ("sdpa", "eager")
+
+
+@dataclass
+class PruneRecord:
+    """What pruning did to one prefill (stored with the predictions).
+
+    Attributes:
+        kept_tokens: per batch element, original visual indices (0..V-1) kept
+            after the FIRST stage, ascending (all V when unpruned).
+        kept_per_stage: visual tokens left after each stage.
+        stage_layers: the decoder layer of each stage.
+        extras: per batch element, :attr:`Selection.extras` of every stage merged.
+        select_ms: wall time of scoring + selection on the critical path.
+        hparams: ``pruner.hparams()`` (e.g. PDrop's solved lambda); {} unpruned.
+    """
+
+    kept_tokens: list[list[int]]
+    kept_per_stage: list[int]
+    stage_layers: list[int]
+    extras: list[dict[str, Any]]
+    select_ms: float
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenerateOutput:
+    """Greedy decoding result.
+
+    Attributes:
+        tokens: (B, T) generated ids (EOS included when produced; rows that
+            finished early are padded with EOS).
+        step_hidden: (B, T, D) final-layer hidden state after the final norm
+            (HF's ``hidden_states[-1]``) whose logits produced ``tokens[:, t]``.
+        record: the prefill's :class:`PruneRecord`.
+        prefill_ms: prompt forward incl. pruning, up to the first token's logits.
+        decode_ms: the remaining steps.
+    """
+
+    tokens: torch.Tensor
+    step_hidden: torch.Tensor
+    record: PruneRecord
+    prefill_ms: float
+    decode_ms: float
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PruningEngine:
+    """Runs a causal LM's decoder layers with a pruner's stages applied.
+
+    Args:
+        lm: a transformers ``*ForCausalLM`` with ``.model.layers``,
+            ``.model.norm``, ``.model.rotary_emb``, ``.model.embed_tokens`` and
+            ``.lm_head`` (LlamaForCausalLM; InternLM2 after conversion to Llama).
+        pruner: the pruner, or None for the unpruned model.
+    """
+
+    def __init__(self, *, lm: nn.Module, pruner: Pruner | None) -> None:
+        impl = getattr(lm.config, "_attn_implementation", None) or "eager"
+        if impl not in _SUPPORTED_ATTN:
+            raise ValueError(
+                f"PruningEngine supports attn_implementation in {_SUPPORTED_ATTN}, the model uses {impl!r}; "
+                "load it with attn_implementation='sdpa'"
+            )
+        self.lm = lm
+        self.pruner = pruner
+        self.layers = list(lm.model.layers)[: lm.config.num_hidden_layers]
+        self._eager = impl == "eager"
+
+    # -- public API -------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(
+        self,
+        *,
+        inputs_embeds: torch.Tensor,
+        visual_start: int,
+        num_visual: int,
+        grid: tuple[int, int],
+        prep: list[Any] | tuple[Any, ...] | None = None,
+        max_new_tokens: int,
+        eos_token_id: int | list[int] | None,
+        use_cache: bool = True,
+        seed: int = 0,
+    ) -> GenerateOutput:
+        """Prefill with pruning, then greedy decoding.
+
+        Args:
+            inputs_embeds: (B, N, D) prompt embeddings, visual tokens at
+                ``[visual_start, visual_start + num_visual)``.
+            visual_start: index of the first visual token.
+            num_visual: V.
+            grid: (rows, cols) of the visual patch grid, rows * cols == V.
+            prep: per batch element, what ``pruner.prepare`` returned (or None).
+            max_new_tokens: upper bound on T.
+            eos_token_id: id(s) that end a sequence, or None.
+            use_cache: False recomputes the whole sequence every step (no cache).
+            seed: per-sample seed handed to the pruner.
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        eos = torch.tensor(
+            []
+            if eos_token_id is None
+            else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)),
+            device=inputs_embeds.device,
+        )
+        dev = inputs_embeds.device
+        _sync(dev)
+        t0 = time.perf_counter()
+        plan = self._plan(inputs_embeds, visual_start, num_visual, grid, prep, seed)
+        cache = DynamicCache(config=self.lm.config) if use_cache else None
+        hidden = self._forward(inputs_embeds, plan, cache=cache, select=True)  # (B, N, D) normed
+        h_last = hidden[:, -1]  # (B, D)
+        tok = self.lm.lm_head(h_last).argmax(-1)  # (B,)
+        _sync(dev)
+        t1 = time.perf_counter()
+        embed = self.lm.get_input_embeddings()
+        toks, states = [tok], [h_last]
+        done = torch.isin(tok, eos)
+        seq = inputs_embeds
+        for j in range(max_new_tokens - 1):
+            if bool(done.all()):  # one sync per token: greedy decoding must know when to stop
+                break
+            e = embed(tok[:, None]).to(inputs_embeds.dtype)  # (B, 1, D)
+            if cache is not None:
+                h_last = self._decode_step(e, plan, cache, j)[:, -1]
+            else:
+                seq = torch.cat([seq, e], dim=1)
+                h_last = self._forward(seq, plan, cache=None, select=False)[:, -1]
+            nxt = self.lm.lm_head(h_last).argmax(-1)
+            tok = torch.where(done, toks[-1], nxt) if eos.numel() else nxt
+            toks.append(tok)
+            states.append(h_last)
+            done = done | torch.isin(tok, eos)
+        _sync(dev)
+        t2 = time.perf_counter()
+        return GenerateOutput(
+            tokens=torch.stack(toks, 1),
+            step_hidden=torch.stack(states, 1),
+            record=plan.record(self.pruner),
+            prefill_ms=(t1 - t0) * 1e3,
+            decode_ms=(t2 - t1) * 1e3,
+        )
+
+    @torch.inference_mode()
+    def prefill(
+        self,
+        *,
+        inputs_embeds: torch.Tensor,
+        visual_start: int,
+        num_visual: int,
+        grid: tuple[int, int],
+        prep: list[Any] | tuple[Any, ...] | None = None,
+        seed: int = 0,
+        use_cache: bool = True,
+    ) -> tuple[torch.Tensor, PruneRecord]:
+        """Prompt forward only (benchmarks, tests).
+
+        Returns:
+            (B, N_last, vocab) logits of the prompt tokens still present in the
+            last layer (all N when unpruned), and the :class:`PruneRecord`.
+        """
+        plan = self._plan(inputs_embeds, visual_start, num_visual, grid, prep, seed)
+        cache = DynamicCache(config=self.lm.config) if use_cache else None
+        hidden = self._forward(inputs_embeds, plan, cache=cache, select=True)
+        return self.lm.lm_head(hidden), plan.record(self.pruner)
+
+    # -- internals --------------------------------------------------------------------------------------
+    def _plan(
+        self,
+        embeds: torch.Tensor,
+        visual_start: int,
+        num_visual: int,
+        grid: tuple[int, int],
+        prep: Any,
+        seed: int,
+    ) -> PrunePlan:
+        b, n, _ = embeds.shape
+        if not (0 <= visual_start and visual_start + num_visual <= n and num_visual >= 1):
+            raise ValueError(
+                f"visual span [{visual_start}, {visual_start + num_visual}) does not fit {n} tokens"
+            )
+        if grid[0] * grid[1] != num_visual:
+            raise ValueError(
+                f"grid {grid} has {grid[0] * grid[1]} cells but num_visual={num_visual}"
+            )
+        prep_t = tuple(prep) if prep is not None else (None,) * b
+        if len(prep_t) != b:
+            raise ValueError(
+                f"prep has {len(prep_t)} entries for a batch of {b}; pass one per sample"
+            )
+        cfg = self.lm.config
+        stages: list[PruneStage] = []
+        if self.pruner is not None:
+            info = ScheduleInfo(
+                num_visual=num_visual,
+                num_text=n - num_visual,
+                num_layers=len(self.layers),
+                hidden_size=cfg.hidden_size,
+                intermediate_size=cfg.intermediate_size,
+                grid=grid,
+            )
+            stages = list(self.pruner.schedule(info))
+        return PrunePlan(
+            stages=stages,
+            batch=b,
+            num_prompt=n,
+            visual_start=visual_start,
+            num_visual=num_visual,
+            grid=grid,
+            prep=prep_t,
+            seed=seed,
+            num_layers=len(self.layers),
+            pruner_name=type(self.pruner).__name__,
+            device=embeds.device,
+        )
+
+    def _causal_mask(self, n: int, like: torch.Tensor) -> torch.Tensor | None:
+        # SDPA takes mask=None and uses its causal kernel; eager needs the additive mask spelled out.
+        if not self._eager or n == 1:
+            return None
+        m = torch.full((n, n), torch.finfo(like.dtype).min, dtype=like.dtype, device=like.device)
+        return m.triu(1)[None, None]  # (1, 1, n, n)
+
+    def _run_layer(
+        self,
+        i: int,
+        h: torch.Tensor,
+        pe: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
+        cache: DynamicCache | None,
+    ) -> torch.Tensor:
+        return self.layers[i](
+            h,
+            attention_mask=mask,
+            position_embeddings=pe,
+            past_key_values=cache,
+            use_cache=cache is not None,
+        )
+
+    def _forward(
+        self, h: torch.Tensor, plan: PrunePlan, *, cache: DynamicCache | None, select: bool
+    ) -> torch.Tensor:
+        """Run all layers over ``h`` (B, L, D) = prompt (+ generated tokens when ``select`` is False).
+
+        With ``select`` the stages score and choose (prefill); without, they
+        re-apply the kept sets chosen at prefill to the prompt part and keep
+        every generated token. Returns (B, L_last, D) after the final norm.
+        """
+        rotary = self.lm.model.rotary_emb
+        n_gen = h.shape[1] - plan.num_prompt
+        pos = torch.arange(h.shape[1], device=h.device)[None]  # (1, L)
+        pe = rotary(h, pos)
+        mask = self._causal_mask(h.shape[1], h)
+        score_in: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
+        for i in range(len(self.layers)):
+            st = plan.stage_at(i)
+            if st is not None:
+                if select:
+                    self._select(st, plan, h, pe, score_in, cache)
+                h, pos = st.apply(h, pos, n_gen)
+                pe = rotary(h, pos)
+                mask = self._causal_mask(h.shape[1], h)
+            nxt = plan.next_score_layer(i)
+            if select and nxt == i:
+                score_in = (
+                    h,
+                    pe,
+                )  # kept by reference: the input of the layer that scores the next stage
+            h = self._run_layer(i, h, pe, mask, cache)
+        return self.lm.model.norm(h)
+
+    def _select(
+        self,
+        st: StageState,
+        plan: PrunePlan,
+        h: torch.Tensor,
+        pe: tuple[torch.Tensor, torch.Tensor],
+        score_in: Any,
+        cache: DynamicCache | None,
+    ) -> None:
+        timer = plan.timer()
+        scores = None
+        sl = st.stage.score_layer
+        if sl is not None:
+            h_s, (cos, sin) = score_in if sl < st.stage.layer else (h, pe)
+            # The score layer's cached keys are exactly its input's post-RoPE keys when it ran on this token set.
+            keys = cache.layers[sl].keys if (cache is not None and sl < st.stage.layer) else None
+            row = last_row_attention(
+                layer=self.layers[sl], hidden=h_s, cos=cos, sin=sin, keys=keys
+            )  # (B, L)
+            a = plan.visual_offset
+            scores = row[:, a : a + plan.num_current]  # (B, V_cur) the visual columns
+        ctx = PruneContext(
+            stage=st.index,
+            layer=st.stage.layer,
+            n_keep=st.stage.n_keep,
+            num_visual=plan.num_visual,
+            grid=plan.grid,
+            visual_ids=plan.visual_ids,
+            scores=scores,
+            prep=plan.prep,
+            seed=plan.seed,
+        )
+        sel = self.pruner.select(ctx)
+        plan.accept(st, sel)
+        timer.stop()
+
+    def _decode_step(
+        self, e: torch.Tensor, plan: PrunePlan, cache: DynamicCache, j: int
+    ) -> torch.Tensor:
+        """One cached step for generated token j (0-based): (B, 1, D) in, (B, 1, D) normed out."""
+        rotary = self.lm.model.rotary_emb
+        h = e
+        pe = rotary(h, plan.decode_positions(0, j))
+        for i in range(len(self.layers)):
+            if plan.stage_at(i) is not None:
+                pe = rotary(h, plan.decode_positions(i, j))
+            h = self._run_layer(i, h, pe, None, cache)
+        return self.lm.model.norm(h)
