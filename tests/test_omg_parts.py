@@ -161,3 +161,15 @@ def test_seg_hidden_states_takes_the_seg_tokens_own_state():
     got = seg_hidden_states(hidden, gen, seg_token_id=seg)
     # Fed-back tokens sit at positions 3..6; [SEG] inputs at positions 4 and 6.
     assert got.flatten().tolist() == [4.0, 6.0]
+
+
+def test_gcg_text_parsing_follows_upstream_quirks():
+    from altp.models.omg.gcg_output import parse_gcg_text
+
+    decoded = "<p> A man </p> [SEG] rides\n<p>a horse</p> [SEG] near 'the' sea.<|im_end|></s>"
+    caption, phrases = parse_gcg_text(decoded)
+    assert phrases == ["A man", "a horse"]
+    # The newline is deleted, not replaced by a space, so "rides" and "a" merge once the tag goes.
+    assert caption == "A man ridesa horse near 'the' sea."
+    caption, _ = parse_gcg_text("'<p>dog</p> [SEG] on\ngrass'")
+    assert caption == "dog ongrass"  # quotes stripped at the ends, newline deleted
