@@ -277,5 +277,7 @@ def test_round_trip_with_attention_bias():
     assert "model.layers.0.self_attn.q_proj.bias" in state
     official = llama_to_internlm2(state, num_heads=H, num_kv_heads=HKV)
     assert official["model.layers.1.attention.wqkv.bias"].shape == (HKV * (G + 2) * D,)
-    back = convert_internlm2_to_llama(official, num_layers=NL, num_heads=H, num_kv_heads=HKV, bias=True)
+    back = convert_internlm2_to_llama(
+        official, num_layers=NL, num_heads=H, num_kv_heads=HKV, bias=True
+    )
     assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
