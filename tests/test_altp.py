@@ -207,3 +207,70 @@ def test_misuse_errors_and_records(preps: tuple) -> None:
         "sigma",
         "importance",
     }
+
+
+# ---------------------------------------------------------------- through the engine
+
+ENGINE_GRID = (6, 6)  # 84-px images, 14-px patches
+ENGINE_V, PREFIX, SUFFIX = 36, 5, 4
+
+
+def _tiny_llama(attn: str, state: dict | None = None) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+    )  # fmt: skip
+    cfg._attn_implementation = attn
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(cfg).eval()
+    if state is not None:
+        lm.load_state_dict(state)
+    return lm
+
+
+@pytest.fixture(scope="module")
+def engine_setup() -> tuple[torch.nn.Module, list[np.ndarray], torch.Tensor, torch.Tensor]:
+    """SDPA model, two images, prompt embeddings, and the eager oracle's FastV scores."""
+    lm = _tiny_llama("sdpa")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:84, 0:84] / 84
+    images = []
+    for amp in (40.0, 10.0):
+        img = np.stack([200 * xx + 20, 200 * yy + 20, 100 + 50 * xx * yy], axis=-1)
+        img[:, :42] += rng.normal(0, amp, size=(84, 42, 3))
+        images.append(img.clip(0, 255).astype(np.uint8))
+    embeds = torch.randn(
+        2, PREFIX + ENGINE_V + SUFFIX, 32, generator=torch.Generator().manual_seed(1)
+    )
+    # Independent oracle: eager attention weights of layer K-1 = 1, last row,
+    # mean over heads, visual columns.
+    eager = _tiny_llama("eager", lm.state_dict())
+    with torch.inference_mode():
+        attn = eager(inputs_embeds=embeds, output_attentions=True).attentions[1]  # (B, H, N, N)
+    scores = attn[:, :, -1, PREFIX : PREFIX + ENGINE_V].mean(1)  # (B, V)
+    return lm, images, embeds, scores
+
+
+@pytest.mark.parametrize("cls", [ALTPPruner, DDCPruner])
+@pytest.mark.parametrize("keep", [0.25, 0.5])
+def test_engine_keeps_budgeted_top_attention_tokens(
+    cls: type, keep: float, engine_setup: tuple
+) -> None:
+    from altp.pruning.engine import PruningEngine
+
+    lm, images, embeds, scores = engine_setup
+    pruner = cls(keep=keep, n_segments=4)
+    prep = [pruner.prepare(img, ENGINE_GRID) for img in images]
+    _, record = PruningEngine(lm=lm, pruner=pruner).prefill(
+        inputs_embeds=embeds, visual_start=PREFIX, num_visual=ENGINE_V, grid=ENGINE_GRID, prep=prep
+    )
+    n_keep = kept_count(keep, ENGINE_V)
+    assert record.kept_per_stage == [n_keep] and record.stage_layers == [2]
+    for b in range(2):
+        kept = record.kept_tokens[b]
+        assert len(kept) == n_keep and kept == sorted(set(kept))
+        budgets = record.extras[b]["budgets"]
+        assert sum(budgets) == n_keep and len(budgets) == prep[b].num_regions
+        assert kept == _oracle(scores[b].numpy(), prep[b].patch_region, dict(enumerate(budgets)))
