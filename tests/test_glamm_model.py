@@ -186,10 +186,12 @@ def test_script_with_a_repeated_token_is_refused():
 def _generate_tokens(model, img, **kw) -> list[int]:
     from altp.pruning.engine import PruningEngine
 
+    pruner = kw.pop("pruner", None)
+    prep = None if pruner is None else pruner.prepare(model.vision_image(img), model.grid)
     with torch.inference_mode():
         embeds = model.build_inputs_embeds(model.encode_image(model.clip_pixels(img)))
-        out = PruningEngine(lm=model.llm, pruner=kw.pop("pruner", None)).generate(
-            inputs_embeds=embeds, visual_start=len(model.prefix_ids), num_visual=576, grid=(24, 24), prep=[None],
+        out = PruningEngine(lm=model.llm, pruner=pruner).generate(
+            inputs_embeds=embeds, visual_start=len(model.prefix_ids), num_visual=576, grid=(24, 24), prep=[prep],
             max_new_tokens=NEW, eos_token_id=model.token_ids.eos, use_cache=kw.pop("use_cache", True), seed=0)
     return out.tokens[0].tolist()
 
@@ -217,7 +219,7 @@ def test_cached_and_uncached_decoding_agree_unpruned(tiny, image):
 
 
 @pytest.mark.skipif(not HAVE_ENGINE, reason="needs altp.pruning.engine (pruning)")
-@pytest.mark.parametrize("name", ["fastv", "random"])
+@pytest.mark.parametrize("name", ["fastv", "pdrop", "altp"])
 def test_cached_and_uncached_decoding_agree_pruned(tiny, image, name):
     from altp.pruning import available_pruners, build_pruner
 
@@ -243,3 +245,14 @@ def test_visual_tokens_are_penultimate_clip_layer_without_cls(tiny, image):
         got = tiny.encode_image(x)
     assert got.shape == (1, 576, tiny.llm_shape.hidden_size)
     assert torch.allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.skipif(not HAVE_ENGINE, reason="needs altp.pruning.engine (pruning)")
+def test_pruned_predict_keeps_floor_keep_times_576_and_still_grounds(scripted):
+    from altp.pruning import build_pruner
+
+    pruner = build_pruner("fastv", keep=0.1)
+    img = Image.fromarray(np.random.default_rng(5).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    out = scripted.predict(img, pruner=pruner, prep=pruner.prepare(scripted.vision_image(img), scripted.grid))
+    assert out.record.kept_per_stage == [57] and len(out.record.kept_tokens[0]) == 57
+    assert out.phrases == ["A red circle"] and len(out.masks) == 1
