@@ -35,7 +35,7 @@ class LayerNorm2d(nn.LayerNorm):
 
 
 class _Mlp(nn.Module):
-    def __init__(self, dim: int) -> None:
+    def __init__(self, *, dim: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, 4 * dim)
         self.fc2 = nn.Linear(4 * dim, dim)
@@ -45,11 +45,11 @@ class _Mlp(nn.Module):
 
 
 class ConvNeXtBlock(nn.Module):
-    def __init__(self, dim: int, *, eps: float = 1e-6) -> None:
+    def __init__(self, *, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.conv_dw = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
         self.norm = nn.LayerNorm(dim, eps=eps)
-        self.mlp = _Mlp(dim)
+        self.mlp = _Mlp(dim=dim)
         self.gamma = nn.Parameter(torch.full((dim,), 1e-6))  # timm's layer-scale init
 
     def forward(self, x: Tensor) -> Tensor:
@@ -59,7 +59,7 @@ class ConvNeXtBlock(nn.Module):
 
 
 class ConvNeXtStage(nn.Module):
-    def __init__(self, in_dim: int, dim: int, depth: int, *, downsample: bool, eps: float = 1e-6):
+    def __init__(self, *, in_dim: int, dim: int, depth: int, downsample: bool, eps: float = 1e-6):
         super().__init__()
         self.downsample = (
             nn.Sequential(
@@ -68,7 +68,7 @@ class ConvNeXtStage(nn.Module):
             if downsample
             else nn.Identity()
         )
-        self.blocks = nn.Sequential(*(ConvNeXtBlock(dim, eps=eps) for _ in range(depth)))
+        self.blocks = nn.Sequential(*(ConvNeXtBlock(dim=dim, eps=eps) for _ in range(depth)))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.blocks(self.downsample(x))
@@ -102,7 +102,13 @@ class ConvNeXtTrunk(nn.Module):
         )
         self.stages = nn.Sequential(
             *(
-                ConvNeXtStage(dims[max(i - 1, 0)], dims[i], depths[i], downsample=i > 0, eps=eps)
+                ConvNeXtStage(
+                    in_dim=dims[max(i - 1, 0)],
+                    dim=dims[i],
+                    depth=depths[i],
+                    downsample=i > 0,
+                    eps=eps,
+                )
                 for i in range(len(dims))
             )
         )

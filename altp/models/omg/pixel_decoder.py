@@ -27,9 +27,9 @@ class ConvGN(nn.Module):
 
     def __init__(
         self,
+        *,
         in_channels: int,
         out_channels: int,
-        *,
         kernel_size: int,
         bias: bool,
         relu: bool,
@@ -91,8 +91,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
         # Coarsest first, as mmdet builds them.
         self.input_convs = nn.ModuleList(
             ConvGN(
-                in_channels[i],
-                feat_channels,
+                in_channels=in_channels[i],
+                out_channels=feat_channels,
                 kernel_size=1,
                 bias=True,
                 relu=False,
@@ -116,8 +116,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
         fpn_levels = range(n_in - num_encoder_levels - 1, -1, -1)
         self.lateral_convs = nn.ModuleList(
             ConvGN(
-                in_channels[i],
-                feat_channels,
+                in_channels=in_channels[i],
+                out_channels=feat_channels,
                 kernel_size=1,
                 bias=False,
                 relu=False,
@@ -127,8 +127,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
         )
         self.output_convs = nn.ModuleList(
             ConvGN(
-                feat_channels,
-                feat_channels,
+                in_channels=feat_channels,
+                out_channels=feat_channels,
                 kernel_size=3,
                 bias=False,
                 relu=True,
