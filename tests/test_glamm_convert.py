@@ -212,3 +212,37 @@ def test_model_configs_instantiate_and_fail_in_one_line(monkeypatch, tmp_path):
     _one_line_missing(err.value.__cause__, "MBZUAI/GLaMM-GCG", str(tmp_path / "ckpt" / "config.json"))
     tiny = instantiate(OmegaConf.load(conf / "glamm_tiny.yaml"))
     assert (tiny.name, tiny.num_visual, tiny.max_new_tokens, str(tiny.device)) == ("glamm_tiny", 576, 32, "cpu")
+
+
+def test_full_size_layout_matches_glamm_gcg_shapes():
+    """GLaMM-GCG at full size on the meta device (no memory): upstream key set and SAM ViT-H /
+    Vicuna-7B / CLIP-L shapes as build_sam_vit_h and the checkpoint define them."""
+    from altp.models.glamm import GLaMM, GLaMMConfig
+    from altp.models.tokenizer import load_glamm_tokenizer
+
+    tok, ids = load_glamm_tokenizer(TINY_TOKENIZER_DIR)
+    with torch.device("meta"):
+        model = GLaMM(config=GLaMMConfig(), tokenizer=tok, token_ids=ids)
+    sd = model.state_dict()
+    official = {official_key(k): tuple(v.shape) for k, v in sd.items() if not k.startswith("vision_tower.")}
+    assert set(official) == upstream_keys(llm_layers=32, sam_depth=32)
+    g = "model.grounding_encoder."
+    expected = {
+        "model.embed_tokens.weight": (32007, 4096), "lm_head.weight": (32007, 4096),
+        "model.layers.0.mlp.gate_proj.weight": (11008, 4096),
+        "model.mm_projector.0.weight": (4096, 1024), "model.text_hidden_fcs.0.2.weight": (256, 4096),
+        g + "image_encoder.pos_embed": (1, 64, 64, 1280),
+        g + "image_encoder.patch_embed.proj.weight": (1280, 3, 16, 16),
+        g + "image_encoder.blocks.7.attn.rel_pos_h": (127, 80),  # global attention block (64x64)
+        g + "image_encoder.blocks.0.attn.rel_pos_h": (27, 80),  # 14x14 window block
+        g + "image_encoder.neck.0.weight": (256, 1280, 1, 1),
+        g + "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix": (2, 128),
+        g + "prompt_encoder.mask_downscaling.0.weight": (4, 1, 2, 2),
+        g + "mask_decoder.transformer.layers.0.cross_attn_token_to_image.q_proj.weight": (128, 256),
+        g + "mask_decoder.output_upscaling.0.weight": (256, 64, 2, 2),
+        g + "mask_decoder.output_hypernetworks_mlps.0.layers.2.weight": (32, 256),
+        g + "mask_decoder.iou_prediction_head.layers.2.weight": (4, 256),
+    }
+    assert {k: official[k] for k in expected} == expected
+    assert tuple(sd["vision_tower.embeddings.position_embedding.weight"].shape) == (577, 1024)
+    assert (model.num_visual, model.grid) == (576, (24, 24))

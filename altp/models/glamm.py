@@ -144,7 +144,8 @@ class GLaMM(nn.Module):
         # RoPE frequencies must stay fp32 under .to(bfloat16): a bf16 inv_freq puts
         # position ~600 off by up to a radian in the fast rotary channels.
         self._rope_fp32 = {n: m.inv_freq.detach().float().cpu().clone() for n, m in self.named_modules()
-                           if "RotaryEmbedding" in type(m).__name__ and hasattr(m, "inv_freq")}
+                           if "RotaryEmbedding" in type(m).__name__ and hasattr(m, "inv_freq")
+                           and not m.inv_freq.is_meta}  # meta: shape-only builds
 
     def _apply(self, fn: Any, recurse: bool = True) -> GLaMM:
         super()._apply(fn, recurse)

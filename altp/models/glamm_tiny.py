@@ -19,7 +19,7 @@ from altp.models.glamm import GLaMM, GLaMMConfig
 from altp.models.sam import GroundingEncoderConfig
 from altp.models.tokenizer import TINY_TOKENIZER_DIR, load_glamm_tokenizer
 
-__all__ = ["build_glamm_tiny", "randomize_", "script_"]
+__all__ = ["build_glamm_full_random", "build_glamm_tiny", "randomize_", "script_"]
 
 
 def randomize_(module: nn.Module, *, seed: int) -> None:
@@ -100,6 +100,38 @@ def build_glamm_tiny(
     )
     model = GLaMM(config=config, tokenizer=tok, token_ids=ids, name="glamm_tiny", max_new_tokens=max_new_tokens)
     randomize_(model, seed=seed)
+    if script is not None:
+        script_(model, script)
+    return model.to(device=torch.device(device), dtype=_dtype(dtype)).eval()
+
+
+def build_glamm_full_random(
+    *,
+    seed: int = 0,
+    dtype: str = "bfloat16",
+    device: str = "cuda",
+    max_new_tokens: int = 512,
+    script: str | None = None,
+) -> GLaMM:
+    """GLaMM at full size (Vicuna-7B, CLIP ViT-L/14-336, SAM ViT-H) with random weights.
+
+    For GPU timing and smoke runs without the checkpoint; the tiny tokenizer stands in
+    for LLaMA's (its ids all fit the 32007-row embedding). transformers' own init
+    (seeded) runs directly on ``device``: seconds on a GPU, minutes on a CPU. Same
+    arguments as :func:`build_glamm_tiny` for the common ones, so
+    ``model=glamm_tiny model._target_=altp.models.glamm_tiny.build_glamm_full_random
+    model.device=cuda model.dtype=bfloat16`` works from the command line.
+    """
+    tok, ids = load_glamm_tokenizer(TINY_TOKENIZER_DIR)
+    torch.manual_seed(int(seed))
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(_dtype(dtype))
+    try:
+        with torch.device(device):
+            model = GLaMM(config=GLaMMConfig(), tokenizer=tok, token_ids=ids, name="glamm_full_random",
+                          max_new_tokens=max_new_tokens)
+    finally:
+        torch.set_default_dtype(previous)
     if script is not None:
         script_(model, script)
     return model.to(device=torch.device(device), dtype=_dtype(dtype)).eval()
