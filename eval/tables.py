@@ -1,0 +1,427 @@
+"""Paper-shaped tables (Markdown, LaTeX, CSV) built only from run records.
+
+A run record is a directory with a flat ``metrics.json`` (written by
+:func:`altp.runner.run`): ``model``, ``pruner``, ``keep``, ``data``, ``split``,
+the five metrics as fractions, ``flops_ratio`` (remaining fraction),
+``mean_kept_tokens``, ``pruner.<hparam>`` keys and provenance.
+
+Tables, one set per (model, data family) found; data family = the ``data`` name
+without its ``_val`` / ``_test`` suffix, so val and test runs share a row:
+
+* main (Table 1 for ``glamm``, Table 2 for ``omg_llava``): rows pruner x keep at
+  the pruner's default hyper-parameters (``conf/pruner/<name>.yaml``); columns
+  val/test x METEOR CIDEr AP50 mIoU Recall, then remaining FLOPs;
+* ablation (Table 3): none / uniform / random / ddc / altp rows only;
+* sweep (Table 4): ALTP runs, one row per setting of the ``pruner.*`` keys that vary.
+
+Metrics are shown x100 with one decimal. Several records of one cell (same
+model, data, split, pruner, keep and hyper-parameters): the newest wins, by
+``finished_at`` (ISO time in metrics.json) when present, else the file's
+modification time, and the table's notes list the records set aside.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from eval.table_format import MISSING, Table, pct, to_csv, to_latex, to_markdown
+
+__all__ = [
+    "METRICS",
+    "RunRecord",
+    "Table",
+    "build_tables",
+    "find_runs",
+    "load_pruner_defaults",
+    "newest_per_cell",
+    "paper_comparison",
+    "to_csv",
+    "to_latex",
+    "to_markdown",
+    "write_tables",
+]
+
+METRICS = (
+    ("meteor", "METEOR"),
+    ("cider", "CIDEr"),
+    ("ap50", "AP50"),
+    ("miou", "mIoU"),
+    ("recall", "Recall"),
+)
+SPLITS = ("val", "test")
+_SKIP_DIRS = {"paper", "tables"}  # results/paper: the paper's numbers; results/tables: our output
+_PRUNER_ORDER = ("none", "fastv", "pdrop", "random", "uniform", "ddc", "altp")
+_ABLATION = ("none", "uniform", "random", "ddc", "altp")
+_MAIN_NUMBER = {"glamm": "Table 1", "omg_llava": "Table 2"}
+_SYNTHETIC_WORDS = ("synthetic", "shapes", "tiny")
+_LABELS = ["Method", "Tokens", "keep"]
+
+Rows = list[tuple[list[str], dict[str, "RunRecord"]]]  # (row labels, run per split)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run directory's flat metrics and when it finished (for newest-wins)."""
+
+    path: Path
+    metrics: dict[str, Any]
+    finished: float  # POSIX seconds
+
+    @property
+    def family(self) -> str:
+        data, split = str(self.metrics.get("data", "")), str(self.metrics.get("split", ""))
+        return data.removesuffix(f"_{split}") if split else data
+
+    @property
+    def hparams(self) -> tuple[tuple[str, Any], ...]:
+        return tuple(
+            sorted(
+                (k[len("pruner.") :], _hashable(v))
+                for k, v in self.metrics.items()
+                if k.startswith("pruner.")
+            )
+        )
+
+    @property
+    def cell(self) -> tuple:
+        m = self.metrics
+        return (
+            m.get("model"),
+            m.get("data"),
+            m.get("split"),
+            m.get("pruner"),
+            float(m.get("keep", 1.0)),
+            self.hparams,
+        )
+
+
+def _hashable(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def find_runs(results: Path) -> list[RunRecord]:
+    """Every ``metrics.json`` under ``results`` except ``results/paper`` and ``results/tables``.
+
+    Raises:
+        FileNotFoundError: ``results`` does not exist.
+        ValueError: a metrics.json is not a flat dict with model, pruner, keep, data and split.
+    """
+    results = Path(results)
+    if not results.is_dir():
+        raise FileNotFoundError(
+            f"no results directory {results}; run experiments first (python run.py ...)"
+        )
+    runs = []
+    for path in sorted(results.rglob("metrics.json")):
+        if path.relative_to(results).parts[0] in _SKIP_DIRS:
+            continue
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        required = ("model", "pruner", "keep", "data", "split")
+        missing = (
+            [k for k in required if k not in metrics] if isinstance(metrics, dict) else required
+        )
+        if missing:
+            raise ValueError(f"{path} lacks {missing}: not a run record written by altp.runner.run")
+        finished = metrics.get("finished_at")
+        when = datetime.fromisoformat(finished).timestamp() if finished else os.stat(path).st_mtime
+        runs.append(RunRecord(path=path, metrics=metrics, finished=when))
+    return runs
+
+
+def newest_per_cell(
+    runs: Iterable[RunRecord],
+) -> tuple[list[RunRecord], list[tuple[RunRecord, RunRecord]]]:
+    """Keep the newest record of each cell.
+
+    Returns:
+        (kept records, [(set-aside record, the newer record that replaced it)]).
+        Equal times are ordered by path, so the result never depends on listing order.
+    """
+    best: dict[tuple, RunRecord] = {}
+    dropped: list[tuple[RunRecord, RunRecord]] = []
+    for run in sorted(runs, key=lambda r: (r.finished, str(r.path))):
+        if run.cell in best:
+            dropped.append((best[run.cell], run))
+        best[run.cell] = run
+    return list(best.values()), dropped
+
+
+def load_pruner_defaults(conf_dir: Path) -> dict[str, dict[str, Any]]:
+    """Default hyper-parameters per pruner from ``conf_dir/pruner/*.yaml`` (interpolations and nulls skipped)."""
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted((Path(conf_dir) / "pruner").glob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        out[path.stem] = {
+            k: _hashable(v)
+            for k, v in cfg.items()
+            if not k.startswith("_")
+            and k not in ("name", "keep")
+            and v is not None
+            and not (isinstance(v, str) and "${" in v)
+        }
+    return out
+
+
+def _is_default(run: RunRecord, defaults: dict[str, dict[str, Any]]) -> bool:
+    want = defaults.get(str(run.metrics.get("pruner")), {})
+    got = dict(run.hparams)
+    return all(
+        k not in got or got[k] == v or (_num(got[k]) and _num(v) and math.isclose(got[k], v))
+        for k, v in want.items()
+    )
+
+
+def _sortable(v: Any) -> tuple[int, float, str]:
+    """Numbers in numeric order (5 before 10), then anything else by its repr."""
+    return (0, float(v), "") if _num(v) else (1, 0.0, repr(v))
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _tokens(runs: list[RunRecord]) -> str:
+    """Kept visual tokens of a row (mean over images, from the first split that has it)."""
+    kept = next(
+        (
+            r.metrics["mean_kept_tokens"]
+            for r in runs
+            if r.metrics.get("mean_kept_tokens") is not None
+        ),
+        None,
+    )
+    if kept is None:
+        return MISSING
+    return str(int(kept)) if float(kept).is_integer() else f"{kept:.1f}"
+
+
+def _metric_table(
+    *, slug: str, title: str, label_cols: list[str], rows: Rows, splits: list[str]
+) -> Table:
+    """Row labels, then METEOR..Recall per split, then FLOPs (from val, else the first split)."""
+    columns, groups = list(label_cols), [("", len(label_cols))]
+    for split in splits:
+        columns += [name for _, name in METRICS]
+        groups.append((split, len(METRICS)))
+    columns.append("FLOPs")
+    groups.append(("", 1))
+    body, notes = [], []
+    for labels, by_split in rows:
+        cells = list(labels)
+        for split in splits:
+            run = by_split.get(split)
+            cells += [pct(run.metrics.get(key)) if run else MISSING for key, _ in METRICS]
+            if run is not None and run.metrics.get("n_failed"):
+                notes.append(
+                    f"{' '.join(labels)} ({split}): {run.metrics['n_failed']} of "
+                    f"{run.metrics.get('n_images')} images failed and score as empty predictions"
+                )
+        flops_run = by_split.get("val") or next(iter(by_split.values()))
+        cells.append(pct(flops_run.metrics.get("flops_ratio")))
+        body.append(cells)
+    encoders = sorted({str(r.metrics.get("text_encoder")) for _, b in rows for r in b.values()})
+    notes.append(
+        "metrics x100; FLOPs = remaining prefill FLOPs (eq. 5), %; "
+        f"recall text encoder: {', '.join(encoders)}"
+    )
+    return Table(slug=slug, title=title, columns=columns, groups=groups, rows=body, notes=notes)
+
+
+def _group_rows(runs: list[RunRecord], label: Callable[[RunRecord], tuple[Any, list[str]]]) -> Rows:
+    """Runs that share a label become one row (one run per split), rows ordered by label's sort key."""
+    grouped: dict[tuple[Any, tuple[str, ...]], dict[str, RunRecord]] = {}
+    for run in runs:
+        key, cells = label(run)
+        grouped.setdefault((key, tuple(cells)), {})[str(run.metrics["split"])] = run
+    return [
+        (list(cells), by_split)
+        for (_, cells), by_split in sorted(grouped.items(), key=lambda kv: kv[0][0])
+    ]
+
+
+def _row_key(run: RunRecord) -> tuple:
+    """Unpruned first, then keep descending, then the paper's method order."""
+    pruner, keep = str(run.metrics["pruner"]), float(run.metrics["keep"])
+    rank = _PRUNER_ORDER.index(pruner) if pruner in _PRUNER_ORDER else len(_PRUNER_ORDER)
+    return (pruner != "none", -keep, rank, pruner, repr(run.hparams))
+
+
+def _model_tables(
+    model: str, family: str, mine: list[RunRecord], defaults: dict[str, dict[str, Any]]
+) -> list[Table]:
+    splits = [s for s in SPLITS if any(r.metrics["split"] == s for r in mine)]
+    splits += sorted({str(r.metrics["split"]) for r in mine} - set(SPLITS))
+    where = f"{model} on {family}"
+    if any(w in f"{model} {family}".lower() for w in _SYNTHETIC_WORDS):
+        where += " (synthetic benchmark / small model, not GranD-f with the paper's model)"
+    tag = f"{model}_{family}"
+
+    main = [r for r in mine if _is_default(r, defaults)]
+    # A pruner with no run at its default setting still shows up, labelled with its setting.
+    shown = {str(r.metrics["pruner"]) for r in main}
+    main += [r for r in mine if str(r.metrics["pruner"]) not in shown]
+
+    def label(r: RunRecord) -> tuple[Any, list[str]]:
+        name = str(r.metrics["pruner"])
+        if not _is_default(r, defaults) and r.hparams:
+            name += " (" + ", ".join(f"{k}={v}" for k, v in r.hparams) + ")"
+        tokens = _tokens([x for x in mine if x.cell[3:] == r.cell[3:]])
+        return _row_key(r), [name, tokens, f"{float(r.metrics['keep']):g}"]
+
+    number = _MAIN_NUMBER.get(model, "Main table")
+    tables = [
+        _metric_table(slug=f"main_{tag}", title=f"{number}: {where}", label_cols=_LABELS,
+                      rows=_group_rows(main, label), splits=splits)
+    ]  # fmt: skip
+    ablation = [r for r in main if r.metrics["pruner"] in _ABLATION]
+    names = {str(r.metrics["pruner"]) for r in ablation}
+    if names & {"ddc", "altp"} and len(names) > 1:
+        tables.append(
+            _metric_table(slug=f"ablation_{tag}", title=f"Table 3 (component ablation): {where}",
+                          label_cols=_LABELS, rows=_group_rows(ablation, label), splits=splits)
+        )  # fmt: skip
+    sweep = [r for r in mine if r.metrics["pruner"] == "altp"]
+    keys = sorted({k for r in sweep for k, _ in r.hparams})
+    varying = [k for k in keys if len({repr(dict(r.hparams).get(k)) for r in sweep}) > 1]
+    if varying:
+
+        def sweep_label(r: RunRecord) -> tuple[Any, list[str]]:
+            hp = dict(r.hparams)
+            cells = [str(hp.get(k, MISSING)) for k in varying]
+            return (-float(r.metrics["keep"]), tuple(_sortable(hp.get(k)) for k in varying)), [
+                f"{float(r.metrics['keep']):g}",
+                *cells,
+            ]
+
+        tables.append(
+            _metric_table(slug=f"sweep_{tag}", title=f"Table 4 (ALTP hyper-parameters): {where}",
+                          label_cols=["keep", *varying], rows=_group_rows(sweep, sweep_label), splits=splits)
+        )  # fmt: skip
+    return tables
+
+
+def build_tables(
+    runs: list[RunRecord], *, pruner_defaults: dict[str, dict[str, Any]] | None = None
+) -> list[Table]:
+    """Main, ablation and sweep tables for every (model, data family) in ``runs``.
+
+    Args:
+        runs: run records (duplicates of a cell allowed: the newest wins and a
+            note in the table says which record was set aside).
+        pruner_defaults: per pruner, its default hyper-parameters (see
+            :func:`load_pruner_defaults`); runs that differ go to the sweep table
+            only. None treats every run as default.
+    """
+    runs, dropped = newest_per_cell(runs)
+    tables = []
+    for model, family in sorted({(str(r.metrics["model"]), r.family) for r in runs}):
+        mine = [r for r in runs if str(r.metrics["model"]) == model and r.family == family]
+        model_tables = _model_tables(model, family, mine, pruner_defaults or {})
+        model_tables[0].notes += [
+            f"duplicate run of one cell: kept the newest, {new.path}, over {old.path}"
+            for old, new in dropped
+            if new in mine
+        ]
+        tables += model_tables
+    return tables
+
+
+# --------------------------------------------------------------------------- paper side-by-side
+
+
+def paper_comparison(
+    runs: list[RunRecord],
+    paper_csv: Path,
+    *,
+    pruner_defaults: dict[str, dict[str, Any]] | None = None,
+) -> Table:
+    """Our numbers next to the paper's (``paper_csv``: long format, one reported value a row).
+
+    ``paper_csv`` columns: model, data, split, pruner, keep, kept_tokens, metric, value, note.
+    Our value comes from the newest run with the same model, data family, split,
+    pruner and keep at the pruner's default hyper-parameters; ``—`` when there is none.
+    """
+    runs = [r for r in newest_per_cell(runs)[0] if _is_default(r, pruner_defaults or {})]
+    with open(paper_csv, newline="", encoding="utf-8") as fh:
+        reported = list(csv.DictReader(fh))
+    if not reported:
+        raise ValueError(f"{paper_csv} has no rows")
+    rows = []
+    for row in reported:
+        ours = [
+            r
+            for r in runs
+            if str(r.metrics["model"]) == row["model"]
+            and r.family == row["data"]
+            and r.metrics["split"] == row["split"]
+            and r.metrics["pruner"] == row["pruner"]
+            and math.isclose(float(r.metrics["keep"]), float(row["keep"]))
+        ]
+        key = "flops_ratio" if row["metric"] == "flops" else row["metric"]
+        mine = max(ours, key=lambda r: r.finished).metrics.get(key) if ours else None
+        paper = float(row["value"])
+        delta = MISSING if mine is None else f"{100 * float(mine) - paper:+.1f}"
+        rows.append(
+            [
+                row["model"],
+                row["split"],
+                row["pruner"],
+                row["kept_tokens"],
+                row["metric"],
+                f"{paper:.1f}",
+                pct(mine),
+                delta,
+            ]
+        )
+    return Table(
+        slug="paper_comparison",
+        title="Paper (as reported) vs this harness",
+        columns=["Model", "Split", "Method", "Tokens", "Metric", "Paper", "Ours", "Ours - paper"],
+        groups=[("", 8)],
+        rows=rows,
+        notes=[
+            f"paper values copied from {paper_csv} (reported by the ALTP paper, not produced by this code); ours x100"
+        ],
+    )
+
+
+def write_tables(
+    results: Path, out_dir: Path, *, conf_dir: Path | None = None, paper_csv: Path | None = None
+) -> list[Table]:
+    """Build every table from ``results`` and write ``<slug>.{md,tex,csv}`` plus ``tables.md`` into ``out_dir``.
+
+    Args:
+        results: folder searched for run records (``paper/`` and ``tables/`` skipped).
+        out_dir: where the tables go (created).
+        conf_dir: Hydra config root whose ``pruner/*.yaml`` give default hyper-parameters.
+        paper_csv: the paper's reported numbers; adds the side-by-side table.
+
+    Returns:
+        The tables written, in file order of ``tables.md``.
+    """
+    runs = find_runs(results)
+    defaults = load_pruner_defaults(conf_dir) if conf_dir else None
+    tables = build_tables(runs, pruner_defaults=defaults)
+    if paper_csv is not None:
+        tables.append(paper_comparison(runs, paper_csv, pruner_defaults=defaults))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for t in tables:
+        (out_dir / f"{t.slug}.md").write_text(to_markdown(t), encoding="utf-8")
+        (out_dir / f"{t.slug}.tex").write_text(to_latex(t), encoding="utf-8")
+        (out_dir / f"{t.slug}.csv").write_text(to_csv(t), encoding="utf-8")
+    header = f"# Tables from {len(runs)} run record(s) under {results}\n\nGenerated by scripts/make_tables.py; do not edit.\n\n"
+    (out_dir / "tables.md").write_text(
+        header + "\n".join(to_markdown(t) for t in tables), encoding="utf-8"
+    )
+    return tables
