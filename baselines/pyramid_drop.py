@@ -1,0 +1,181 @@
+"""PyramidDrop (Xing et al., 2024): drop visual tokens in stages, a fixed ratio per stage.
+
+Mirrors upstream ``Cooperx521/PyramidDrop`` (``llava/model/modeling_llama_pdrop.py``,
+``pdrop_rank_drop``) at inference:
+
+* stages at ``layer_list = [8, 16, 24]`` (LLaVA-1.5-7B, 32 layers); stage s
+  (1-based) keeps ``int(V * lambda**s)`` visual tokens, upstream's
+  ``image_token_ratio_list = [1, lambda, lambda**2, lambda**3]`` applied to
+  the ORIGINAL V each time (not to the previous count);
+* the score is ``softmax(q_last K^T / sqrt(hd))`` of the last prompt token,
+  with the stage layer's own input norm, q/k projections and RoPE applied to
+  the hidden states entering that layer (upstream ranks after layer
+  ``rank_layer - 1`` with ``self.layers[rank_layer]``), mean over heads,
+  image columns, top-k, re-sorted into the original order;
+* position ids are renumbered 0..N_s-1 after each drop; drops happen only
+  at prefill and decoding runs on the pruned cache.
+
+Models with another depth: ``layer_list=None`` scales upstream's layers as
+fractions (1/4, 1/2, 3/4) of ``num_layers`` (rounded), which gives [8, 16, 24]
+for 32 layers and [2, 4, 6] for 8. Explicit layers are used as given.
+
+Equal-FLOPs comparison (this project, not upstream): for ``keep=r`` and no
+explicit ``lambda_``, lambda is solved so that the multi-stage eq.-5 FLOPs
+(:mod:`eval.flops`, real text/visual counts from :class:`ScheduleInfo`) equal
+single-stage pruning to ``floor(r * V)`` at layer ``match_layer`` (FastV's
+K=2). Upstream's [8, 16, 24] leaves the first 8 of 32 layers unpruned, which
+alone costs more than FastV's budget at r <= 0.25, so that target is then
+unreachable and an error says which earlier ``layer_list`` to use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from altp.pruning.base import (
+    PruneContext,
+    Pruner,
+    PruneStage,
+    ScheduleInfo,
+    Selection,
+    kept_count,
+    register_pruner,
+)
+from eval.flops import LLMShape, prefill_flops
+
+__all__ = ["PyramidDropPruner", "solve_lambda"]
+
+_UPSTREAM_FRACTIONS = (0.25, 0.5, 0.75)  # [8, 16, 24] of LLaVA-1.5-7B's 32 layers
+
+
+def _multi_stage_flops(
+    lam: float, layers: Sequence[int], info: ScheduleInfo, shape: LLMShape
+) -> float:
+    # Real-valued counts: the solve is continuous; rounding to int() happens in the schedule.
+    n = info.num_text + info.num_visual
+    stages = [
+        (lay, info.num_text + info.num_visual * lam ** (s + 1)) for s, lay in enumerate(layers)
+    ]
+    return prefill_flops(n, stages, shape)
+
+
+def solve_lambda(
+    *, keep: float, layers: Sequence[int], info: ScheduleInfo, match_layer: int = 2
+) -> float:
+    """Lambda whose PyramidDrop FLOPs equal single-stage pruning to ``floor(keep*V)`` at ``match_layer``.
+
+    Raises:
+        ValueError: the target lies below what ``layers`` can reach (lambda -> 0).
+    """
+    shape = LLMShape(
+        hidden_size=info.hidden_size,
+        intermediate_size=info.intermediate_size,
+        num_layers=info.num_layers,
+    )
+    n = info.num_text + info.num_visual
+    target = prefill_flops(
+        n, [(match_layer, info.num_text + kept_count(keep, info.num_visual))], shape
+    )
+    if _multi_stage_flops(0.0, layers, info, shape) >= target:
+        raise ValueError(
+            f"PDrop with layer_list={list(layers)} cannot match the FLOPs of keep={keep} at layer {match_layer} "
+            f"on {info.num_layers} layers (the unpruned first layers alone cost more); use a layer_list starting "
+            f"at {match_layer}, e.g. [{match_layer}, {info.num_layers // 4}, {info.num_layers // 2}, "
+            f"{3 * info.num_layers // 4}], or pass lambda_ explicitly"
+        )
+    lo, hi = 0.0, 1.0  # FLOPs grow monotonically with lambda; 60 halvings reach float resolution
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if _multi_stage_flops(mid, layers, info, shape) < target:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+@register_pruner("pdrop")
+class PyramidDropPruner(Pruner):
+    """Multi-stage pruning with a geometric keep ratio, scored at each stage layer.
+
+    Args:
+        keep: r in (0, 1]: with ``lambda_`` unset, lambda is solved to match the
+            FLOPs of keeping ``floor(r * V)`` from layer ``match_layer`` on.
+        layer_list: stage layers (ascending), or None for upstream's [8, 16, 24]
+            scaled to the model's depth.
+        lambda_: the per-stage ratio (upstream 0.5); overrides the FLOPs match.
+        match_layer: the single-stage layer K the FLOPs are matched to.
+    """
+
+    def __init__(
+        self,
+        *,
+        keep: float,
+        layer_list: Sequence[int] | None = None,
+        lambda_: float | None = None,
+        match_layer: int = 2,
+    ) -> None:
+        super().__init__(keep=keep, layer=match_layer)
+        if lambda_ is not None and not (0.0 < float(lambda_) <= 1.0):
+            raise ValueError(f"lambda_ must be in (0, 1], got {lambda_!r}")
+        self.layer_list = None if layer_list is None else [int(x) for x in layer_list]
+        self.lambda_ = None if lambda_ is None else float(lambda_)
+        self._solved: dict[str, Any] = {}
+
+    def stage_layers(self, num_layers: int) -> list[int]:
+        """The stage layers for a decoder of ``num_layers`` layers."""
+        layers = self.layer_list or [round(f * num_layers) for f in _UPSTREAM_FRACTIONS]
+        if (
+            any(b <= a for a, b in zip(layers, layers[1:], strict=False))
+            or not (1 <= layers[0])
+            or layers[-1] >= num_layers
+        ):
+            raise ValueError(
+                f"PDrop layer_list must be ascending in [1, {num_layers}), got {layers}"
+            )
+        return layers
+
+    def schedule(self, info: ScheduleInfo) -> list[PruneStage]:
+        layers = self.stage_layers(info.num_layers)
+        lam = self.lambda_
+        if lam is None:
+            lam = solve_lambda(keep=self.keep, layers=layers, info=info, match_layer=self.layer)
+        counts = [
+            int(info.num_visual * lam ** (s + 1)) for s in range(len(layers))
+        ]  # upstream int(V * ratio)
+        if counts[-1] < 1:
+            raise ValueError(
+                f"PDrop lambda={lam:.4f} leaves 0 visual tokens at layer {layers[-1]}; raise lambda_"
+            )
+        if self.lambda_ is None and math.isclose(lam, 1.0, abs_tol=1e-9):
+            counts = [info.num_visual] * len(
+                layers
+            )  # keep=1.0: no token dropped (float round-off aside)
+        self._solved = {
+            "lambda": lam,
+            "layer_list": layers,
+            "kept_per_stage": counts,
+            "lambda_solved": self.lambda_ is None,
+        }
+        return [
+            PruneStage(layer=lay, n_keep=c, score_layer=lay, renumber_positions=True)
+            for lay, c in zip(layers, counts, strict=True)
+        ]
+
+    def select(self, ctx: PruneContext) -> Selection:
+        if ctx.scores is None:
+            raise ValueError(
+                "PDrop needs ctx.scores (the engine provides them when score_layer is set)"
+            )
+        top = ctx.scores.topk(ctx.n_keep, dim=1).indices  # (B, n_keep)
+        return Selection(indices=top.sort(dim=1).values)
+
+    def hparams(self) -> dict[str, Any]:
+        return {
+            "keep": self.keep,
+            "match_layer": self.layer,
+            "layer_list": self.layer_list,
+            "lambda_": self.lambda_,
+            **self._solved,
+        }

@@ -1,0 +1,253 @@
+"""PruningEngine on tiny random Llamas: unpruned equivalence, cached == uncached, records, misuse.
+
+The helpers here (tiny models, a stock-layer oracle) are shared by the pruner tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from altp.pruning import PruneContext, Pruner, Selection, available_pruners, build_pruner
+from altp.pruning.engine import PruningEngine
+
+PREFIX, GRID, SUFFIX = 5, (4, 4), 7
+V = GRID[0] * GRID[1]
+N = PREFIX + V + SUFFIX
+PRUNERS = [p for p in available_pruners() if p != "none"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny matmuls on a shared 2-core box: extra intra-op threads only contend (10-100x slower under load).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_lm(attn: str = "sdpa", *, layers: int = 6, seed: int = 0) -> LlamaForCausalLM:
+    """A random fp32 Llama with GQA (4 query heads on 2 kv heads); the same seed gives the same weights."""
+    cfg = LlamaConfig(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM._from_config(cfg, attn_implementation=attn, dtype=torch.float32).eval()
+
+
+def prompt(batch: int = 1, seed: int = 1) -> torch.Tensor:
+    """(B, N, 64) random prompt embeddings (scaled like real ones so that attention is peaked)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, N, 64, generator=g)
+
+
+def synthetic_prep(pruner: Pruner | None, batch: int = 1) -> list:
+    """What ``prepare`` returns for a synthetic image of the tiny grid (14 px patches), per sample."""
+    rng = np.random.default_rng(0)
+    img = np.zeros((GRID[0] * 14, GRID[1] * 14, 3), np.uint8)
+    img[:, : GRID[1] * 7] = rng.integers(
+        0, 255, (GRID[0] * 14, GRID[1] * 7, 3)
+    )  # textured left half
+    img[:, GRID[1] * 7 :] = 120
+    return [None if pruner is None else pruner.prepare(img, GRID) for _ in range(batch)]
+
+
+def run_stock_layers(
+    lm: LlamaForCausalLM,
+    h: torch.Tensor,
+    start: int,
+    stop: int,
+    position_ids: torch.Tensor | None = None,
+) -> tuple[tuple[torch.Tensor, ...], tuple]:
+    """Run the stock ``LlamaModel.forward`` over decoder layers [start, stop) only.
+
+    Returns (hidden_states, attentions) as transformers gives them: hidden_states[k]
+    is the input of layer start + k (the last entry is after the final norm);
+    attentions need an eager model.
+    """
+    model = lm.model
+    layers, n = model.layers, lm.config.num_hidden_layers
+    try:
+        model.layers = torch.nn.ModuleList(list(layers)[start:stop])
+        lm.config.num_hidden_layers = stop - start
+        eager = lm.config._attn_implementation == "eager"
+        out = model(
+            inputs_embeds=h,
+            position_ids=position_ids,
+            use_cache=False,
+            output_hidden_states=True,
+            output_attentions=eager,
+        )
+    finally:
+        model.layers, lm.config.num_hidden_layers = layers, n
+    return out.hidden_states, out.attentions
+
+
+def build(name: str, keep: float, **kw) -> Pruner | None:
+    return build_pruner(name, keep=keep, **kw)
+
+
+def engine_prefill(lm, pruner, embeds, **kw):
+    return PruningEngine(lm=lm, pruner=pruner).prefill(
+        inputs_embeds=embeds,
+        visual_start=PREFIX,
+        num_visual=V,
+        grid=GRID,
+        prep=synthetic_prep(pruner, embeds.shape[0]),
+        **kw,
+    )
+
+
+def engine_generate(lm, pruner, embeds, *, new: int = 6, use_cache: bool = True, seed: int = 0):
+    return PruningEngine(lm=lm, pruner=pruner).generate(
+        inputs_embeds=embeds,
+        visual_start=PREFIX,
+        num_visual=V,
+        grid=GRID,
+        prep=synthetic_prep(pruner, embeds.shape[0]),
+        max_new_tokens=new,
+        eos_token_id=None,
+        use_cache=use_cache,
+        seed=seed,
+    )
+
+
+# -- keep everything == the stock model ----------------------------------------------------------------
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("name", ["none", *PRUNERS])
+def test_keep_all_reproduces_stock_logits(name, attn):
+    lm = tiny_lm(attn)
+    x = prompt()
+    with torch.inference_mode():
+        want = lm(inputs_embeds=x).logits  # (1, N, vocab)
+    got, rec = engine_prefill(lm, build(name, 1.0), x)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert rec.kept_tokens == [list(range(V))]
+
+
+@pytest.mark.parametrize("name", PRUNERS)
+def test_sdpa_and_eager_agree_when_pruning(name):
+    x = prompt()
+    a, rec_a = engine_prefill(tiny_lm("sdpa"), build(name, 0.5), x)
+    b, rec_b = engine_prefill(tiny_lm("eager"), build(name, 0.5), x)
+    assert rec_a.kept_tokens == rec_b.kept_tokens
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+# -- cached decoding == recomputation without cache ----------------------------------------------------
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("name", ["none", *PRUNERS])
+def test_cached_decoding_equals_uncached_recomputation(name, batch):
+    lm = tiny_lm()
+    x = prompt(batch)
+    cached = engine_generate(lm, build(name, 0.25) if name != "none" else None, x, use_cache=True)
+    fresh = engine_generate(lm, build(name, 0.25) if name != "none" else None, x, use_cache=False)
+    assert cached.tokens.shape == (batch, 6)
+    assert torch.equal(cached.tokens, fresh.tokens)
+    torch.testing.assert_close(cached.step_hidden, fresh.step_hidden, rtol=1e-4, atol=1e-5)
+    assert cached.record.kept_tokens == fresh.record.kept_tokens
+
+
+def test_step_hidden_is_the_normed_state_whose_logits_gave_each_token():
+    lm = tiny_lm()
+    out = engine_generate(lm, build("fastv", 0.5), prompt())
+    with torch.inference_mode():
+        logits = lm.lm_head(out.step_hidden)  # (1, T, vocab)
+    assert torch.equal(logits.argmax(-1), out.tokens)
+    # Final RMSNorm output with a unit weight has unit RMS.
+    rms = out.step_hidden.pow(2).mean(-1).sqrt()
+    torch.testing.assert_close(rms, torch.ones_like(rms), rtol=1e-3, atol=1e-3)
+
+
+def test_generation_stops_at_eos_and_includes_it():
+    lm = tiny_lm()
+    x = prompt()
+    free = engine_generate(lm, build("fastv", 0.5), x, new=6)
+    eos = int(free.tokens[0, 2])
+    first = int((free.tokens[0] == eos).nonzero()[0])
+    out = PruningEngine(lm=lm, pruner=build("fastv", 0.5)).generate(
+        inputs_embeds=x,
+        visual_start=PREFIX,
+        num_visual=V,
+        grid=GRID,
+        max_new_tokens=6,
+        eos_token_id=eos,
+    )
+    assert out.tokens[0].tolist() == free.tokens[0, : first + 1].tolist()
+
+
+# -- records -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.99])
+@pytest.mark.parametrize("name", [p for p in PRUNERS if p != "pdrop"])
+def test_first_stage_keeps_floor_keep_v_sorted_and_deterministic(name, keep):
+    lm = tiny_lm()
+    x = prompt(2)
+    _, r1 = engine_prefill(lm, build(name, keep), x, seed=3)
+    _, r2 = engine_prefill(lm, build(name, keep), x, seed=3)
+    n = int(np.floor(keep * V + 1e-9))
+    assert r1.kept_per_stage[0] == n
+    for row in r1.kept_tokens:
+        assert len(row) == n and row == sorted(set(row)) and 0 <= row[0] and row[-1] < V
+    assert r1.kept_tokens == r2.kept_tokens and r1.extras == r2.extras
+    assert r1.stage_layers == [2] and r1.select_ms >= 0.0
+    assert r1.hparams["keep"] == keep
+
+
+def test_unpruned_record_lists_every_token():
+    _, rec = engine_prefill(tiny_lm(), None, prompt(2))
+    assert (
+        rec.kept_tokens == [list(range(V))] * 2 and rec.kept_per_stage == [] and rec.hparams == {}
+    )
+
+
+# -- misuse --------------------------------------------------------------------------------------------
+class _Bad(Pruner):
+    name = "bad"
+    needs_scores = False
+
+    def __init__(self, *, keep: float, answer: torch.Tensor) -> None:
+        super().__init__(keep=keep)
+        self.answer = answer
+
+    def select(self, ctx: PruneContext) -> Selection:
+        return Selection(indices=self.answer)
+
+
+@pytest.mark.parametrize(
+    "answer, msg",
+    [
+        (torch.tensor([[3, 1, 2, 4, 5, 6, 7, 8]]), "not sorted"),
+        (torch.tensor([[1, 1, 2, 3, 4, 5, 6, 7]]), "not sorted"),
+        (torch.tensor([[1, 2, 3, 4, 5, 6, 7, 16]]), r"in \[0, 16\)"),
+        (torch.tensor([[0, 1, 2]]), r"\(B, n_keep\)"),
+        (torch.tensor([[0.0, 1, 2, 3, 4, 5, 6, 7]]), "integer"),
+    ],
+)
+def test_invalid_selection_names_the_pruner(answer, msg):
+    with pytest.raises(ValueError, match=msg) as err:
+        engine_prefill(tiny_lm(), _Bad(keep=0.5, answer=answer), prompt())
+    assert "_Bad" in str(err.value)
+
+
+def test_visual_span_and_grid_are_checked():
+    eng = PruningEngine(lm=tiny_lm(), pruner=None)
+    with pytest.raises(ValueError, match="does not fit"):
+        eng.prefill(inputs_embeds=prompt(), visual_start=N - 3, num_visual=V, grid=GRID)
+    with pytest.raises(ValueError, match="grid"):
+        eng.prefill(inputs_embeds=prompt(), visual_start=PREFIX, num_visual=V, grid=(3, 4))
+
+
+def test_unsupported_attention_is_refused():
+    lm = tiny_lm()
+    lm.config._attn_implementation = "flex_attention"
+    with pytest.raises(ValueError, match="sdpa"):
+        PruningEngine(lm=lm, pruner=None)
