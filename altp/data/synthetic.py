@@ -1,4 +1,4 @@
-"""Synthetic GCG splits in GranD-f's exact on-disk format, plus noisy predictions.
+"""Synthetic GCG splits in GranD-f's exact on-disk format.
 
 A split written by :func:`write_synthetic_split` is laid out like GranD-f::
 
@@ -17,6 +17,8 @@ Conventions (those of groundingLMM ``eval/gcg/evaluate.py`` and its loaders):
 
 Every label occurs verbatim, in order, in its caption, so the caption can be
 turned into GLaMM's training target with :func:`gcg_target_text`.
+:func:`write_noisy_predictions` (from :mod:`altp.data.noisy_predictions`) writes
+degraded GLaMM-format predictions for a split.
 
 Everything is a function of ``(seed, split, image index)``: the same call writes
 bit-identical files, and a split of n images is the prefix of a larger one.
@@ -35,11 +37,18 @@ from pycocotools import mask as mask_utils
 from scipy import ndimage
 from skimage import draw
 
+from altp.data.grandf import caption_gt_path, mask_gt_path
+from altp.data.noisy_predictions import write_noisy_predictions
+from altp.predictions import encode_mask
+
 __all__ = [
     "JPEG_QUALITY",
+    "Scene",
     "caption_gt_path",
     "gcg_target_text",
     "mask_gt_path",
+    "render_scene",
+    "scene_at",
     "write_noisy_predictions",
     "write_synthetic_split",
 ]
@@ -49,28 +58,9 @@ _ID_RANGES = {"val": 10_000_000, "test": 40_000_000}  # disjoint ids when splits
 _OTHER_SPLITS_BASE = 70_000_000
 
 
-def caption_gt_path(gt_dir: Path, split: str) -> Path:
-    """``{gt_dir}/{split}_gcg_coco_caption_gt.json`` (GranD-f's name)."""
-    return Path(gt_dir) / f"{split}_gcg_coco_caption_gt.json"
-
-
-def mask_gt_path(gt_dir: Path, split: str) -> Path:
-    """``{gt_dir}/{split}_gcg_coco_mask_gt.json`` (GranD-f's name)."""
-    return Path(gt_dir) / f"{split}_gcg_coco_mask_gt.json"
-
-
 def _split_key(split: str) -> int:
     # Python's hash() is salted per process; crc32 is stable across runs.
     return zlib.crc32(split.encode("utf-8"))
-
-
-def encode_mask(mask: np.ndarray) -> dict:
-    """Compressed COCO RLE of a (H, W) bool mask, ``counts`` decoded to str (JSON-ready)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {
-        "size": [int(rle["size"][0]), int(rle["size"][1])],
-        "counts": rle["counts"].decode("ascii"),
-    }
 
 
 def gcg_target_text(caption: str, labels: list[str]) -> str:
@@ -117,7 +107,16 @@ _INTROS = ("The image shows", "This picture contains", "We can see", "In this sc
 
 
 @dataclass(frozen=True)
-class _Scene:
+class Scene:
+    """One rendered image with its ground truth.
+
+    Attributes:
+        image: (H, W, 3) uint8 RGB, before JPEG compression.
+        masks: per object, (H, W) bool, its visible part; masks never overlap.
+        labels: one phrase per mask, same order ("a small red circle").
+        caption: mentions every label verbatim, in mask order.
+    """
+
     image: np.ndarray  # (H, W, 3) uint8
     masks: list[np.ndarray]  # per object, (H, W) bool, visible part, caption order
     labels: list[str]
@@ -189,9 +188,10 @@ def _label(size: str, colour: str, shape: str) -> str:
     return " ".join([article, *words])
 
 
-def _render_scene(
+def render_scene(
     rng: np.random.Generator, *, size_range: tuple[int, int], objects_range: tuple[int, int]
-) -> _Scene:
+) -> Scene:
+    """Draw one scene from ``rng`` (size per side and object count from the inclusive ranges)."""
     h, w = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, size=2))
     img, bg_kind = _background(rng, h, w)
     n_obj = int(rng.integers(objects_range[0], objects_range[1] + 1))
@@ -250,15 +250,41 @@ def _render_scene(
     )
     intro = _INTROS[int(rng.integers(len(_INTROS)))]
     caption = f"{intro} {listed}, on a {bg_kind} background."
-    return _Scene(image=image, masks=[visible[k] for k in order], labels=labels, caption=caption)
+    return Scene(image=image, masks=[visible[k] for k in order], labels=labels, caption=caption)
 
 
 def _image_id(rng: np.random.Generator, split: str, taken: set[str]) -> str:
-    base = _ID_RANGES.get(split, _OTHER_SPLITS_BASE)
-    while True:
-        image_id = f"sa_{int(base + rng.integers(0, 30_000_000))}"
-        if image_id not in taken:
-            return image_id
+    """One id draw from ``rng``; a clash with ``taken`` moves to the next free number
+    without drawing again, so the scene that follows never depends on other images."""
+    number = _ID_RANGES.get(split, _OTHER_SPLITS_BASE) + int(rng.integers(0, 30_000_000))
+    while f"sa_{number}" in taken:
+        number += 1
+    return f"sa_{number}"
+
+
+def scene_at(
+    *,
+    seed: int,
+    split: str,
+    index: int,
+    image_size_range: tuple[int, int] = (320, 1024),
+    objects_range: tuple[int, int] = (1, 8),
+) -> tuple[str, Scene]:
+    """Image ``index`` of a split exactly as :func:`write_synthetic_split` draws it, in memory.
+
+    Returns:
+        (image id before any clash fix-up, scene). The written split moves an id
+        that clashes with an earlier image's to the next free number (rare); the
+        scene is the same either way.
+    """
+    rng = np.random.default_rng([seed, _split_key(split), index])
+    image_id = _image_id(rng, split, set())
+    return image_id, render_scene(rng, size_range=image_size_range, objects_range=objects_range)
+
+
+# Older private names, still used by altp/train/samples.py.
+_Scene = Scene
+_render_scene = render_scene
 
 
 def write_synthetic_split(
@@ -307,7 +333,7 @@ def write_synthetic_split(
         rng = np.random.default_rng([seed, _split_key(split), index])
         image_id = _image_id(rng, split, taken)
         taken.add(image_id)
-        scene = _render_scene(rng, size_range=(lo, hi), objects_range=objects_range)
+        scene = render_scene(rng, size_range=(lo, hi), objects_range=objects_range)
         height, width = scene.image.shape[:2]
         Image.fromarray(scene.image).save(
             image_dir / f"{image_id}.jpg", format="JPEG", quality=JPEG_QUALITY, subsampling=2
@@ -346,105 +372,3 @@ def write_synthetic_split(
 
 def _dump(path: Path, obj: object) -> None:
     path.write_text(json.dumps(obj, separators=(",", ":")), encoding="utf-8")
-
-
-# --------------------------------------------------------------------------- predictions
-
-_PARAPHRASE = {
-    "circle": "round shape", "square": "box", "triangle": "triangular shape",
-    "ellipse": "oval", "star": "star shape", "diamond": "rhombus", "rectangle": "block",
-    "small": "little", "large": "big",
-}  # fmt: skip
-_WRONG_WORDS = ["lamp", "tree", "person", "car", "window", "cup", "dog", "sign"]
-
-
-def _paraphrase(label: str, rng: np.random.Generator) -> str:
-    words = [_PARAPHRASE.get(w, w) if rng.random() < 0.7 else w for w in label.split()]
-    return " ".join(words)
-
-
-def _perturb(mask: np.ndarray, rng: np.random.Generator, badness: float) -> np.ndarray:
-    """Shift, grow or shrink a (H, W) bool mask by amounts that scale with badness in [0, 1]."""
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
-        return mask
-    extent = max(int(np.ptp(ys)), int(np.ptp(xs)), 1)
-    dy, dx = (rng.normal(0.0, 0.25 * badness * extent, size=2)).round().astype(int)
-    out = np.zeros_like(mask)
-    h, w = mask.shape
-    ys2, xs2 = ys + dy, xs + dx
-    keep = (ys2 >= 0) & (ys2 < h) & (xs2 >= 0) & (xs2 < w)
-    out[ys2[keep], xs2[keep]] = True
-    radius = int(round(abs(rng.normal(0.0, 0.08 * badness * extent))))
-    if radius > 0:
-        op = ndimage.binary_dilation if rng.random() < 0.5 else ndimage.binary_erosion
-        out = op(out, iterations=radius)
-    return out
-
-
-def write_noisy_predictions(
-    gt_dir: Path, split: str, pred_dir: Path, *, seed: int, quality: float
-) -> None:
-    """Write GLaMM-format predictions (one ``{image_id}.json`` per image) degraded from the GT.
-
-    Each file is ``{"image_id", "caption", "phrases", "pred_masks"}`` in that key
-    order, masks as compressed RLE with str counts, the i-th phrase paired with
-    the i-th mask. ``quality`` in [0, 1] sets how good they are: 1 copies the GT;
-    lower values miss more objects, add spurious ones, shift/erode/dilate masks
-    more, and paraphrase or replace more phrases. The random draws depend only on
-    (seed, image id), so lowering the quality degrades the same predictions
-    monotonically.
-    """
-    if not 0.0 <= quality <= 1.0:
-        raise ValueError(f"quality must be in [0, 1], got {quality}")
-    cap = json.loads(caption_gt_path(gt_dir, split).read_text(encoding="utf-8"))
-    gt = json.loads(mask_gt_path(gt_dir, split).read_text(encoding="utf-8"))
-    by_image: dict[str, list[dict]] = {}
-    for ann in gt["annotations"]:
-        by_image.setdefault(ann["image_id"], []).append(ann)
-    sizes = {img["id"]: (img["height"], img["width"]) for img in cap["images"]}
-    pred_dir = Path(pred_dir)
-    pred_dir.mkdir(parents=True, exist_ok=True)
-    bad = 1.0 - quality
-    for ann in cap["annotations"]:
-        image_id = ann["image_id"]
-        rng = np.random.default_rng([seed, zlib.crc32(image_id.encode("ascii"))])
-        h, w = sizes[image_id]
-        caption: str = ann["caption"]
-        phrases: list[str] = []
-        pred_masks: list[dict] = []
-        for label, m_ann in zip(ann["labels"], by_image.get(image_id, []), strict=True):
-            u_miss, u_text = rng.random(), rng.random()
-            mask = _perturb(mask_utils.decode(m_ann["segmentation"]).astype(bool), rng, bad)
-            if u_miss < 0.5 * bad or not mask.any():
-                continue  # missed object: its words stay in the caption, like a model that forgets the mask
-            if u_text < 0.15 * bad:
-                phrase = f"a {_WRONG_WORDS[int(rng.integers(len(_WRONG_WORDS)))]}"
-            elif u_text < 0.6 * bad:
-                phrase = _paraphrase(label, rng)
-            else:
-                phrase = label
-            caption = caption.replace(label, phrase, 1)
-            phrases.append(phrase)
-            pred_masks.append(encode_mask(mask))
-        if rng.random() < 0.5 * bad:
-            cy, cx = rng.integers(0, h), rng.integers(0, w)
-            ry, rx = (
-                max(2, int(rng.integers(h // 20, h // 5))),
-                max(2, int(rng.integers(w // 20, w // 5))),
-            )
-            spurious = np.zeros((h, w), dtype=bool)
-            spurious[draw.ellipse(cy, cx, ry, rx, shape=(h, w))] = True
-            phrase = f"a {_WRONG_WORDS[int(rng.integers(len(_WRONG_WORDS)))]}"
-            caption = f"{caption.rstrip('.')} and {phrase}."
-            phrases.append(phrase)
-            pred_masks.append(encode_mask(spurious))
-        if rng.random() < 0.5 * bad:
-            caption = caption.replace("The image shows", "In this picture we see", 1)
-        record = {
-            "image_id": image_id,
-            "caption": caption,
-            "phrases": phrases,
-            "pred_masks": pred_masks,
-        }
-        _dump(pred_dir / f"{image_id}.json", record)
