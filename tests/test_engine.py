@@ -91,6 +91,22 @@ def run_stock_layers(
     return out.hidden_states, out.attentions
 
 
+def stock_layers_at(
+    lm: LlamaForCausalLM, h: torch.Tensor, start: int, stop: int, position_ids: torch.Tensor
+) -> torch.Tensor:
+    """Stock decoder layers [start, stop) over ``h`` (B, L, D) at arbitrary (gappy) positions, then the final norm.
+
+    ``LlamaModel.forward`` cannot be the oracle here: transformers 5.x reads any step != 1 in
+    ``position_ids`` as the start of a new packed sequence and masks across it.
+    """
+    n = h.shape[1]
+    pe = lm.model.rotary_emb(h, position_ids)
+    mask = torch.full((n, n), torch.finfo(h.dtype).min).triu(1)[None, None]  # explicit causal mask
+    for layer in list(lm.model.layers)[start:stop]:
+        h = layer(h, attention_mask=mask, position_embeddings=pe)
+    return lm.model.norm(h)
+
+
 def build(name: str, keep: float, **kw) -> Pruner | None:
     return build_pruner(name, keep=keep, **kw)
 
