@@ -199,16 +199,21 @@ def test_lower_quality_is_worse_and_deterministic(split_root: Path, tmp_path: Pa
             for pr, a in zip(preds, cap["annotations"], strict=True)
             for p in pr["phrases"]
         )
-        stats[q] = (sum(len(p["pred_masks"]) for p in preds), exact)
+        same_caption = sum(
+            p["caption"] == a["caption"] for p, a in zip(preds, cap["annotations"], strict=True)
+        )
+        stats[q] = (sum(len(p["pred_masks"]) for p in preds), exact, same_caption)
         for p in preds:
             h, w = next(
                 (i["height"], i["width"]) for i in cap["images"] if i["id"] == p["image_id"]
             )
             assert len(p["phrases"]) == len(p["pred_masks"])
+            gcg_target_text(p["caption"], p["phrases"])  # phrases stay in the caption, in order
             assert all(
                 m["size"] == [h, w] and isinstance(m["counts"], str) for m in p["pred_masks"]
             )
     assert stats[0.2][1] < stats[0.8][1] <= n_gt  # fewer correct phrases at low quality
+    assert stats[0.2][2] < stats[0.8][2] < len(cap["annotations"])  # captions reworded more often
     write_noisy_predictions(gt_dir, "val", tmp_path / "again", seed=0, quality=0.2)
     assert _files(tmp_path / "again") == _files(tmp_path / "q0.2")
     with pytest.raises(ValueError, match="quality"):

@@ -34,6 +34,26 @@ def _paraphrase(label: str, rng: np.random.Generator) -> str:
     return " ".join(words)
 
 
+def _drop_words(caption: str, phrases: list[str], rng: np.random.Generator, p: float) -> str:
+    """Drop each caption word outside the grounded phrases with probability p (one draw per word)."""
+    pieces, pos = [], 0
+    for phrase in phrases:  # phrases occur in order; keep them whole so they stay grounded
+        hit = caption.find(phrase, pos)
+        if hit < 0:
+            continue
+        pieces += [(caption[pos:hit], True), (phrase, False)]
+        pos = hit + len(phrase)
+    pieces.append((caption[pos:], True))
+    out = []
+    for text, droppable in pieces:
+        if droppable:
+            words = text.split(" ")
+            draws = rng.random(len(words))
+            text = " ".join(w for w, u in zip(words, draws, strict=True) if not (w and u < p))
+        out.append(text)
+    return " ".join("".join(out).split())
+
+
 def _perturb(mask: np.ndarray, rng: np.random.Generator, badness: float) -> np.ndarray:
     """Shift, grow or shrink a (H, W) bool mask by amounts that scale with badness in [0, 1]."""
     ys, xs = np.nonzero(mask)
@@ -112,6 +132,7 @@ def write_noisy_predictions(
             pred_masks.append(encode_mask(spurious))
         if rng.random() < 0.5 * bad:
             caption = caption.replace("The image shows", "In this picture we see", 1)
+        caption = _drop_words(caption, phrases, rng, 0.35 * bad)
         write_prediction(
             pred_dir, image_id=image_id, caption=caption, phrases=phrases, masks=pred_masks
         )
