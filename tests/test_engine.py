@@ -60,51 +60,40 @@ def synthetic_prep(pruner: Pruner | None, batch: int = 1) -> list:
     return [None if pruner is None else pruner.prepare(img, GRID) for _ in range(batch)]
 
 
-def run_stock_layers(
+def stock_layers(
     lm: LlamaForCausalLM,
     h: torch.Tensor,
     start: int,
     stop: int,
     position_ids: torch.Tensor | None = None,
-) -> tuple[tuple[torch.Tensor, ...], tuple]:
-    """Run the stock ``LlamaModel.forward`` over decoder layers [start, stop) only.
+    attn_of: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Stock decoder layers [start, stop) over ``h`` (B, L, D) with an explicit causal mask.
 
-    Returns (hidden_states, attentions) as transformers gives them: hidden_states[k]
-    is the input of layer start + k (the last entry is after the final norm);
-    attentions need an eager model.
-    """
-    model = lm.model
-    layers, n = model.layers, lm.config.num_hidden_layers
-    try:
-        model.layers = torch.nn.ModuleList(list(layers)[start:stop])
-        lm.config.num_hidden_layers = stop - start
-        eager = lm.config._attn_implementation == "eager"
-        out = model(
-            inputs_embeds=h,
-            position_ids=position_ids,
-            use_cache=False,
-            output_hidden_states=True,
-            output_attentions=eager,
-        )
-    finally:
-        model.layers, lm.config.num_hidden_layers = layers, n
-    return out.hidden_states, out.attentions
+    ``position_ids`` (B or 1, L) default to 0..L-1. ``LlamaModel.forward`` cannot be the oracle:
+    transformers 5.x reads any step != 1 in ``position_ids`` as the start of a new packed
+    sequence, and its ``output_attentions`` capture assumes the full layer stack.
 
-
-def stock_layers_at(
-    lm: LlamaForCausalLM, h: torch.Tensor, start: int, stop: int, position_ids: torch.Tensor
-) -> torch.Tensor:
-    """Stock decoder layers [start, stop) over ``h`` (B, L, D) at arbitrary (gappy) positions, then the final norm.
-
-    ``LlamaModel.forward`` cannot be the oracle here: transformers 5.x reads any step != 1 in
-    ``position_ids`` as the start of a new packed sequence and masks across it.
+    Returns the output of layer stop-1 (no final norm) and, when ``attn_of`` is a layer in the
+    range, that layer's (B, H, L, L) attention weights (needs an eager model).
     """
     n = h.shape[1]
-    pe = lm.model.rotary_emb(h, position_ids)
-    mask = torch.full((n, n), torch.finfo(h.dtype).min).triu(1)[None, None]  # explicit causal mask
-    for layer in list(lm.model.layers)[start:stop]:
-        h = layer(h, attention_mask=mask, position_embeddings=pe)
-    return lm.model.norm(h)
+    pos = torch.arange(n)[None] if position_ids is None else position_ids
+    pe = lm.model.rotary_emb(h, pos)
+    mask = torch.full((n, n), torch.finfo(h.dtype).min).triu(1)[None, None]
+    seen: list[torch.Tensor] = []
+    hook = None
+    if attn_of is not None:
+        hook = lm.model.layers[attn_of].self_attn.register_forward_hook(
+            lambda m, i, o: seen.append(o[1])
+        )
+    try:
+        for layer in list(lm.model.layers)[start:stop]:
+            h = layer(h, attention_mask=mask, position_embeddings=pe)
+    finally:
+        if hook is not None:
+            hook.remove()
+    return h, (seen[0] if seen else None)
 
 
 def build(name: str, keep: float, **kw) -> Pruner | None:

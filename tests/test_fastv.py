@@ -7,7 +7,7 @@ import torch
 
 from altp.pruning.engine import PruningEngine
 from baselines.fastv import FastVPruner
-from tests.test_engine import GRID, PREFIX, N, V, prompt, run_stock_layers, stock_layers_at, tiny_lm
+from tests.test_engine import GRID, PREFIX, N, V, prompt, stock_layers, tiny_lm
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -43,7 +43,7 @@ def _oracle_logits(lm, seq: torch.Tensor, kept: torch.Tensor, k: int) -> torch.T
     through layers K.. at their ORIGINAL positions. Returns (B, L', vocab)."""
     b, length, _ = seq.shape
     with torch.inference_mode():
-        h = run_stock_layers(lm, seq, 0, k + 1)[0][k]  # input of layer K, (B, L, D)
+        h = stock_layers(lm, seq, 0, k)[0]  # input of layer K, (B, L, D)
         idx = torch.cat(
             [
                 torch.arange(PREFIX).expand(b, -1),
@@ -53,8 +53,8 @@ def _oracle_logits(lm, seq: torch.Tensor, kept: torch.Tensor, k: int) -> torch.T
             dim=1,
         )
         h = torch.gather(h, 1, idx[..., None].expand(-1, -1, h.shape[-1]))
-        out = stock_layers_at(lm, h, k, lm.config.num_hidden_layers, position_ids=idx)
-        return lm.lm_head(out)
+        out = stock_layers(lm, h, k, lm.config.num_hidden_layers, position_ids=idx)[0]
+        return lm.lm_head(lm.model.norm(out))
 
 
 def test_prefill_logits_equal_stock_layers_on_the_kept_tokens_at_original_positions():
