@@ -16,9 +16,11 @@ from altp.data.synthetic import (
     caption_gt_path,
     gcg_target_text,
     mask_gt_path,
+    scene_at,
     write_noisy_predictions,
     write_synthetic_split,
 )
+from altp.predictions import encode_mask
 
 N_IMAGES = 10
 
@@ -218,3 +220,21 @@ def test_lower_quality_is_worse_and_deterministic(split_root: Path, tmp_path: Pa
     assert _files(tmp_path / "again") == _files(tmp_path / "q0.2")
     with pytest.raises(ValueError, match="quality"):
         write_noisy_predictions(gt_dir, "val", tmp_path / "bad", seed=0, quality=1.5)
+
+
+def test_scene_at_renders_the_written_images(split_root: Path) -> None:
+    """The in-memory stream (used for training) is the one the files were written from."""
+    cap, masks = _load(split_root)
+    for index in (0, N_IMAGES - 1):
+        image_id, scene = scene_at(seed=3, split="val", index=index)
+        img, ann = cap["images"][index], cap["annotations"][index]
+        assert (
+            image_id == img["id"]
+            and scene.caption == ann["caption"]
+            and scene.labels == ann["labels"]
+        )
+        assert scene.image.shape == (img["height"], img["width"], 3)
+        gt = [a["segmentation"] for a in masks["annotations"] if a["image_id"] == image_id]
+        assert [encode_mask(m) for m in scene.masks] == gt
+        jpeg = np.asarray(Image.open(split_root / "images" / f"{image_id}.jpg"), dtype=np.float64)
+        assert np.abs(jpeg - scene.image).mean() < 8.0  # only JPEG loss (of the grain, mostly)
