@@ -249,11 +249,15 @@ def _group_rows(runs: list[RunRecord], label: Callable[[RunRecord], tuple[Any, l
     ]
 
 
-def _row_key(run: RunRecord) -> tuple:
-    """Unpruned first, then keep descending, then the paper's method order."""
+def _row_key(run: RunRecord, *, default: bool) -> tuple:
+    """Unpruned first, then keep descending, then the paper's method order.
+
+    Default-setting runs of one pruner and keep share a row whatever else they
+    record (val and test side by side); other settings get rows of their own.
+    """
     pruner, keep = str(run.metrics["pruner"]), float(run.metrics["keep"])
     rank = _PRUNER_ORDER.index(pruner) if pruner in _PRUNER_ORDER else len(_PRUNER_ORDER)
-    return (pruner != "none", -keep, rank, pruner, repr(run.hparams))
+    return (pruner != "none", -keep, rank, pruner, "" if default else repr(run.hparams))
 
 
 def _model_tables(
@@ -272,11 +276,11 @@ def _model_tables(
     main += [r for r in mine if str(r.metrics["pruner"]) not in shown]
 
     def label(r: RunRecord) -> tuple[Any, list[str]]:
-        name = str(r.metrics["pruner"])
-        if not _is_default(r, defaults) and r.hparams:
+        name, default = str(r.metrics["pruner"]), _is_default(r, defaults)
+        if not default and r.hparams:
             name += " (" + ", ".join(f"{k}={v}" for k, v in r.hparams) + ")"
         tokens = _tokens([x for x in mine if x.cell[3:] == r.cell[3:]])
-        return _row_key(r), [name, tokens, f"{float(r.metrics['keep']):g}"]
+        return _row_key(r, default=default), [name, tokens, f"{float(r.metrics['keep']):g}"]
 
     number = _MAIN_NUMBER.get(model, "Main table")
     tables = [

@@ -90,7 +90,10 @@ def results(tmp_path: Path) -> Path:
     _write(
         root,
         "glamm/fastv/test",
-        _metrics("glamm", "grandf", "test", "fastv", 0.1, 0.12, **{"pruner.layer": 2}),
+        # A key the config does not set (so not compared) must not split val and test rows.
+        _metrics(
+            "glamm", "grandf", "test", "fastv", 0.1, 0.12, **{"pruner.layer": 2, "pruner.note": "x"}
+        ),
     )
     _write(
         root, "glamm/altp", _metrics("glamm", "grandf", "val", "altp", 0.1, 0.20, **ALTP_DEFAULT)
