@@ -32,11 +32,11 @@ SPATIAL = (
     "left right top bottom center centre middle upper lower corner side edge near next to above below "
     "behind front beside between across around over under inside outside along far close"
 )
-BACKGROUNDS = "background foreground plain striped stripes gradient noisy noise dark light textured checkered solid pattern scene canvas surface"
+BACKGROUNDS = "background foreground plain striped stripes gradient noisy noise dark light textured checkered mottled solid pattern scene canvas surface"
 FUNCTION_WORDS = (
     "a an the and or of on in at with is are there this that it its image picture photo shows showing "
     "contains containing placed located sits lies appears can be seen one two three four five several some "
-    "each another other colored coloured filled outlined"
+    "each another other colored coloured filled outlined we see partly partially hidden visible occluded by also"
 )
 PROMPT_WORDS = (
     "chat between curious human artificial intelligence assistant gives helpful detailed polite answers "

@@ -172,3 +172,15 @@ def test_sentencepiece_checkpoint_tokenizer_matches_upstream_slow_ids(tmp_path):
     assert suffix == [ids.im_end, *sp.encode(tail.removeprefix("<im_end>").lstrip())]
     answer = tok("<p> A red circle</p> [SEG] left.", add_special_tokens=False)["input_ids"] + [ids.eos]
     assert parse_gcg_output(tok.decode(answer, skip_special_tokens=False)) == ("A red circle left.", ["A red circle"])
+
+
+def test_tiny_tokenizer_covers_the_synthetic_captions(tiny, tmp_path):
+    synthetic = pytest.importorskip("altp.data.synthetic")
+    synthetic.write_synthetic_split(tmp_path, split="val", n_images=12, seed=0)
+    captions = json.loads((tmp_path / "annotations" / "val_gcg_coco_caption_gt.json").read_text())
+    tok = tiny[0]
+    for ann in captions["annotations"]:
+        target = synthetic.gcg_target_text(ann["caption"], ann["labels"])
+        ids = tok(target, add_special_tokens=False)["input_ids"]
+        assert tok.unk_token_id not in ids, target
+        assert tok.decode(ids) == target
