@@ -23,17 +23,19 @@ modification time, and the table's notes list the records set aside.
 from __future__ import annotations
 
 import csv
-import json
 import math
-import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from eval.run_records import (
+    RunRecord,
+    find_runs,
+    is_default,
+    load_pruner_defaults,
+    newest_per_cell,
+    sortable,
+)
 from eval.table_format import MISSING, Table, pct, to_csv, to_latex, to_markdown
 
 __all__ = [
@@ -59,7 +61,6 @@ METRICS = (
     ("recall", "Recall"),
 )
 SPLITS = ("val", "test")
-_SKIP_DIRS = {"paper", "tables"}  # results/paper: the paper's numbers; results/tables: our output
 _PRUNER_ORDER = ("none", "fastv", "pdrop", "random", "uniform", "ddc", "altp")
 _ABLATION = ("none", "uniform", "random", "ddc", "altp")
 _MAIN_NUMBER = {"glamm": "Table 1", "omg_llava": "Table 2"}
@@ -67,127 +68,6 @@ _SYNTHETIC_WORDS = ("synthetic", "shapes", "tiny")
 _LABELS = ["Method", "Tokens", "keep"]
 
 Rows = list[tuple[list[str], dict[str, "RunRecord"]]]  # (row labels, run per split)
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One run directory's flat metrics and when it finished (for newest-wins)."""
-
-    path: Path
-    metrics: dict[str, Any]
-    finished: float  # POSIX seconds
-
-    @property
-    def family(self) -> str:
-        data, split = str(self.metrics.get("data", "")), str(self.metrics.get("split", ""))
-        return data.removesuffix(f"_{split}") if split else data
-
-    @property
-    def hparams(self) -> tuple[tuple[str, Any], ...]:
-        return tuple(
-            sorted(
-                (k[len("pruner.") :], _hashable(v))
-                for k, v in self.metrics.items()
-                if k.startswith("pruner.")
-            )
-        )
-
-    @property
-    def cell(self) -> tuple:
-        m = self.metrics
-        return (
-            m.get("model"),
-            m.get("data"),
-            m.get("split"),
-            m.get("pruner"),
-            float(m.get("keep", 1.0)),
-            self.hparams,
-        )
-
-
-def _hashable(v: Any) -> Any:
-    return tuple(v) if isinstance(v, list) else v
-
-
-def find_runs(results: Path) -> list[RunRecord]:
-    """Every ``metrics.json`` under ``results`` except ``results/paper`` and ``results/tables``.
-
-    Raises:
-        FileNotFoundError: ``results`` does not exist.
-        ValueError: a metrics.json is not a flat dict with model, pruner, keep, data and split.
-    """
-    results = Path(results)
-    if not results.is_dir():
-        raise FileNotFoundError(
-            f"no results directory {results}; run experiments first (python run.py ...)"
-        )
-    runs = []
-    for path in sorted(results.rglob("metrics.json")):
-        if path.relative_to(results).parts[0] in _SKIP_DIRS:
-            continue
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-        required = ("model", "pruner", "keep", "data", "split")
-        missing = (
-            [k for k in required if k not in metrics] if isinstance(metrics, dict) else required
-        )
-        if missing:
-            raise ValueError(f"{path} lacks {missing}: not a run record written by altp.runner.run")
-        finished = metrics.get("finished_at")
-        when = datetime.fromisoformat(finished).timestamp() if finished else os.stat(path).st_mtime
-        runs.append(RunRecord(path=path, metrics=metrics, finished=when))
-    return runs
-
-
-def newest_per_cell(
-    runs: Iterable[RunRecord],
-) -> tuple[list[RunRecord], list[tuple[RunRecord, RunRecord]]]:
-    """Keep the newest record of each cell.
-
-    Returns:
-        (kept records, [(set-aside record, the newer record that replaced it)]).
-        Equal times are ordered by path, so the result never depends on listing order.
-    """
-    best: dict[tuple, RunRecord] = {}
-    dropped: list[tuple[RunRecord, RunRecord]] = []
-    for run in sorted(runs, key=lambda r: (r.finished, str(r.path))):
-        if run.cell in best:
-            dropped.append((best[run.cell], run))
-        best[run.cell] = run
-    return list(best.values()), dropped
-
-
-def load_pruner_defaults(conf_dir: Path) -> dict[str, dict[str, Any]]:
-    """Default hyper-parameters per pruner from ``conf_dir/pruner/*.yaml`` (interpolations and nulls skipped)."""
-    out: dict[str, dict[str, Any]] = {}
-    for path in sorted((Path(conf_dir) / "pruner").glob("*.yaml")):
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        out[path.stem] = {
-            k: _hashable(v)
-            for k, v in cfg.items()
-            if not k.startswith("_")
-            and k not in ("name", "keep")
-            and v is not None
-            and not (isinstance(v, str) and "${" in v)
-        }
-    return out
-
-
-def _is_default(run: RunRecord, defaults: dict[str, dict[str, Any]]) -> bool:
-    want = defaults.get(str(run.metrics.get("pruner")), {})
-    got = dict(run.hparams)
-    return all(
-        k not in got or got[k] == v or (_num(got[k]) and _num(v) and math.isclose(got[k], v))
-        for k, v in want.items()
-    )
-
-
-def _sortable(v: Any) -> tuple[int, float, str]:
-    """Numbers in numeric order (5 before 10), then anything else by its repr."""
-    return (0, float(v), "") if _num(v) else (1, 0.0, repr(v))
-
-
-def _num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _tokens(runs: list[RunRecord]) -> str:
@@ -270,13 +150,13 @@ def _model_tables(
         where += " (synthetic benchmark / small model, not GranD-f with the paper's model)"
     tag = f"{model}_{family}"
 
-    main = [r for r in mine if _is_default(r, defaults)]
+    main = [r for r in mine if is_default(r, defaults)]
     # A pruner with no run at its default setting still shows up, labelled with its setting.
     shown = {str(r.metrics["pruner"]) for r in main}
     main += [r for r in mine if str(r.metrics["pruner"]) not in shown]
 
     def label(r: RunRecord) -> tuple[Any, list[str]]:
-        name, default = str(r.metrics["pruner"]), _is_default(r, defaults)
+        name, default = str(r.metrics["pruner"]), is_default(r, defaults)
         if not default and r.hparams:
             name += " (" + ", ".join(f"{k}={v}" for k, v in r.hparams) + ")"
         tokens = _tokens([x for x in mine if x.cell[3:] == r.cell[3:]])
@@ -302,7 +182,7 @@ def _model_tables(
         def sweep_label(r: RunRecord) -> tuple[Any, list[str]]:
             hp = dict(r.hparams)
             cells = [str(hp.get(k, MISSING)) for k in varying]
-            return (-float(r.metrics["keep"]), tuple(_sortable(hp.get(k)) for k in varying)), [
+            return (-float(r.metrics["keep"]), tuple(sortable(hp.get(k)) for k in varying)), [
                 f"{float(r.metrics['keep']):g}",
                 *cells,
             ]
@@ -355,7 +235,7 @@ def paper_comparison(
     Our value comes from the newest run with the same model, data family, split,
     pruner and keep at the pruner's default hyper-parameters; ``—`` when there is none.
     """
-    runs = [r for r in newest_per_cell(runs)[0] if _is_default(r, pruner_defaults or {})]
+    runs = [r for r in newest_per_cell(runs)[0] if is_default(r, pruner_defaults or {})]
     with open(paper_csv, newline="", encoding="utf-8") as fh:
         reported = list(csv.DictReader(fh))
     if not reported:
