@@ -22,6 +22,7 @@ import logging
 import math
 import time
 import zlib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from altp.data.grandf import GrandfSplit, ImageLoadError, Sample, load_image
 from altp.predictions import write_prediction
-from altp.pruning.base import validate_keep
 from altp.provenance import provenance, write_json_atomic
+from altp.pruning.base import validate_keep
 from eval.flops import flops_ratio
 
 log = logging.getLogger(__name__)
@@ -222,6 +223,8 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str, 
     metrics.update({f"pruner.{k}": v for k, v in hp.items() if k != "keep"})
     prov = provenance(device=str(model.device), dtype=str(model.dtype).removeprefix("torch."))
     metrics.update({k: prov[k] for k in ("git_sha", "version", "device", "dtype")})
+    # Tables resolve duplicate cells by this stamp (file mtimes do not survive a clone).
+    metrics["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_json_atomic(out_dir / "run.json", {
