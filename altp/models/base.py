@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from PIL import Image
 
     from altp.pruning.base import Pruner
+    from altp.pruning.engine import PruneRecord
     from eval.flops import LLMShape
 
 __all__ = ["GCGModel", "GCGPrediction", "MissingCheckpointError"]
@@ -64,7 +65,7 @@ class GCGPrediction:
     caption: str
     phrases: list[str]
     masks: list[np.ndarray]
-    record: Any
+    record: PruneRecord
     num_text_tokens: int
     num_visual: int
     new_tokens: int

@@ -124,7 +124,10 @@ class GLaMM(nn.Module):
         clip_cfg = CLIPVisionConfig(**config.clip)
         llm_cfg = LlamaConfig(**config.llm)
         if token_ids.base_vocab + 7 > llm_cfg.vocab_size:
-            raise ValueError(f"tokenizer ids reach {token_ids.base_vocab + 7} but the LLM has {llm_cfg.vocab_size} rows")
+            raise ValueError(
+                f"tokenizer ids reach {token_ids.base_vocab + 7} but the LLM has {llm_cfg.vocab_size} embedding rows; "
+                "use the tokenizer files that came with the checkpoint (tokenizer_dir=null)"
+            )
         self.vision_tower = CLIPVisionModel(clip_cfg)
         d, c = llm_cfg.hidden_size, clip_cfg.hidden_size
         self.mm_projector = nn.Sequential(nn.Linear(c, d), nn.GELU(), nn.Linear(d, d))
