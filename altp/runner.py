@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from altp.data.grandf import GrandfSplit, ImageLoadError, Sample, load_image
+from altp.data.grandf import GrandfFormatError, GrandfSplit, ImageLoadError, Sample
 from altp.predictions import write_prediction
 from altp.provenance import provenance, write_json_atomic
 from altp.pruning.base import validate_keep
@@ -91,10 +91,10 @@ def _guard_resume(out_dir: Path, cfg: DictConfig) -> None:
         write_json_atomic(path, current)
 
 
-def _predict_one(model: Any, pruner: Any, sample: Sample, seed: int) -> tuple[dict, dict]:
+def _predict_one(model: Any, pruner: Any, split: GrandfSplit, sample: Sample, seed: int) -> tuple[dict, dict]:
     """Run one image; returns (prediction fields, record). Raises ImageLoadError."""
     t0 = time.perf_counter()
-    image = load_image(sample)
+    image = split.load_image(sample)
     prep = None
     prep_ms = 0.0
     if pruner is not None:
@@ -177,7 +177,10 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str, 
         raise UserError(str(err)) from None
     pruner = instantiate(cfg.pruner)  # validates the pruner's own arguments
     _guard_resume(out_dir, cfg)
-    split = _resolve_split(cfg.data)
+    try:
+        split = _resolve_split(cfg.data)
+    except (GrandfFormatError, FileNotFoundError) as err:
+        raise UserError(str(err)) from err
     samples = list(split)
     if cfg.get("max_images") is not None:
         samples = samples[: int(cfg.max_images)]
@@ -190,7 +193,7 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str, 
     with torch.inference_mode():
         for sample in tqdm(todo, desc=f"{choices.get('pruner', 'run')} keep={cfg.keep}", unit="img"):
             try:
-                pred, record = _predict_one(model, pruner, sample, image_seed(cfg.seed, sample.image_id))
+                pred, record = _predict_one(model, pruner, split, sample, image_seed(cfg.seed, sample.image_id))
             except ImageLoadError as err:
                 pred, record = {"caption": "", "phrases": [], "masks": []}, _failed_record(sample, err)
                 log.warning("image %s failed: %s", sample.image_id, err)
