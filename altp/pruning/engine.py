@@ -205,17 +205,22 @@ class PruningEngine:
         prep: list[Any] | tuple[Any, ...] | None = None,
         seed: int = 0,
         use_cache: bool = True,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, PruneRecord]:
-        """Prompt forward only (benchmarks, tests).
+        """Prompt forward only (benchmarks, tests); arguments as :meth:`generate`.
+
+        Args:
+            last_only: return only the last token's logits (what decoding needs).
 
         Returns:
             (B, N_last, vocab) logits of the prompt tokens still present in the
-            last layer (all N when unpruned), and the :class:`PruneRecord`.
+            last layer (all N when unpruned; N_last = 1 with ``last_only``), and
+            the :class:`PruneRecord`.
         """
         plan = self._plan(inputs_embeds, visual_start, num_visual, grid, prep, seed)
         cache = DynamicCache(config=self.lm.config) if use_cache else None
         hidden = self._forward(inputs_embeds, plan, cache=cache, select=True)
-        return self.lm.lm_head(hidden), plan.record(self.pruner)
+        return self.lm.lm_head(hidden[:, -1:] if last_only else hidden), plan.record(self.pruner)
 
     # -- internals --------------------------------------------------------------------------------------
     def _plan(
