@@ -57,13 +57,20 @@ def encode_mask(mask: np.ndarray) -> dict[str, Any]:
     """
     arr = np.asarray(mask)
     if arr.ndim != 2:
-        raise ValueError(f"encode_mask expects one (H, W) mask, got shape {arr.shape}; encode a stack one mask at a time")
+        raise ValueError(
+            f"encode_mask expects one (H, W) mask, got shape {arr.shape}; encode a stack one mask at a time"
+        )
     if arr.dtype != np.bool_:
         if not np.isin(arr, (0, 1)).all():
-            raise ValueError("encode_mask expects a binary mask; threshold it first (e.g. logits > 0)")
+            raise ValueError(
+                "encode_mask expects a binary mask; threshold it first (e.g. logits > 0)"
+            )
         arr = arr.astype(bool)
     rle = mask_utils.encode(np.asfortranarray(arr.astype(np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+    return {
+        "size": [int(rle["size"][0]), int(rle["size"][1])],
+        "counts": rle["counts"].decode("ascii"),
+    }
 
 
 def decode_mask(rle: dict[str, Any]) -> np.ndarray:
@@ -111,20 +118,28 @@ def write_prediction(
     extra = dict(extra or {})
     clash = sorted(set(extra) & set(OFFICIAL_KEYS))
     if clash:
-        raise ValueError(f"extra must not redefine official keys {clash}; pass them as arguments instead")
+        raise ValueError(
+            f"extra must not redefine official keys {clash}; pass them as arguments instead"
+        )
     rles = [m if isinstance(m, dict) else encode_mask(m) for m in masks]
     for rle in rles:
         if not isinstance(rle.get("counts"), str):
-            raise ValueError("RLE dicts passed to write_prediction need str counts; build them with encode_mask")
+            raise ValueError(
+                "RLE dicts passed to write_prediction need str counts; build them with encode_mask"
+            )
     record: dict[str, Any] = {
         "image_id": str(image_id),
         "caption": str(caption),
         "phrases": [str(p) for p in phrases],
-        "pred_masks": [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"]} for r in rles],
+        "pred_masks": [
+            {"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"]} for r in rles
+        ],
     }
     for key in sorted(extra):
         record[key] = extra[key]
-    data = json.dumps(record, ensure_ascii=False, separators=(", ", ": "), allow_nan=False).encode("utf-8")
+    data = json.dumps(record, ensure_ascii=False, separators=(", ", ": "), allow_nan=False).encode(
+        "utf-8"
+    )
 
     pred_dir = Path(pred_dir)
     pred_dir.mkdir(parents=True, exist_ok=True)
@@ -159,11 +174,17 @@ def read_prediction(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
         record = json.loads(text)
     except json.JSONDecodeError as e:
-        raise PredictionFormatError(f"{path}: corrupt JSON ({e.msg} at line {e.lineno} col {e.colno}); re-run inference for this image") from e
+        raise PredictionFormatError(
+            f"{path}: corrupt JSON ({e.msg} at line {e.lineno} col {e.colno}); re-run inference for this image"
+        ) from e
     except UnicodeDecodeError as e:
-        raise PredictionFormatError(f"{path}: not UTF-8 text ({e.reason}); re-run inference for this image") from e
+        raise PredictionFormatError(
+            f"{path}: not UTF-8 text ({e.reason}); re-run inference for this image"
+        ) from e
     if not isinstance(record, dict) or not record:
-        raise PredictionFormatError(f"{path}: expected a JSON object with keys {list(OFFICIAL_KEYS)}")
+        raise PredictionFormatError(
+            f"{path}: expected a JSON object with keys {list(OFFICIAL_KEYS)}"
+        )
     first_key = next(iter(record))
     first = record[first_key]
     if isinstance(first, dict) and "caption" in first:
@@ -171,14 +192,22 @@ def read_prediction(path: Path) -> dict[str, Any]:
         record = {"image_id": first_key, **first}
     missing = [k for k in ("caption", "phrases", "pred_masks") if k not in record]
     if missing:
-        raise PredictionFormatError(f"{path}: missing key(s) {missing}; a GCG prediction needs {list(OFFICIAL_KEYS)}")
+        raise PredictionFormatError(
+            f"{path}: missing key(s) {missing}; a GCG prediction needs {list(OFFICIAL_KEYS)}"
+        )
     if not isinstance(record["caption"], str):
         raise PredictionFormatError(f"{path}: 'caption' must be a string")
-    if not isinstance(record["phrases"], list) or not all(isinstance(p, str) for p in record["phrases"]):
+    if not isinstance(record["phrases"], list) or not all(
+        isinstance(p, str) for p in record["phrases"]
+    ):
         raise PredictionFormatError(f"{path}: 'phrases' must be a list of strings")
     masks = record["pred_masks"]
-    if not isinstance(masks, list) or not all(isinstance(m, dict) and "size" in m and "counts" in m for m in masks):
-        raise PredictionFormatError(f"{path}: 'pred_masks' must be a list of RLE dicts with 'size' and 'counts'")
+    if not isinstance(masks, list) or not all(
+        isinstance(m, dict) and "size" in m and "counts" in m for m in masks
+    ):
+        raise PredictionFormatError(
+            f"{path}: 'pred_masks' must be a list of RLE dicts with 'size' and 'counts'"
+        )
     out: dict[str, Any] = {"image_id": record.get("image_id")}
     out.update(record)
     return out

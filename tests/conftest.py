@@ -15,7 +15,10 @@ from pycocotools import mask as mask_utils
 def rle_of(mask: np.ndarray) -> dict[str, Any]:
     """Compressed RLE with str counts of an (H, W) 0/1 mask (test helper)."""
     rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+    return {
+        "size": [int(rle["size"][0]), int(rle["size"][1])],
+        "counts": rle["counts"].decode("ascii"),
+    }
 
 
 def box(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -39,9 +42,21 @@ def write_gcg_split(
     gt_dir.mkdir(parents=True, exist_ok=True)
     imgs, caps, anns = [], [], []
     for k, im in enumerate(images):
-        entry = {"id": im["id"], "file_name": f"{im['id']}.jpg", "height": im["height"], "width": im["width"]}
+        entry = {
+            "id": im["id"],
+            "file_name": f"{im['id']}.jpg",
+            "height": im["height"],
+            "width": im["width"],
+        }
         imgs.append(entry)
-        caps.append({"id": k + 1, "image_id": im["id"], "caption": im["caption"], "labels": list(im["labels"])})
+        caps.append(
+            {
+                "id": k + 1,
+                "image_id": im["id"],
+                "caption": im["caption"],
+                "labels": list(im["labels"]),
+            }
+        )
         for m in im["masks"]:
             rle = rle_of(m)
             anns.append(
@@ -55,9 +70,13 @@ def write_gcg_split(
                     "iscrowd": 0,
                 }
             )
-    (gt_dir / f"{split}_gcg_coco_caption_gt.json").write_text(json.dumps({"images": imgs, "annotations": caps}))
+    (gt_dir / f"{split}_gcg_coco_caption_gt.json").write_text(
+        json.dumps({"images": imgs, "annotations": caps})
+    )
     (gt_dir / f"{split}_gcg_coco_mask_gt.json").write_text(
-        json.dumps({"images": imgs, "annotations": anns, "categories": [{"id": 1, "name": "object"}]})
+        json.dumps(
+            {"images": imgs, "annotations": anns, "categories": [{"id": 1, "name": "object"}]}
+        )
     )
     return gt_dir
 

@@ -16,7 +16,14 @@ from tests.conftest import box, write_gcg_split
 def _images() -> list[dict]:
     # Caption-file order deliberately not sorted by id.
     return [
-        {"id": "sa_9", "height": 6, "width": 8, "caption": "A red box.", "labels": ["A red box"], "masks": [box(6, 8, 1, 3, 1, 4)]},
+        {
+            "id": "sa_9",
+            "height": 6,
+            "width": 8,
+            "caption": "A red box.",
+            "labels": ["A red box"],
+            "masks": [box(6, 8, 1, 3, 1, 4)],
+        },
         {
             "id": "sa_1",
             "height": 5,
@@ -80,8 +87,12 @@ def test_rle_size_mismatch_names_the_image(tmp_path: Path) -> None:
 
 def test_label_mask_count_mismatch_names_the_image(tmp_path: Path) -> None:
     gt = write_gcg_split(tmp_path, "val", _images())
-    _rewrite(gt / "val_gcg_coco_caption_gt.json", lambda d: d["annotations"][0]["labels"].append("extra"))
-    with pytest.raises(GrandfFormatError, match=r"labels count != masks count for: sa_9 \(2 labels, 1 masks\)"):
+    _rewrite(
+        gt / "val_gcg_coco_caption_gt.json", lambda d: d["annotations"][0]["labels"].append("extra")
+    )
+    with pytest.raises(
+        GrandfFormatError, match=r"labels count != masks count for: sa_9 \(2 labels, 1 masks\)"
+    ):
         GrandfSplit(gt, "val", None)
 
 

@@ -46,7 +46,9 @@ def test_encode_mask_rejects_non_binary_and_stacks() -> None:
 
 
 def test_write_is_deterministic_ordered_and_atomic(tmp_path: Path) -> None:
-    kwargs = dict(image_id="sa_1", caption="A cat on a mat.", phrases=["A cat", "a mat"], masks=_masks())
+    kwargs = dict(
+        image_id="sa_1", caption="A cat on a mat.", phrases=["A cat", "a mat"], masks=_masks()
+    )
     p1 = write_prediction(tmp_path / "a", **kwargs, extra={"z": 1, "tokens_kept": 57})
     p2 = write_prediction(tmp_path / "b", **kwargs, extra={"tokens_kept": 57, "z": 1})
     assert p1.read_bytes() == p2.read_bytes()
@@ -61,7 +63,9 @@ def test_write_is_deterministic_ordered_and_atomic(tmp_path: Path) -> None:
 
 def test_write_rejects_extra_shadowing_official_keys(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="official keys"):
-        write_prediction(tmp_path, image_id="x", caption="", phrases=[], masks=[], extra={"caption": "y"})
+        write_prediction(
+            tmp_path, image_id="x", caption="", phrases=[], masks=[], extra={"caption": "y"}
+        )
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -79,7 +83,9 @@ def test_reads_official_glamm_and_wrapped_files(tmp_path: Path) -> None:
     (tmp_path / "flat.json").write_text(json.dumps(flat))  # json.dump defaults, as infer.py writes
     assert read_prediction(tmp_path / "flat.json")["pred_masks"] == [rle]
     # The official loader also unwraps {image_id: {...}} (first value is the record).
-    (tmp_path / "wrapped.json").write_text(json.dumps({"sa_3": {"caption": "c", "phrases": ["p"], "pred_masks": [rle]}}))
+    (tmp_path / "wrapped.json").write_text(
+        json.dumps({"sa_3": {"caption": "c", "phrases": ["p"], "pred_masks": [rle]}})
+    )
     wrapped = read_prediction(tmp_path / "wrapped.json")
     assert wrapped["image_id"] == "sa_3" and wrapped["caption"] == "c"
 

@@ -9,4 +9,11 @@ from altp.data.grandf import (
     Sample,
 )
 
-__all__ = ["SPLITS", "GrandfAnnotations", "GrandfFormatError", "GrandfSplit", "ImageLoadError", "Sample"]
+__all__ = [
+    "SPLITS",
+    "GrandfAnnotations",
+    "GrandfFormatError",
+    "GrandfSplit",
+    "ImageLoadError",
+    "Sample",
+]

@@ -80,14 +80,18 @@ def _name(ids: list[str]) -> str:
 
 def _load_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise GrandfFormatError(f"missing GT file {path}; point gt_dir at GranD-f's annotations/val_test folder")
+        raise GrandfFormatError(
+            f"missing GT file {path}; point gt_dir at GranD-f's annotations/val_test folder"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise GrandfFormatError(f"{path}: corrupt JSON ({e.msg} at line {e.lineno})") from e
     for key in ("images", "annotations"):
         if not isinstance(data, dict) or key not in data:
-            raise GrandfFormatError(f"{path}: missing top-level key '{key}' (COCO-style GT expected)")
+            raise GrandfFormatError(
+                f"{path}: missing top-level key '{key}' (COCO-style GT expected)"
+            )
     return data
 
 
@@ -110,13 +114,17 @@ class GrandfAnnotations:
         cap_path, mask_path = caption_gt_path(gt_dir, split), mask_gt_path(gt_dir, split)
         cap, self.mask_data = _load_json(cap_path), _load_json(mask_path)
         if "categories" not in self.mask_data:
-            raise GrandfFormatError(f"{mask_path}: missing 'categories' (COCOeval needs category 1)")
+            raise GrandfFormatError(
+                f"{mask_path}: missing 'categories' (COCOeval needs category 1)"
+            )
 
         self.images: dict[str, dict[str, Any]] = {}
         for img in cap["images"]:
             for key in ("id", "height", "width"):
                 if key not in img:
-                    raise GrandfFormatError(f"{cap_path}: an images entry lacks '{key}': {str(img)[:120]}")
+                    raise GrandfFormatError(
+                        f"{cap_path}: an images entry lacks '{key}': {str(img)[:120]}"
+                    )
             self.images[str(img["id"])] = img
         self.image_ids: list[str] = list(self.images)
 
@@ -124,20 +132,30 @@ class GrandfAnnotations:
         for ann in cap["annotations"]:
             for key in ("image_id", "caption", "labels"):
                 if key not in ann:
-                    raise GrandfFormatError(f"{cap_path}: caption annotation {ann.get('id')} lacks '{key}'")
+                    raise GrandfFormatError(
+                        f"{cap_path}: caption annotation {ann.get('id')} lacks '{key}'"
+                    )
             # The official evaluator uses the first caption annotation of an image.
             self.captions.setdefault(str(ann["image_id"]), ann)
         no_caption = [i for i in self.image_ids if i not in self.captions]
         if no_caption:
-            raise GrandfFormatError(f"{cap_path}: images without a caption annotation: {_name(no_caption)}")
+            raise GrandfFormatError(
+                f"{cap_path}: images without a caption annotation: {_name(no_caption)}"
+            )
 
         mask_images = {str(img["id"]): img for img in self.mask_data["images"]}
         self.masks: dict[str, list[dict[str, Any]]] = {i: [] for i in self.image_ids}
         for ann in self.mask_data["annotations"]:
             # COCOeval reads id, area and iscrowd of every GT annotation.
-            lacking = [k for k in ("id", "image_id", "segmentation", "area", "iscrowd", "category_id") if k not in ann]
+            lacking = [
+                k
+                for k in ("id", "image_id", "segmentation", "area", "iscrowd", "category_id")
+                if k not in ann
+            ]
             if lacking:
-                raise GrandfFormatError(f"{mask_path}: mask annotation {ann.get('id')} (image {ann.get('image_id')}) lacks {lacking}")
+                raise GrandfFormatError(
+                    f"{mask_path}: mask annotation {ann.get('id')} (image {ann.get('image_id')}) lacks {lacking}"
+                )
             if str(ann["image_id"]) in self.masks:
                 self.masks[str(ann["image_id"])].append(ann)
         self._validate(mask_path, mask_images)
@@ -145,7 +163,9 @@ class GrandfAnnotations:
     def _validate(self, mask_path: Path, mask_images: dict[str, dict[str, Any]]) -> None:
         not_in_mask = [i for i in self.image_ids if i not in mask_images]
         if not_in_mask:
-            raise GrandfFormatError(f"{mask_path}: images of the caption file missing here: {_name(not_in_mask)}")
+            raise GrandfFormatError(
+                f"{mask_path}: images of the caption file missing here: {_name(not_in_mask)}"
+            )
         bad_size, bad_count = [], []
         for image_id in self.image_ids:
             img = self.images[image_id]
@@ -156,11 +176,17 @@ class GrandfAnnotations:
                     bad_size.append(image_id)
                     break
             if len(self.masks[image_id]) != len(self.captions[image_id]["labels"]):
-                bad_count.append(f"{image_id} ({len(self.captions[image_id]['labels'])} labels, {len(self.masks[image_id])} masks)")
+                bad_count.append(
+                    f"{image_id} ({len(self.captions[image_id]['labels'])} labels, {len(self.masks[image_id])} masks)"
+                )
         if bad_size:
-            raise GrandfFormatError(f"{mask_path}: RLE size differs from the image's (height, width) for: {_name(bad_size)}")
+            raise GrandfFormatError(
+                f"{mask_path}: RLE size differs from the image's (height, width) for: {_name(bad_size)}"
+            )
         if bad_count:
-            raise GrandfFormatError(f"{mask_path}: labels count != masks count for: {_name(bad_count)}")
+            raise GrandfFormatError(
+                f"{mask_path}: labels count != masks count for: {_name(bad_count)}"
+            )
 
 
 class GrandfSplit:
@@ -212,11 +238,15 @@ class GrandfSplit:
         self._need_image_dir()
         missing = [s.image_id for s in self._samples if not s.image_path.is_file()]
         if missing:
-            raise ImageLoadError(f"{len(missing)} image file(s) missing under {self.image_dir}: {_name(missing)}")
+            raise ImageLoadError(
+                f"{len(missing)} image file(s) missing under {self.image_dir}: {_name(missing)}"
+            )
 
     def _need_image_dir(self) -> None:
         if self.image_dir is None:
-            raise ImageLoadError("this GrandfSplit was built without image_dir; pass image_dir=... to load images")
+            raise ImageLoadError(
+                "this GrandfSplit was built without image_dir; pass image_dir=... to load images"
+            )
 
     def load_image(self, sample: Sample) -> Image.Image:
         """Load ``sample``'s image as RGB, checking it has the GT's size.
@@ -232,7 +262,9 @@ class GrandfSplit:
             with Image.open(path) as im:
                 image = im.convert("RGB")
         except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise ImageLoadError(f"image {sample.image_id}: cannot decode {path} ({type(e).__name__}: {e})") from e
+            raise ImageLoadError(
+                f"image {sample.image_id}: cannot decode {path} ({type(e).__name__}: {e})"
+            ) from e
         if image.size != (sample.width, sample.height):
             raise ImageLoadError(
                 f"image {sample.image_id}: file is {image.size[0]}x{image.size[1]} (WxH) but the GT says "
