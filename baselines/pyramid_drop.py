@@ -3,7 +3,7 @@
 Mirrors upstream ``Cooperx521/PyramidDrop`` (``llava/model/modeling_llama_pdrop.py``,
 ``pdrop_rank_drop``) at inference:
 
-* stages at ``layer_list = [8, 16, 24]`` (LLaVA-1.5-7B, 32 layers); stage s
+* stages at ``layers = [8, 16, 24]`` (LLaVA-1.5-7B, 32 layers); stage s
   (1-based) keeps ``int(V * lambda**s)`` visual tokens, upstream's
   ``image_token_ratio_list = [1, lambda, lambda**2, lambda**3]`` applied to
   the ORIGINAL V each time (not to the previous count);
@@ -15,7 +15,7 @@ Mirrors upstream ``Cooperx521/PyramidDrop`` (``llava/model/modeling_llama_pdrop.
 * position ids are renumbered 0..N_s-1 after each drop; drops happen only
   at prefill and decoding runs on the pruned cache.
 
-Models with another depth: ``layer_list=None`` scales upstream's layers as
+Models with another depth: ``layers=None`` scales upstream's layers as
 fractions (1/4, 1/2, 3/4) of ``num_layers`` (rounded), which gives [8, 16, 24]
 for 32 layers and [2, 4, 6] for 8. Explicit layers are used as given.
 
@@ -25,7 +25,7 @@ explicit ``lambda_``, lambda is solved so that the multi-stage eq.-5 FLOPs
 single-stage pruning to ``floor(r * V)`` at layer ``match_layer`` (FastV's
 K=2). Upstream's [8, 16, 24] leaves the first 8 of 32 layers unpruned, which
 alone costs more than FastV's budget at r <= 0.25, so that target is then
-unreachable and an error says which earlier ``layer_list`` to use.
+unreachable and an error says which earlier ``layers`` to use.
 """
 
 from __future__ import annotations
@@ -80,8 +80,8 @@ def solve_lambda(
     )
     if _multi_stage_flops(0.0, layers, info, shape) >= target:
         raise ValueError(
-            f"PDrop with layer_list={list(layers)} cannot match the FLOPs of keep={keep} at layer {match_layer} "
-            f"on {info.num_layers} layers (the unpruned first layers alone cost more); use a layer_list starting "
+            f"PDrop with layers={list(layers)} cannot match the FLOPs of keep={keep} at layer {match_layer} "
+            f"on {info.num_layers} layers (the unpruned first layers alone cost more); use layers starting "
             f"at {match_layer}, e.g. [{match_layer}, {info.num_layers // 4}, {info.num_layers // 2}, "
             f"{3 * info.num_layers // 4}], or pass lambda_ explicitly"
         )
@@ -102,7 +102,7 @@ class PyramidDropPruner(Pruner):
     Args:
         keep: r in (0, 1]: with ``lambda_`` unset, lambda is solved to match the
             FLOPs of keeping ``floor(r * V)`` from layer ``match_layer`` on.
-        layer_list: stage layers (ascending), or None for upstream's [8, 16, 24]
+        layers: stage layers (ascending), or None for upstream's [8, 16, 24]
             scaled to the model's depth.
         lambda_: the per-stage ratio (upstream 0.5); overrides the FLOPs match.
         match_layer: the single-stage layer K the FLOPs are matched to.
@@ -112,28 +112,26 @@ class PyramidDropPruner(Pruner):
         self,
         *,
         keep: float,
-        layer_list: Sequence[int] | None = None,
+        layers: Sequence[int] | None = None,
         lambda_: float | None = None,
         match_layer: int = 2,
     ) -> None:
         super().__init__(keep=keep, layer=match_layer)
         if lambda_ is not None and not (0.0 < float(lambda_) <= 1.0):
             raise ValueError(f"lambda_ must be in (0, 1], got {lambda_!r}")
-        self.layer_list = None if layer_list is None else [int(x) for x in layer_list]
+        self.stage_layers_given = None if layers is None else [int(x) for x in layers]
         self.lambda_ = None if lambda_ is None else float(lambda_)
         self._solved: dict[str, Any] = {}
 
     def stage_layers(self, num_layers: int) -> list[int]:
         """The stage layers for a decoder of ``num_layers`` layers."""
-        layers = self.layer_list or [round(f * num_layers) for f in _UPSTREAM_FRACTIONS]
+        layers = self.stage_layers_given or [round(f * num_layers) for f in _UPSTREAM_FRACTIONS]
         if (
             any(b <= a for a, b in zip(layers, layers[1:], strict=False))
             or not (1 <= layers[0])
             or layers[-1] >= num_layers
         ):
-            raise ValueError(
-                f"PDrop layer_list must be ascending in [1, {num_layers}), got {layers}"
-            )
+            raise ValueError(f"PDrop layers must be ascending in [1, {num_layers}), got {layers}")
         return layers
 
     def schedule(self, info: ScheduleInfo) -> list[PruneStage]:
@@ -149,12 +147,11 @@ class PyramidDropPruner(Pruner):
                 f"PDrop lambda={lam:.4f} leaves 0 visual tokens at layer {layers[-1]}; raise lambda_"
             )
         if self.lambda_ is None and math.isclose(lam, 1.0, abs_tol=1e-9):
-            counts = [info.num_visual] * len(
-                layers
-            )  # keep=1.0: no token dropped (float round-off aside)
+            # keep=1.0 solves to lambda 1 up to float round-off: drop nothing.
+            counts = [info.num_visual] * len(layers)
         self._solved = {
             "lambda": lam,
-            "layer_list": layers,
+            "layers": layers,
             "kept_per_stage": counts,
             "lambda_solved": self.lambda_ is None,
         }
@@ -175,7 +172,7 @@ class PyramidDropPruner(Pruner):
         return {
             "keep": self.keep,
             "match_layer": self.layer,
-            "layer_list": self.layer_list,
+            "layers_arg": self.stage_layers_given,
             "lambda_": self.lambda_,
             **self._solved,
         }

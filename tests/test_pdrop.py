@@ -79,10 +79,10 @@ def _spy(pruner):
     return seen
 
 
-@pytest.mark.parametrize("layer_list, lambda_", [([1, 3, 4], 0.5), (None, None), ([2, 5], 0.6)])
-def test_every_stage_keeps_the_top_k_of_the_stage_layers_own_attention(layer_list, lambda_):
+@pytest.mark.parametrize("layers, lambda_", [([1, 3, 4], 0.5), (None, None), ([2, 5], 0.6)])
+def test_every_stage_keeps_the_top_k_of_the_stage_layers_own_attention(layers, lambda_):
     x = prompt(batch=2)
-    pruner = PyramidDropPruner(keep=0.5, layer_list=layer_list, lambda_=lambda_)
+    pruner = PyramidDropPruner(keep=0.5, layers=layers, lambda_=lambda_)
     seen = _spy(pruner)
     got, rec = PruningEngine(lm=tiny_lm("sdpa", layers=LAYERS), pruner=pruner).prefill(
         inputs_embeds=x, visual_start=PREFIX, num_visual=V, grid=GRID
@@ -90,7 +90,7 @@ def test_every_stage_keeps_the_top_k_of_the_stage_layers_own_attention(layer_lis
     lam = rec.hparams["lambda"]
     counts = [int(V * lam ** (s + 1)) for s in range(len(rec.stage_layers))]
     assert rec.kept_per_stage == counts
-    if layer_list is None:
+    if layers is None:
         assert rec.stage_layers == [2, 3, 4]  # upstream [8, 16, 24] of 32, scaled to 6 layers
     want_ids, _, want_logits = _oracle(tiny_lm("eager", layers=LAYERS), x, rec.stage_layers, counts)
     assert [s.tolist() for s in seen] == [w.tolist() for w in want_ids]
@@ -102,7 +102,7 @@ def test_cached_decoding_equals_stock_recomputation_with_renumbered_positions():
     # Upstream decodes token j at (prompt length kept in that layer range) + j: positions stay
     # contiguous in every range, which the stock model gives when run on the pruned sequence.
     x, steps = prompt(), 5
-    pruner = PyramidDropPruner(keep=0.5, layer_list=[1, 3, 4], lambda_=0.5)
+    pruner = PyramidDropPruner(keep=0.5, layers=[1, 3, 4], lambda_=0.5)
     seen = _spy(pruner)
     out = PruningEngine(lm=tiny_lm("sdpa", layers=LAYERS), pruner=pruner).generate(
         inputs_embeds=x,
@@ -152,7 +152,7 @@ def test_default_layers_scale_upstreams_8_16_24_with_depth():
     p = PyramidDropPruner(keep=0.5)
     assert p.stage_layers(32) == [8, 16, 24] and p.stage_layers(8) == [2, 4, 6]
     with pytest.raises(ValueError, match="ascending"):
-        PyramidDropPruner(keep=0.5, layer_list=[4, 4]).stage_layers(8)
+        PyramidDropPruner(keep=0.5, layers=[4, 4]).stage_layers(8)
 
 
 def test_one_stage_at_the_match_layer_solves_lambda_to_the_kept_fraction():
@@ -166,7 +166,7 @@ def test_one_stage_at_the_match_layer_solves_lambda_to_the_kept_fraction():
 )
 def test_solved_lambda_matches_single_stage_flops(keep, layers):
     info = _info()
-    p = PyramidDropPruner(keep=keep, layer_list=layers)
+    p = PyramidDropPruner(keep=keep, layers=layers)
     stages = p.schedule(info)
     lam = p.hparams()["lambda"]
     assert 0 < lam < 1 and p.hparams()["lambda_solved"]
@@ -183,7 +183,7 @@ def test_solved_lambda_matches_single_stage_flops(keep, layers):
 
 def test_unreachable_flops_target_says_how_to_fix():
     # Upstream's 8 unpruned layers of 32 already cost more than FastV at keep 0.1.
-    with pytest.raises(ValueError, match=r"cannot match.*layer_list starting at 2"):
+    with pytest.raises(ValueError, match=r"cannot match.*layers starting at 2"):
         PyramidDropPruner(keep=0.1).schedule(_info())
 
 
