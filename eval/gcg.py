@@ -146,6 +146,10 @@ def _evaluate(
             raise PredictionFormatError(
                 f"{prediction_path(pred_dir, i)}: mask size {bad[0]} != image size {size}; resize masks to the original image"
             )
+    # Before the caption thread starts, so a missing encoder fails at once.
+    encoder = (
+        text_encoder if isinstance(text_encoder, TextEncoder) else TextEncoder(name=text_encoder)
+    )
     clock["load"] = time.perf_counter() - t0
 
     def captions() -> tuple[float, float]:
@@ -178,9 +182,6 @@ def _evaluate(
     clock["miou"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    encoder = (
-        text_encoder if isinstance(text_encoder, TextEncoder) else TextEncoder(name=text_encoder)
-    )
     labels = {i: list(gt.captions[i]["labels"]) for i in ids}
     phrases = {i: list(preds[i]["phrases"]) for i in ids}
     emb = encoder.embed([p for i in ids for p in (*labels[i], *phrases[i])])

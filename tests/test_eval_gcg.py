@@ -139,24 +139,42 @@ def test_missing_bert_says_how_to_get_it() -> None:
         pytest.skip("bert-base-uncased is in the local HF cache here")
 
 
-def test_cli_writes_json(
+def test_cli_prints_table_and_writes_json(
     scored: dict[str, Any],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    meteor: Any,
-    minilm_encoder: TextEncoder,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     import eval.gcg as gcg
 
-    real = gcg.evaluate
-    # Reuse the session's encoder and METEOR process; the CLI path is what is under test.
-    monkeypatch.setattr(
-        gcg,
-        "evaluate",
-        lambda **kw: real(**{**kw, "text_encoder": minilm_encoder, "meteor": meteor}),
+    seen: dict[str, Any] = {}
+
+    def fake_evaluate(**kw: Any) -> dict[str, Any]:
+        seen.update(kw)
+        return scored["full"]  # the scoring itself is tested above; this is the CLI plumbing
+
+    monkeypatch.setattr(gcg, "evaluate", fake_evaluate)
+    out = tmp_path / "sub" / "m.json"
+    rc = main(
+        [
+            "--pred-dir",
+            "P",
+            "--gt-dir",
+            "G",
+            "--split",
+            "test",
+            "--text-encoder",
+            "minilm",
+            "--json",
+            str(out),
+        ]
     )
-    out = tmp_path / "m.json"
-    rc = main(["--pred-dir", str(scored["root"] / "pred"), "--gt-dir", str(scored["gt"]), "--split", "val",
-               "--text-encoder", "minilm", "--json", str(out)])  # fmt: skip
     assert rc == 0
+    assert seen == {
+        "pred_dir": Path("P"),
+        "gt_dir": Path("G"),
+        "split": "test",
+        "text_encoder": "minilm",
+    }
     assert json.loads(out.read_text()) == scored["full"]
+    assert "| 50.0 |" in capsys.readouterr().out  # recall 0.5 shown x100
