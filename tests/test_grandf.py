@@ -120,3 +120,14 @@ def test_no_image_dir_is_an_error_on_load(tmp_path: Path) -> None:
     split = GrandfSplit(write_gcg_split(tmp_path, "val", _images()), "val", None)
     with pytest.raises(ImageLoadError, match="without image_dir"):
         split.load_image(split[0])
+
+
+def test_two_captions_for_one_image_are_refused(tmp_path: Path) -> None:
+    gt = write_gcg_split(tmp_path, "val", _images())
+
+    def edit(d: dict) -> None:
+        d["annotations"].append(dict(d["annotations"][0], id=99))
+
+    _rewrite(gt / "val_gcg_coco_caption_gt.json", edit)
+    with pytest.raises(GrandfFormatError, match="image sa_9 has several caption annotations"):
+        GrandfSplit(gt, "val", None)

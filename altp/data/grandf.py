@@ -135,8 +135,14 @@ class GrandfAnnotations:
                     raise GrandfFormatError(
                         f"{cap_path}: caption annotation {ann.get('id')} lacks '{key}'"
                     )
-            # The official evaluator uses the first caption annotation of an image.
-            self.captions.setdefault(str(ann["image_id"]), ann)
+            image_id = str(ann["image_id"])
+            if image_id in self.captions:
+                # Official recall reads the first caption annotation but METEOR/CIDEr use
+                # all of them as references; GranD-f has one, so refuse the ambiguity.
+                raise GrandfFormatError(
+                    f"{cap_path}: image {image_id} has several caption annotations; GranD-f has one per image"
+                )
+            self.captions[image_id] = ann
         no_caption = [i for i in self.image_ids if i not in self.captions]
         if no_caption:
             raise GrandfFormatError(
