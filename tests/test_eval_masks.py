@@ -98,3 +98,15 @@ def test_ap50_ties_across_images_follow_sorted_ids_not_caption_order() -> None:
 
 def test_ap50_without_any_prediction_is_zero() -> None:
     assert ap50(mask_gt=_gt({"a": [TP]}), image_ids=["a"], pred_masks={"a": []}) == 0.0
+
+
+def test_iou_matrix_matches_decoded_ratio_on_random_masks() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        h, w = (int(v) for v in rng.integers(1, 30, size=2))
+        pred = [rng.random((h, w)) < rng.random() for _ in range(int(rng.integers(1, 4)))]
+        gt = [rng.random((h, w)) < rng.random() for _ in range(int(rng.integers(1, 4)))]
+        got = iou_matrix([to_rle(rle_of(m)) for m in pred], [to_rle(rle_of(m)) for m in gt])
+        with np.errstate(invalid="ignore"):
+            want = np.array([[(p & g).sum() / (p | g).sum() for g in gt] for p in pred])
+        np.testing.assert_array_equal(got, want)  # NaN == NaN under assert_array_equal
