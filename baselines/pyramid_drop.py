@@ -166,7 +166,11 @@ class PyramidDropPruner(Pruner):
                 "PDrop needs ctx.scores (the engine provides them when score_layer is set)"
             )
         top = ctx.scores.topk(ctx.n_keep, dim=1).indices  # (B, n_keep)
-        return Selection(indices=top.sort(dim=1).values)
+        # The runner stores per-image extras; the solved lambda belongs with each image's record.
+        extras = (
+            ({"lambda": self._solved.get("lambda")},) * ctx.batch_size if ctx.stage == 0 else ()
+        )
+        return Selection(indices=top.sort(dim=1).values, extras=extras)
 
     def hparams(self) -> dict[str, Any]:
         return {
