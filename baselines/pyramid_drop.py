@@ -15,17 +15,20 @@ Mirrors upstream ``Cooperx521/PyramidDrop`` (``llava/model/modeling_llama_pdrop.
 * position ids are renumbered 0..N_s-1 after each drop; drops happen only
   at prefill and decoding runs on the pruned cache.
 
-Models with another depth: ``layers=None`` scales upstream's layers as
-fractions (1/4, 1/2, 3/4) of ``num_layers`` (rounded), which gives [8, 16, 24]
-for 32 layers and [2, 4, 6] for 8. Explicit layers are used as given.
-
 Equal-FLOPs comparison (this project, not upstream): for ``keep=r`` and no
 explicit ``lambda_``, lambda is solved so that the multi-stage eq.-5 FLOPs
 (:mod:`eval.flops`, real text/visual counts from :class:`ScheduleInfo`) equal
 single-stage pruning to ``floor(r * V)`` at layer ``match_layer`` (FastV's
 K=2). Upstream's [8, 16, 24] leaves the first 8 of 32 layers unpruned, which
-alone costs more than FastV's budget at r <= 0.25, so that target is then
-unreachable and an error says which earlier ``layers`` to use.
+alone costs more than FastV's budget at r = 0.1 with GLaMM's prompt, so that
+target is unreachable with upstream's layers (an error says so).
+
+Default stage layers (``layers=None``): ``match_layer`` followed by upstream's
+layers scaled to the model's depth as fractions 1/4, 1/2, 3/4 (rounded; layers
+not above ``match_layer`` dropped): [2, 8, 16, 24] for 32 layers, [2, 4, 6]
+for 8. The extra first stage at K=2 is what makes the equal-FLOPs match
+reachable at every keep; ``layers=[8, 16, 24], lambda_=0.5`` is upstream's own
+setting. Explicit layers are used as given.
 """
 
 from __future__ import annotations
@@ -102,8 +105,8 @@ class PyramidDropPruner(Pruner):
     Args:
         keep: r in (0, 1]: with ``lambda_`` unset, lambda is solved to match the
             FLOPs of keeping ``floor(r * V)`` from layer ``match_layer`` on.
-        layers: stage layers (ascending), or None for upstream's [8, 16, 24]
-            scaled to the model's depth.
+        layers: stage layers (ascending), or None for ``match_layer`` plus
+            upstream's [8, 16, 24] scaled to the model's depth.
         lambda_: the per-stage ratio (upstream 0.5); overrides the FLOPs match.
         match_layer: the single-stage layer K the FLOPs are matched to.
     """
@@ -125,7 +128,9 @@ class PyramidDropPruner(Pruner):
 
     def stage_layers(self, num_layers: int) -> list[int]:
         """The stage layers for a decoder of ``num_layers`` layers."""
-        layers = self.stage_layers_given or [round(f * num_layers) for f in _UPSTREAM_FRACTIONS]
+        layers = self.stage_layers_given or [self.layer] + [
+            lay for lay in (round(f * num_layers) for f in _UPSTREAM_FRACTIONS) if lay > self.layer
+        ]
         if (
             any(b <= a for a, b in zip(layers, layers[1:], strict=False))
             or not (1 <= layers[0])

@@ -143,15 +143,16 @@ def _info(num_layers=32, v=576, text=45, d=4096, m=11008):
 @pytest.mark.parametrize("lam, want", [(0.5, [288, 144, 72]), (0.3, [172, 51, 15])])
 def test_explicit_lambda_uses_upstream_int_of_v_times_ratio(lam, want):
     # int(576 * 0.3) = 172, int(576 * 0.09) = 51, int(576 * 0.027) = 15 (upstream truncates each from V).
-    stages = PyramidDropPruner(keep=0.1, lambda_=lam).schedule(_info())
+    stages = PyramidDropPruner(keep=0.1, layers=[8, 16, 24], lambda_=lam).schedule(_info())
     assert [s.layer for s in stages] == [8, 16, 24]
     assert [s.n_keep for s in stages] == want
     assert all(s.score_layer == s.layer and s.renumber_positions for s in stages)
 
 
-def test_default_layers_scale_upstreams_8_16_24_with_depth():
+def test_default_layers_are_fastvs_k_then_upstreams_8_16_24_scaled_with_depth():
     p = PyramidDropPruner(keep=0.5)
-    assert p.stage_layers(32) == [8, 16, 24] and p.stage_layers(8) == [2, 4, 6]
+    assert p.stage_layers(32) == [2, 8, 16, 24] and p.stage_layers(8) == [2, 4, 6]
+    assert PyramidDropPruner(keep=0.5, match_layer=3).stage_layers(32) == [3, 8, 16, 24]
     with pytest.raises(ValueError, match="ascending"):
         PyramidDropPruner(keep=0.5, layers=[4, 4]).stage_layers(8)
 
@@ -185,7 +186,13 @@ def test_solved_lambda_matches_single_stage_flops(keep, layers):
 def test_unreachable_flops_target_says_how_to_fix():
     # Upstream's 8 unpruned layers of 32 already cost more than FastV at keep 0.1.
     with pytest.raises(ValueError, match=r"cannot match.*layers starting at 2"):
-        PyramidDropPruner(keep=0.1).schedule(_info())
+        PyramidDropPruner(keep=0.1, layers=[8, 16, 24]).schedule(_info())
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.25, 0.5])
+def test_default_layers_reach_equal_flops_at_every_paper_keep(keep):
+    stages = PyramidDropPruner(keep=keep).schedule(_info())
+    assert [s.layer for s in stages] == [2, 8, 16, 24]
 
 
 def test_keep_all_schedules_no_drop_and_lambda_is_recorded():
