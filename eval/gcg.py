@@ -37,7 +37,13 @@ from altp.predictions import PredictionFormatError, prediction_path, read_predic
 from eval.captions import caption_scores
 from eval.masks import ap50, greedy_miou, iou_matrix, to_rle
 from eval.recall import match_image
-from eval.text_encoders import DEFAULT_ENCODER, TextEncoder, TextEncoderUnavailable, cosine_matrix
+from eval.text_encoders import (
+    DEFAULT_ENCODER,
+    TextEncoder,
+    TextEncoderUnavailable,
+    cosine_matrix,
+    resolve_text_encoder,
+)
 
 __all__ = ["evaluate", "format_table", "main"]
 
@@ -94,6 +100,8 @@ def evaluate(
     clock = timings if timings is not None else {}
     t0 = time.perf_counter()
     # METEOR's Java start (seconds: it loads paraphrase tables) overlaps all other work.
+    if not isinstance(text_encoder, TextEncoder):
+        resolve_text_encoder(text_encoder)  # a missing encoder fails before any Java starts
     own_meteor = meteor is None
     scorer = Meteor() if own_meteor else meteor
     try:
@@ -146,10 +154,6 @@ def _evaluate(
             raise PredictionFormatError(
                 f"{prediction_path(pred_dir, i)}: mask size {bad[0]} != image size {size}; resize masks to the original image"
             )
-    # Before the caption thread starts, so a missing encoder fails at once.
-    encoder = (
-        text_encoder if isinstance(text_encoder, TextEncoder) else TextEncoder(name=text_encoder)
-    )
     clock["load"] = time.perf_counter() - t0
 
     def captions() -> tuple[float, float]:
@@ -165,6 +169,12 @@ def _evaluate(
 
     # Java does the caption work in its own processes while this thread scores masks.
     caption_future = pool.submit(captions)
+
+    t = time.perf_counter()
+    encoder = (
+        text_encoder if isinstance(text_encoder, TextEncoder) else TextEncoder(name=text_encoder)
+    )
+    clock["encoder"] = time.perf_counter() - t
 
     t = time.perf_counter()
     id_set = set(ids)

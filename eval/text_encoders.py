@@ -21,11 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from huggingface_hub import try_to_load_from_cache
 from transformers import AutoModel, AutoTokenizer
 
 __all__ = ["TextEncoderUnavailable", "TextEncoder", "resolve_text_encoder", "cosine_matrix"]
 
 DEFAULT_ENCODER = "bert-base-uncased"
+_BERT_MISSING = (
+    "bert-base-uncased is not in the local HF cache: run `huggingface-cli download bert-base-uncased` "
+    "(or pass --text-encoder minilm|PATH)"
+)
 _BATCH = 256
 
 
@@ -56,6 +61,9 @@ def resolve_text_encoder(name: str) -> str:
     if name == "minilm":
         return str(_minilm_dir())
     if name == DEFAULT_ENCODER:
+        # Cheap presence check so callers fail before starting other work.
+        if not isinstance(try_to_load_from_cache(DEFAULT_ENCODER, "config.json"), str):
+            raise TextEncoderUnavailable(_BERT_MISSING)
         return name
     if Path(name).is_dir():
         return str(Path(name))
@@ -82,10 +90,7 @@ class TextEncoder:
             )
         except OSError as e:
             if name == DEFAULT_ENCODER:
-                raise TextEncoderUnavailable(
-                    "bert-base-uncased is not in the local HF cache: run `huggingface-cli download bert-base-uncased` "
-                    "(or pass --text-encoder minilm|PATH)"
-                ) from e
+                raise TextEncoderUnavailable(_BERT_MISSING) from e
             raise TextEncoderUnavailable(f"cannot load text encoder from {source}: {e}") from e
         self.model.eval()
 

@@ -67,7 +67,7 @@ def main() -> int:
     print(format_table(metrics))
     print(f"\nwall time (s) on {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}:")
     print(f"  {'import':<14}{t_import:7.2f}")
-    for name in ("load", "ap50", "miou", "recall", "captions", "captions_wait"):
+    for name in ("load", "encoder", "ap50", "miou", "recall", "captions", "captions_wait"):
         print(f"  {name:<14}{timings[name]:7.2f}")
     print(f"  {'total':<14}{wall:7.2f}  (import + evaluate, Java start included)")
     if args.json is not None:
