@@ -20,9 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from huggingface_hub import try_to_load_from_cache
-from transformers import AutoModel, AutoTokenizer
+
+# torch and transformers are imported inside TextEncoder: importing them takes
+# seconds, and the evaluator starts METEOR's Java process before paying that.
 
 __all__ = ["TextEncoderUnavailable", "TextEncoder", "resolve_text_encoder", "cosine_matrix"]
 
@@ -80,6 +81,9 @@ class TextEncoder:
     """
 
     def __init__(self, *, name: str = DEFAULT_ENCODER) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
         self.name = name
         source = resolve_text_encoder(name)
         try:
@@ -94,7 +98,6 @@ class TextEncoder:
             raise TextEncoderUnavailable(f"cannot load text encoder from {source}: {e}") from e
         self.model.eval()
 
-    @torch.inference_mode()
     def embed(self, phrases: Sequence[str]) -> dict[str, np.ndarray]:
         """Embed each distinct phrase once.
 
@@ -111,10 +114,13 @@ class TextEncoder:
         out: dict[str, np.ndarray] = {}
         # One intra-op thread: phrases are a few tokens long, and on a shared
         # 2-core machine OpenMP's spinning threads made this 10x slower (measured).
+        import torch
+
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            self._embed_groups(by_length, out)
+            with torch.inference_mode():
+                self._embed_groups(by_length, out)
         finally:
             torch.set_num_threads(threads)
         return out
@@ -122,6 +128,8 @@ class TextEncoder:
     def _embed_groups(
         self, by_length: dict[int, list[tuple[str, list[int]]]], out: dict[str, np.ndarray]
     ) -> None:
+        import torch
+
         for length in sorted(by_length):
             group = by_length[length]
             for start in range(0, len(group), _BATCH):
