@@ -17,7 +17,7 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-__all__ = ["tokenize", "caption_scores"]
+__all__ = ["tokenize", "tokenize_pairs", "meteor_score", "cider_score", "caption_scores"]
 
 
 def tokenize(texts: dict[str, str]) -> dict[str, str]:
@@ -51,8 +51,26 @@ def caption_scores(
     Returns:
         ``(meteor, cider)`` as fractions.
     """
+    gts, res = tokenize_pairs(image_ids=image_ids, references=references, hypotheses=hypotheses)
+    own = meteor is None
+    scorer = Meteor() if own else meteor
+    try:
+        meteor_value = meteor_score(gts, res, meteor=scorer)
+    finally:
+        if own:
+            del scorer
+    return meteor_value, cider_score(gts, res)
+
+
+Tokens = dict[str, list[str]]
+
+
+def tokenize_pairs(
+    *, image_ids: Sequence[str], references: dict[str, str], hypotheses: dict[str, str]
+) -> tuple[Tokens, Tokens]:
+    """PTB-tokenized ``(gts, res)`` dicts, ``image_id -> [one string]``, in ``image_ids`` order."""
     if not image_ids:
-        raise ValueError("caption_scores needs at least one image")
+        raise ValueError("caption metrics need at least one image")
     # Gts and hypotheses share one tokenizer run; keys keep them apart.
     joint = {("gt", i): references[i] for i in image_ids} | {
         ("res", i): hypotheses[i] for i in image_ids
@@ -60,12 +78,14 @@ def caption_scores(
     tokens = tokenize(joint)
     gts = {i: [tokens[("gt", i)]] for i in image_ids}
     res = {i: [tokens[("res", i)]] for i in image_ids}
-    own = meteor is None
-    scorer = Meteor() if own else meteor
-    try:
-        meteor_score, _ = scorer.compute_score(gts, res)
-    finally:
-        if own:
-            del scorer
-    cider_score, _ = Cider().compute_score(gts, res)
-    return float(meteor_score), float(cider_score)
+    return gts, res
+
+
+def meteor_score(gts: Tokens, res: Tokens, *, meteor: Meteor) -> float:
+    """Corpus METEOR of tokenized captions from a running METEOR process."""
+    return float(meteor.compute_score(gts, res)[0])
+
+
+def cider_score(gts: Tokens, res: Tokens) -> float:
+    """CIDEr-D as pycocoevalcap computes it (document frequencies from ``gts``)."""
+    return float(Cider().compute_score(gts, res)[0])

@@ -34,7 +34,7 @@ from pycocoevalcap.meteor.meteor import Meteor
 
 from altp.data.grandf import GrandfAnnotations, GrandfFormatError
 from altp.predictions import PredictionFormatError, prediction_path, read_prediction
-from eval.captions import caption_scores
+from eval.captions import cider_score, meteor_score, tokenize_pairs
 from eval.masks import ap50, greedy_miou, iou_matrix, to_rle
 from eval.recall import match_image
 from eval.text_encoders import (
@@ -86,9 +86,10 @@ def evaluate(
         image_ids: score only these images (kept in caption-GT order); the
             set-dependent metrics (AP50's ranking, CIDEr's document
             frequencies) then see exactly this set, as if the GT held only it.
-        timings: if given, filled with wall seconds per stage (``captions``
-            runs in a worker thread alongside the mask metrics;
-            ``captions_wait`` is what the main thread still waited for it).
+        timings: if given, filled with wall seconds per stage (``meteor``:
+            tokenizer + METEOR in a worker thread, from its start, overlapping
+            the mask metrics; ``meteor_wait``: what the main thread still
+            waited for it at the end).
         meteor: a running pycocoevalcap ``Meteor`` to reuse across calls
             (tests, sweeps); one is started and stopped otherwise.
 
@@ -156,19 +157,23 @@ def _evaluate(
             )
     clock["load"] = time.perf_counter() - t0
 
-    def captions() -> tuple[float, float]:
-        t = time.perf_counter()
-        scores = caption_scores(
-            image_ids=ids,
-            references={i: str(gt.captions[i]["caption"]) for i in ids},
-            hypotheses={i: preds[i]["caption"] for i in ids},
-            meteor=meteor,
-        )
-        clock["captions"] = time.perf_counter() - t
-        return scores
+    # Java tokenizes and scores METEOR in its own processes (driven from a worker
+    # thread) while this thread scores masks; CIDEr is pure Python and runs here
+    # once the tokens are back, so it overlaps METEOR instead of following it.
+    t_captions = time.perf_counter()
+    tokens_future = pool.submit(
+        tokenize_pairs,
+        image_ids=ids,
+        references={i: str(gt.captions[i]["caption"]) for i in ids},
+        hypotheses={i: preds[i]["caption"] for i in ids},
+    )
 
-    # Java does the caption work in its own processes while this thread scores masks.
-    caption_future = pool.submit(captions)
+    def meteor_job() -> float:
+        value = meteor_score(*tokens_future.result(), meteor=meteor)
+        clock["meteor"] = time.perf_counter() - t_captions
+        return value
+
+    meteor_future = pool.submit(meteor_job)
 
     t = time.perf_counter()
     encoder = (
@@ -211,11 +216,14 @@ def _evaluate(
     clock["recall"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    meteor_score, cider = caption_future.result()
-    clock["captions_wait"] = time.perf_counter() - t
+    cider = cider_score(*tokens_future.result())
+    clock["cider"] = time.perf_counter() - t
+    t = time.perf_counter()
+    meteor_value = meteor_future.result()
+    clock["meteor_wait"] = time.perf_counter() - t
     clock["total"] = time.perf_counter() - t0
     return {
-        "meteor": meteor_score,
+        "meteor": meteor_value,
         "cider": cider,
         "ap50": ap,
         "miou": miou,

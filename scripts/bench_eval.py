@@ -5,9 +5,9 @@
 The split and its predictions (realistic noise: missed, spurious, shifted and
 eroded masks, paraphrased phrases; see :mod:`altp.data.synthetic`) are generated
 once under ``--root`` and reused. The timed part is what a user runs: import the
-evaluator, load the encoder, start Java, score all five metrics. Captions run in
-a worker thread beside the mask metrics, so their time overlaps the others;
-``captions_wait`` is what the main thread still waited for them.
+evaluator, load the encoder, start Java, score all five metrics. PTB tokenizing and
+METEOR run in a worker thread beside the other metrics (``meteor`` is its time
+from its start); ``meteor_wait`` is what the main thread still waited for it.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def main() -> int:
     print(format_table(metrics))
     print(f"\nwall time (s) on {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}:")
     print(f"  {'import':<14}{t_import:7.2f}")
-    for name in ("load", "encoder", "ap50", "miou", "recall", "captions", "captions_wait"):
+    for name in ("load", "encoder", "ap50", "miou", "recall", "cider", "meteor", "meteor_wait"):
         print(f"  {name:<14}{timings[name]:7.2f}")
     print(f"  {'total':<14}{wall:7.2f}  (import + evaluate, Java start included)")
     if args.json is not None:
