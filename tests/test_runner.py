@@ -17,6 +17,7 @@ from hydra import compose, initialize_config_dir
 
 from altp.cli import UserError
 from altp.runner import run
+from eval.flops import LLMShape, flops_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES = 4
@@ -63,14 +64,27 @@ def test_every_pruner_writes_valid_records(pruner: str, data_root: Path, tmp_pat
             assert isinstance(rle["counts"], str)
         rec = json.loads((tmp_path / "run" / "records" / p.name).read_text())
         assert rec["error"] is None
-        expected = 576 if pruner == "none" else math.floor(keep * 576)
+        if pruner == "pdrop":
+            # PDrop's stage s keeps int(V * lambda^s); keep only sets lambda (equal FLOPs, checked below).
+            lam = rec["extras"]["lambda"]
+            assert rec["kept_per_stage"] == [int(576 * lam ** (s + 1)) for s in range(len(rec["stage_layers"]))]
+            expected = rec["kept_per_stage"][0]
+        else:
+            expected = 576 if pruner == "none" else math.floor(keep * 576)
         assert len(rec["kept_tokens"]) == expected
         assert rec["kept_tokens"] == sorted(set(rec["kept_tokens"]))
         assert all(0 <= i < 576 for i in rec["kept_tokens"])
     assert metrics["n_images"] == N_IMAGES and metrics["n_failed"] == 0
-    assert metrics["mean_kept_tokens"] == (576 if pruner == "none" else 57)
+    if pruner != "pdrop":
+        assert metrics["mean_kept_tokens"] == (576 if pruner == "none" else 57)
     assert 0 < metrics["flops_ratio"] <= 1.0
     assert (metrics["flops_ratio"] == 1.0) == (pruner == "none")
+    if pruner != "none":
+        # Every pruner costs what single-stage pruning to floor(keep * V) at K=2 costs (PDrop up
+        # to its integer stage counts), as in the paper's FLOPs column.
+        single = flops_ratio(num_text=rec["num_text_tokens"], num_visual=576, visual_kept=[(2, 57)],
+                             shape=LLMShape(hidden_size=64, intermediate_size=128, num_layers=32))
+        assert metrics["flops_ratio"] == pytest.approx(single, rel=0.02)
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert on_disk["pruner"] == pruner and on_disk["git_sha"]
     run_json = json.loads((tmp_path / "run" / "run.json").read_text())
