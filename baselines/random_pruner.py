@@ -23,9 +23,6 @@ class RandomPruner(Pruner):
 
     needs_scores = False
 
-    def __init__(self, *, keep: float, layer: int = 2) -> None:
-        super().__init__(keep=keep, layer=layer)
-
     def select(self, ctx: PruneContext) -> Selection:
         # A private CPU generator: identical draws on every device and untouched global RNG.
         gen = torch.Generator(device="cpu").manual_seed(

@@ -48,9 +48,6 @@ class UniformPruner(Pruner):
 
     needs_scores = False
 
-    def __init__(self, *, keep: float, layer: int = 2) -> None:
-        super().__init__(keep=keep, layer=layer)
-
     def select(self, ctx: PruneContext) -> Selection:
         if ctx.num_current != ctx.num_visual:
             raise ValueError(
