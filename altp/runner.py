@@ -49,13 +49,20 @@ def _resolve_split(data_cfg: DictConfig) -> GrandfSplit:
     gt_dir, image_dir = Path(data_cfg.gt_dir), Path(data_cfg.image_dir)
     gen = data_cfg.get("generate")
     if gen is not None:
+        # A generated split is rebuilt whenever its generation parameters change, so an
+        # old folder can never stand in for the split the config asks for.
         from altp.data.synthetic import write_synthetic_split
 
-        if not (gt_dir / f"{data_cfg.split}_gcg_coco_caption_gt.json").exists():
-            log.info("generating synthetic split %s under %s", data_cfg.split, data_cfg.root)
-            write_synthetic_split(
-                Path(data_cfg.root), split=data_cfg.split, n_images=int(gen.n_images), seed=int(gen.seed)
-            )
+        params = {k: (list(v) if not isinstance(v, (int, float, str)) else v)
+                  for k, v in OmegaConf.to_container(gen, resolve=True).items()}
+        stamp = Path(data_cfg.root) / f".{data_cfg.split}_generate.json"
+        have = (gt_dir / f"{data_cfg.split}_gcg_coco_caption_gt.json").exists()
+        if not have or not stamp.exists() or json.loads(stamp.read_text()) != params:
+            log.info("generating synthetic split %s under %s with %s", data_cfg.split, data_cfg.root, params)
+            extra = {k: tuple(params[k]) for k in ("image_size_range", "objects_range") if k in params}
+            write_synthetic_split(Path(data_cfg.root), split=data_cfg.split, n_images=int(params["n_images"]),
+                                  seed=int(params["seed"]), **extra)
+            write_json_atomic(stamp, params)
     return GrandfSplit(gt_dir, data_cfg.split, image_dir)
 
 
