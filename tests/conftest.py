@@ -12,6 +12,18 @@ import pytest
 from pycocotools import mask as mask_utils
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for the whole suite: the tiny test models are dominated by
+    per-op threading overhead, which a second thread only adds to on 2 cores."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def rle_of(mask: np.ndarray) -> dict[str, Any]:
     """Compressed RLE with str counts of an (H, W) 0/1 mask (test helper)."""
     rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))

@@ -19,15 +19,6 @@ N = PREFIX + V + SUFFIX
 PRUNERS = [p for p in available_pruners() if p != "none"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matmuls on a shared 2-core box: extra intra-op threads only contend (10-100x slower under load).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_lm(attn: str = "sdpa", *, layers: int = 6, seed: int = 0) -> LlamaForCausalLM:
     """A random fp32 Llama with GQA (4 query heads on 2 kv heads); the same seed gives the same weights."""
     cfg = LlamaConfig(

@@ -10,14 +10,6 @@ from baselines.fastv import FastVPruner
 from tests.test_engine import GRID, PREFIX, N, V, prompt, stock_layers, tiny_lm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls on a shared box: extra threads only contend
-    yield
-    torch.set_num_threads(n)
-
-
 def _oracle_kept(lm, x: torch.Tensor, k: int, n_keep: int) -> torch.Tensor:
     """Top-k visual columns of the eager attention weights of layer K-1, last row, mean over heads."""
     with torch.inference_mode():

@@ -14,14 +14,6 @@ from tests.test_engine import GRID, PREFIX, V, prompt, stock_layers, tiny_lm
 LAYERS = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls on a shared box: extra threads only contend
-    yield
-    torch.set_num_threads(n)
-
-
 def _gather_seq(h: torch.Tensor, rel: torch.Tensor, cur: int) -> torch.Tensor:
     """Keep the prefix, the visual tokens ``rel`` (B, n) of the ``cur`` present, and everything after."""
     b, length, d = h.shape
