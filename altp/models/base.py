@@ -25,7 +25,20 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from altp.pruning.engine import PruneRecord
     from eval.flops import LLMShape
 
-__all__ = ["GCGModel", "GCGPrediction", "MissingCheckpointError"]
+__all__ = ["GCGModel", "GCGPrediction", "MissingCheckpointError", "parse_dtype"]
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(name: str, *, allowed: tuple[str, ...] = tuple(_DTYPES)) -> torch.dtype:
+    """The torch dtype a config names (``float32``, ``bfloat16``, ``float16``), limited to ``allowed``.
+
+    Raises:
+        ValueError: the name is not in ``allowed``, listing the valid ones.
+    """
+    if name not in allowed:
+        raise ValueError(f"dtype must be one of {sorted(allowed)}, got {name!r}")
+    return _DTYPES[name]
 
 
 class MissingCheckpointError(FileNotFoundError):

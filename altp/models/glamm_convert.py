@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers.initialization import no_init_weights
 
-from altp.models.base import MissingCheckpointError
+from altp.models.base import MissingCheckpointError, parse_dtype
 from altp.models.glamm import GLaMM, GLaMMConfig
 from altp.models.sam import GroundingEncoderConfig
 from altp.models.tokenizer import load_glamm_tokenizer
@@ -249,7 +249,6 @@ _LLAMA_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_l
                  "tie_word_embeddings")
 _CLIP_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
                 "patch_size", "hidden_act", "layer_norm_eps", "projection_dim", "num_channels")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _read_json(path: Path, repo: str) -> dict[str, Any]:
@@ -285,8 +284,7 @@ def build_glamm(
             download command).
         CheckpointMismatchError: keys or shapes do not match.
     """
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    torch_dtype = parse_dtype(dtype)  # a bad name fails before any file is read
     ckpt, clip = Path(checkpoint_dir), Path(clip_dir)
     glamm_cfg = _read_json(ckpt / "config.json", GLAMM_REPO)
     clip_cfg = _read_json(clip / "config.json", CLIP_REPO)
@@ -302,7 +300,6 @@ def build_glamm(
         out_dim=int(glamm_cfg.get("out_dim", 256)),
     )
     tok, ids = load_glamm_tokenizer(tokenizer_dir or ckpt)
-    torch_dtype = _DTYPES[dtype]
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch_dtype)  # build in the target dtype: 7B in fp32 would double peak memory
     try:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from altp.models.base import parse_dtype
 from altp.models.glamm import GLaMM, GLaMMConfig
 from altp.models.sam import GroundingEncoderConfig
 from altp.models.tokenizer import load_glamm_tokenizer
@@ -121,7 +122,4 @@ def build_glamm_shapes(
         raise ValueError(f"{path} does not match the model in {root / 'config.json'}: missing {missing[:5]}, "
                          f"unexpected {extra[:5]}, shape mismatches {bad[:5]}; retrain or fix config.json")
     model.load_state_dict(state, strict=True)
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-    if dtype not in table:
-        raise ValueError(f"dtype must be one of {sorted(table)}, got {dtype!r}")
-    return model.to(device=torch.device(device), dtype=table[dtype]).eval()
+    return model.to(device=torch.device(device), dtype=parse_dtype(dtype, allowed=("float32", "bfloat16"))).eval()

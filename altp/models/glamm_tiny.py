@@ -15,6 +15,7 @@ import math
 import torch
 from torch import nn
 
+from altp.models.base import parse_dtype
 from altp.models.glamm import GLaMM, GLaMMConfig
 from altp.models.sam import GroundingEncoderConfig
 from altp.models.tokenizer import TINY_TOKENIZER_DIR, load_glamm_tokenizer
@@ -102,7 +103,7 @@ def build_glamm_tiny(
     randomize_(model, seed=seed)
     if script is not None:
         script_(model, script)
-    return model.to(device=torch.device(device), dtype=_dtype(dtype)).eval()
+    return model.to(device=torch.device(device), dtype=parse_dtype(dtype)).eval()
 
 
 def build_glamm_full_random(
@@ -125,7 +126,7 @@ def build_glamm_full_random(
     tok, ids = load_glamm_tokenizer(TINY_TOKENIZER_DIR)
     torch.manual_seed(int(seed))
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(_dtype(dtype))
+    torch.set_default_dtype(parse_dtype(dtype))
     try:
         with torch.device(device):
             model = GLaMM(config=GLaMMConfig(), tokenizer=tok, token_ids=ids, name="glamm_full_random",
@@ -134,7 +135,7 @@ def build_glamm_full_random(
         torch.set_default_dtype(previous)
     if script is not None:
         script_(model, script)
-    return model.to(device=torch.device(device), dtype=_dtype(dtype)).eval()
+    return model.to(device=torch.device(device), dtype=parse_dtype(dtype)).eval()
 
 
 def script_(model: GLaMM, script: str, *, embed_scale: float = 3.0, logit_scale: float = 8.0) -> None:
@@ -157,10 +158,3 @@ def script_(model: GLaMM, script: str, *, embed_scale: float = 3.0, logit_scale:
         for a, b in zip(pred, succ, strict=True):
             head[b] = logit_scale * emb[a] / emb[a].norm()
             emb[a] *= embed_scale
-
-
-def _dtype(name: str) -> torch.dtype:
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in table:
-        raise ValueError(f"dtype must be one of {sorted(table)}, got {name!r}")
-    return table[name]
