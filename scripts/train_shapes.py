@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from altp.models.glamm import GLaMM  # noqa: E402
 from altp.models.glamm_shapes import config_to_dict, shapes_config  # noqa: E402
 from altp.models.tokenizer import TINY_TOKENIZER_DIR, load_glamm_tokenizer  # noqa: E402
-from altp.train.loop import TrainConfig, make_optimizer, seed_everything, train  # noqa: E402
+from altp.train.loop import TrainConfig, make_optimizer, make_probe, seed_everything, train  # noqa: E402
 
 
 class _TimeUp(Exception):
@@ -73,6 +73,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     ap.add_argument("--lr", type=float, default=TrainConfig.lr)
     ap.add_argument("--warmup", type=int, default=TrainConfig.warmup)
+    ap.add_argument("--w-dice", type=float, default=TrainConfig.w_dice)
+    ap.add_argument("--w-probe", type=float, default=TrainConfig.w_probe)
     ap.add_argument("--log-every", type=int, default=TrainConfig.log_every)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--time-limit-min", type=float, default=None)
@@ -81,14 +83,17 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg = replace(TrainConfig(), steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
-                  warmup=args.warmup, log_every=args.log_every)
+                  warmup=args.warmup, log_every=args.log_every, w_dice=args.w_dice, w_probe=args.w_probe)
     seed_everything(cfg.seed, threads=args.threads)
     model = build_untrained(cfg.seed)
-    opt = make_optimizer(model, cfg)
+    probe = make_probe(model, cfg)  # drawn after the model, so the model's init is unchanged
+    opt = make_optimizer(model, cfg, probe)
     start = 0
     if args.ckpt is not None and args.ckpt.exists():
         ck = torch.load(args.ckpt, weights_only=True)
         model.load_state_dict(ck["model"])
+        if probe is not None:
+            probe.load_state_dict(ck["probe"])
         opt.load_state_dict(ck["opt"])
         start = int(ck["step"])
         print(f"resumed from {args.ckpt} at step {start}")
@@ -110,13 +115,14 @@ def main() -> None:
         last["step"] = done
         if args.ckpt is not None and (done % args.ckpt_every == 0 or done == cfg.steps):
             tmp = args.ckpt.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": done}, tmp)
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": done,
+                        "probe": probe.state_dict() if probe is not None else None}, tmp)
             tmp.replace(args.ckpt)
         if args.time_limit_min is not None and time.perf_counter() - t_start > 60 * args.time_limit_min:
             raise _TimeUp
 
     try:
-        train(model, cfg, start_step=start, opt=opt, log=log, on_step=on_step)
+        train(model, cfg, start_step=start, opt=opt, log=log, on_step=on_step, probe=probe)
     except _TimeUp:
         print(f"time limit reached after step {last['step']}", flush=True)
     meta = {"steps_done": str(last["step"]), "git_sha": _git_sha(), "torch": torch.__version__,

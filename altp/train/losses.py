@@ -21,15 +21,38 @@ import torch
 import torch.nn.functional as F
 
 from altp.models.glamm import GLaMM
-from altp.train.samples import TrainBatch
+from altp.train.samples import COLOUR_CLASSES, SHAPE_CLASSES, SIZE_CLASSES, TrainBatch
 
-__all__ = ["answer_states", "dice_loss", "forward_losses", "seg_queries"]
+__all__ = ["PatchProbe", "answer_states", "dice_loss", "forward_losses", "seg_queries"]
 
 
-def answer_states(model: GLaMM, batch: TrainBatch) -> torch.Tensor:
+class PatchProbe(torch.nn.Module):
+    """Training-only linear probe: each projected visual token -> its patch's colour, shape, size.
+
+    Not part of GLaMM and not saved with it; its loss makes the tiny vision tower
+    informative long before the LM loss alone would (TRAINING.md).
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.sizes = (len(COLOUR_CLASSES), len(SHAPE_CLASSES), len(SIZE_CLASSES))
+        self.head = torch.nn.Linear(dim, sum(self.sizes))
+
+    def forward(self, visual: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean CE over the three attributes and patch accuracy on colour. visual (B, V, D), labels (B, 3, V)."""
+        logits = self.head(visual).float().split(self.sizes, dim=-1)
+        labels = labels.to(visual.device)
+        loss = sum(F.cross_entropy(lg.flatten(0, 1), labels[:, i].flatten()) for i, lg in enumerate(logits)) / 3
+        with torch.no_grad():
+            acc = (logits[0].argmax(-1) == labels[:, 0]).float().mean()
+        return loss, acc
+
+
+def answer_states(model: GLaMM, batch: TrainBatch, visual: torch.Tensor | None = None) -> torch.Tensor:
     """Teacher-forced final-layer states predicting each answer token: (B, T, D)."""
     bsz, t = batch.target_ids.shape
-    visual = model.encode_image(batch.clip_pixels)  # (B, V, D)
+    if visual is None:
+        visual = model.encode_image(batch.clip_pixels)  # (B, V, D)
     emb = model.llm.get_input_embeddings()
     k = len(model.prefix_ids)
     prompt = emb(torch.tensor(model.prefix_ids + model.suffix_ids, device=visual.device)).expand(bsz, -1, -1)
@@ -60,15 +83,18 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
 
 def forward_losses(
     model: GLaMM, batch: TrainBatch, *, w_lm: float = 1.0, w_bce: float = 2.0, w_dice: float = 0.5,
+    probe: PatchProbe | None = None, w_probe: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """LM cross-entropy on answer tokens plus BCE + dice on SAM's low-res mask logits.
 
     Returns:
         {"loss", "lm", "bce", "dice", "token_acc", "mask_iou"}; only "loss" carries
         gradients; "mask_iou" is the IoU of low-res logits > 0 vs GT > 0.5,
-        averaged over masks.
+        averaged over masks; with a ``probe``, also "probe" (its loss, added with
+        weight ``w_probe``) and "patch_acc" (colour accuracy per patch).
     """
-    states = answer_states(model, batch)  # (B, T, D)
+    visual = model.encode_image(batch.clip_pixels)  # (B, V, D)
+    states = answer_states(model, batch, visual)  # (B, T, D)
     valid = batch.target_valid.to(states.device)
     targets = batch.target_ids.to(states.device)
     logits = model.llm.lm_head(states[valid])  # (n_valid, vocab)
@@ -95,8 +121,13 @@ def forward_losses(
     bce = bce_sum / max(n_masks, 1)
     dice = dice_sum / max(n_masks, 1)
     loss = w_lm * lm + w_bce * bce + w_dice * dice
+    extra: dict[str, torch.Tensor] = {}
+    if probe is not None:
+        probe_loss, patch_acc = probe(visual, batch.patch_labels)
+        loss = loss + w_probe * probe_loss
+        extra = {"probe": probe_loss.detach(), "patch_acc": patch_acc}
     with torch.no_grad():
         acc = (logits.argmax(-1) == targets[valid]).float().mean()
         iou = torch.cat(ious).mean() if ious else torch.tensor(0.0)
     return {"loss": loss, "lm": lm.detach(), "bce": torch.as_tensor(bce).detach(),
-            "dice": torch.as_tensor(dice).detach(), "token_acc": acc, "mask_iou": iou}
+            "dice": torch.as_tensor(dice).detach(), "token_acc": acc, "mask_iou": iou, **extra}

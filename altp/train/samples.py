@@ -33,7 +33,8 @@ from altp.models.glamm import CLIP_MEAN, CLIP_STD, clip_resize_crop
 from altp.models.sam import GroundingEncoder
 from altp.models.tokenizer import GLAMM_ADDED_TOKENS, GLaMMTokenIds
 
-__all__ = ["TrainBatch", "TrainSample", "collate", "encode_target", "render_sample"]
+__all__ = ["COLOUR_CLASSES", "SHAPE_CLASSES", "SIZE_CLASSES", "TrainBatch", "TrainSample", "collate",
+           "encode_target", "patch_labels", "render_sample"]
 
 _ADDED = re.compile("(" + "|".join(re.escape(t) for t in GLAMM_ADDED_TOKENS) + ")")
 
@@ -48,6 +49,8 @@ class TrainSample:
         labels: one phrase per object, in caption order.
         masks: (N, H, W) bool, the i-th mask pairs with the i-th label / ``[SEG]``.
         target: GLaMM's answer text ``... <p> label </p> [SEG] ...``.
+        patch_labels: (3, 24, 24) int64 class of each CLIP patch for the training-only
+            probe (:func:`patch_labels`): rows colour, shape, size; 0 = background.
     """
 
     image: np.ndarray
@@ -55,6 +58,7 @@ class TrainSample:
     labels: list[str]
     masks: np.ndarray
     target: str
+    patch_labels: np.ndarray
 
 
 def render_sample(
@@ -76,10 +80,44 @@ def render_sample(
     buf = io.BytesIO()
     Image.fromarray(scene.image).save(buf, format="JPEG", quality=synthetic.JPEG_QUALITY, subsampling=2)
     image = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    masks = np.stack(scene.masks).astype(bool)
     return TrainSample(
-        image=image, caption=scene.caption, labels=list(scene.labels),
-        masks=np.stack(scene.masks).astype(bool), target=synthetic.gcg_target_text(scene.caption, scene.labels),
+        image=image, caption=scene.caption, labels=list(scene.labels), masks=masks,
+        target=synthetic.gcg_target_text(scene.caption, scene.labels),
+        patch_labels=patch_labels(masks, scene.labels),
     )
+
+
+COLOUR_CLASSES = ("background", *synthetic._COLOURS)
+SHAPE_CLASSES = ("background", *synthetic._SHAPES)
+SIZE_CLASSES = ("background", "small", "medium", "large")
+
+
+def _attributes(label: str) -> tuple[int, int, int]:
+    """(colour, shape, size) class ids of a label like ``"a small red circle"``."""
+    words = label.split()[1:]  # drop the article
+    size = words[0] if words[0] in ("small", "large") else "medium"
+    return COLOUR_CLASSES.index(words[-2]), SHAPE_CLASSES.index(words[-1]), SIZE_CLASSES.index(size)
+
+
+def patch_labels(masks: np.ndarray, labels: list[str], grid: int = 24, min_cover: float = 0.25) -> np.ndarray:
+    """Per CLIP patch, the attributes of the object covering most of it: (3, grid, grid) int64.
+
+    Targets of the training-only patch probe (``altp.train.losses``): they make the
+    vision tower's tokens say early which colour/shape/size sits where, instead of
+    waiting for the LM loss alone to shape them. Square images only (CLIP's resize
+    + centre crop is then a plain resize). A patch less than ``min_cover`` covered
+    by any object is background (class 0 in each row).
+    """
+    n, h, w = masks.shape
+    if h != w:
+        raise ValueError(f"patch labels need square training images, got {h}x{w}")
+    cover = F.interpolate(torch.from_numpy(masks).float()[None], (grid, grid), mode="area")[0]  # (N, g, g)
+    best, idx = cover.max(0)
+    attrs = torch.tensor([_attributes(lab) for lab in labels], dtype=torch.long).T  # (3, N)
+    out = attrs[:, idx]  # (3, g, g)
+    out[:, best < min_cover] = 0
+    return out.numpy()
 
 
 def encode_target(text: str, tok: PreTrainedTokenizerBase, ids: GLaMMTokenIds) -> list[int]:
@@ -112,6 +150,7 @@ class TrainBatch:
         target_valid: (B, T) bool, False on padding (no loss there).
         gt_masks: per sample (N_i, S/4, S/4) float in [0, 1]: the GT masks
             resized to SAM's input, zero-padded, area-averaged to the low-res grid.
+        patch_labels: (B, 3, 576) int64 targets of the training-only patch probe.
     """
 
     clip_pixels: torch.Tensor
@@ -119,6 +158,7 @@ class TrainBatch:
     target_ids: torch.Tensor
     target_valid: torch.Tensor
     gt_masks: list[torch.Tensor]
+    patch_labels: torch.Tensor
 
 
 def _lowres_masks(masks: np.ndarray, *, input_hw: tuple[int, int], size: int) -> torch.Tensor:
@@ -154,5 +194,6 @@ def collate(
     for b, t in enumerate(targets):
         target_ids[b, : len(t)] = torch.tensor(t)
         valid[b, : len(t)] = True
+    patches = torch.stack([torch.from_numpy(s.patch_labels).flatten(1) for s in samples])
     return TrainBatch(clip_pixels=torch.stack(clip), sam_pixels=torch.stack(sam_px), target_ids=target_ids,
-                      target_valid=valid, gt_masks=gts)
+                      target_valid=valid, gt_masks=gts, patch_labels=patches)
