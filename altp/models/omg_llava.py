@@ -1,0 +1,269 @@
+"""OMG-LLaVA on stock transformers, with pruning through the engine.
+
+Parts (ported in :mod:`altp.models.omg`, upstream facts in ``docs/omg_llava_port.md``):
+
+* ``visual``: :class:`~altp.models.omg.visual.OmgLlavaVisual`, always float32 as
+  upstream: ConvNeXt-L CLIP trunk, OMG-Seg head, projector, ``projector_text2vision``.
+* ``llm``: InternLM2-chat converted to ``LlamaForCausalLM`` (LoRA merged), in
+  the configured dtype.
+
+GCG inference as upstream's tool (``omg_llava/tools/gcg_omg_seg_llava.py``):
+the image is padded to a square with the mean colour and resized to 1024; the
+prompt is ``[BOS] <|im_start|>user\\n`` + visual sequence +
+``\\n{question}<|im_end|>\\n<|im_start|>assistant\\n`` with the visual sequence
+``[256 pixel tokens][separator][N object tokens]``. Only the 256 pixel tokens
+are the engine's visual span (16 x 16 grid, budget ``floor(keep * 256)``); the
+separator and object tokens follow it like text and are always kept. Greedy
+decoding stops at ``<|im_end|>`` or ``</s>``. ``[SEG]`` masks come from the
+state of the ``[SEG]`` token *itself* (it is the input there): the engine's
+``step_hidden[t]`` is the state that produced ``tokens[t]``, i.e. the state at
+the position of ``tokens[t - 1]``, so a ``[SEG]`` at ``t`` uses
+``step_hidden[t + 1]`` and a final ``[SEG]`` has none (as upstream). When no
+``[SEG]`` state comes out, the next of the six GCG questions is tried; after
+the sixth the last answer stands (upstream's loop).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from transformers import LlamaForCausalLM
+
+from altp.models.base import GCGPrediction
+from altp.models.omg.gcg_output import parse_gcg_text
+from altp.models.omg.internlm2_chat import GCG_QUESTIONS
+from altp.models.omg.preprocess import (
+    IMAGE_MEAN,
+    IMAGE_SIZE,
+    IMAGE_STD,
+    expand_to_square,
+    masks_to_original,
+    seg_hidden_states,
+)
+from altp.models.omg.tokenizer import OmgTokenIds, decode_answer, encode_gcg_prompt
+from altp.models.omg.visual import OmgLlavaVisual, VisualEncoding
+from eval.flops import LLMShape
+
+__all__ = ["OmgLlava"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One question's generation."""
+
+    question: int
+    tokens: torch.Tensor  # (T,) generated ids
+    seg_states: torch.Tensor  # (N_seg, D) states of the fed-back [SEG] tokens
+    out: Any  # the engine's GenerateOutput
+
+
+class OmgLlava(nn.Module):
+    """OMG-LLaVA for grounded conversation generation; implements :class:`altp.models.base.GCGModel`.
+
+    Args:
+        visual: the visual side (kept in float32).
+        llm: the converted LLM; cast to ``llm_dtype`` here.
+        tokenizer: InternLM2's tokenizer with OMG-LLaVA's added tokens.
+        token_ids: its checked ids (:func:`altp.models.omg.tokenizer.load_internlm2_tokenizer`).
+        llm_dtype: compute dtype of the LLM.
+        llm_shape: decoder shape for the FLOPs ratio (InternLM2-7B's for the real model).
+        name: label recorded in run files.
+        max_new_tokens: default generation length (upstream: 100).
+        llm_weights: one line for the run record saying what the LLM weights are.
+    """
+
+    def __init__(
+        self,
+        *,
+        visual: OmgLlavaVisual,
+        llm: LlamaForCausalLM,
+        tokenizer: Any,
+        token_ids: OmgTokenIds,
+        llm_dtype: torch.dtype = torch.float32,
+        llm_shape: LLMShape | None = None,
+        name: str = "omg_llava",
+        max_new_tokens: int = 100,
+        llm_weights: str = "",
+    ) -> None:
+        super().__init__()
+        cfg = llm.config
+        if visual.config.llm_dims != cfg.hidden_size:
+            raise ValueError(
+                f"the projector writes {visual.config.llm_dims}-d tokens but the LLM is {cfg.hidden_size}-d"
+            )
+        top = max(token_ids.seg, token_ids.p_open, token_ids.p_close, token_ids.im_end)
+        if top >= cfg.vocab_size:
+            raise ValueError(
+                f"tokenizer ids reach {top} but the LLM has {cfg.vocab_size} embedding rows; "
+                "use the InternLM2 tokenizer of the checkpoint's LLM folder"
+            )
+        self.visual = visual.float()
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.token_ids = token_ids
+        self.name = name
+        self.max_new_tokens = int(max_new_tokens)
+        self.llm_weights = llm_weights
+        side = IMAGE_SIZE // 64  # ConvNeXt stride 32, then pixel shuffle by 2
+        self.grid: tuple[int, int] = (side, side)
+        self.num_visual = side * side
+        self.llm_shape = llm_shape or LLMShape(
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_layers=cfg.num_hidden_layers,
+        )
+        # The two prompt chunks around <image>, per question: BOS only before the first.
+        prompts = [encode_gcg_prompt(tokenizer, q) for q in GCG_QUESTIONS]
+        if any(p[0] != prompts[0][0] for p in prompts):
+            raise ValueError("the GCG prompts must share the text before <image>")
+        self.prefix_ids: list[int] = prompts[0][0]
+        self.suffix_ids: list[list[int]] = [p[1] for p in prompts]
+        # RoPE frequencies must stay fp32 under a bf16 cast (see altp.models.glamm.GLaMM).
+        self._rope_fp32 = {n: m.inv_freq.detach().float().cpu().clone() for n, m in self.llm.named_modules()
+                           if "RotaryEmbedding" in type(m).__name__ and hasattr(m, "inv_freq")
+                           and not m.inv_freq.is_meta}  # fmt: skip
+        self.llm.to(llm_dtype)
+        self._restore_rope()
+
+    def _restore_rope(self) -> None:
+        for name, master in self._rope_fp32.items():
+            mod = self.llm.get_submodule(name)
+            mod.inv_freq = master.to(mod.inv_freq.device)
+            if hasattr(mod, "original_inv_freq"):
+                mod.original_inv_freq = master.to(mod.inv_freq.device).clone()
+
+    def _apply(self, fn: Any, recurse: bool = True) -> OmgLlava:
+        super()._apply(fn, recurse)
+        self.visual.float()  # upstream's visual path is float32 whatever the LLM runs in
+        if hasattr(self, "_rope_fp32"):
+            self._restore_rope()
+        return self
+
+    # -- properties the runner reads ---------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.llm.get_input_embeddings().weight.dtype
+
+    # -- stages --------------------------------------------------------------------------------
+    def vision_image(self, image: Image.Image) -> np.ndarray:
+        """(1024, 1024, 3) uint8: the mean-colour square padding, bicubic-resized, as OMG-Seg sees it."""
+        square = expand_to_square(image.convert("RGB"))
+        return np.asarray(
+            square.resize((IMAGE_SIZE, IMAGE_SIZE), resample=Image.Resampling.BICUBIC)
+        ).copy()
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """(1, 3, 1024, 1024) float32 normalised with upstream's truncated CLIP statistics."""
+        x = torch.from_numpy(self.vision_image(image)).permute(2, 0, 1).float() / 255.0
+        mean = torch.tensor(IMAGE_MEAN).view(3, 1, 1)
+        std = torch.tensor(IMAGE_STD).view(3, 1, 1)
+        return ((x - mean) / std).unsqueeze(0).to(self.device)
+
+    def build_inputs_embeds(self, encoding: VisualEncoding, question: int = 0) -> torch.Tensor:
+        """Prompt embeddings ``(1, L, D)``: prefix, 256 pixel tokens, separator, N objects, suffix.
+
+        The pixel span starts at ``len(self.prefix_ids)``; everything after it is
+        never pruned.
+        """
+        emb = self.llm.get_input_embeddings()
+        ids = torch.tensor([self.prefix_ids + self.suffix_ids[question]], device=self.device)
+        text = emb(ids)  # (1, L_text, D)
+        visual = encoding.tokens.sequence(0)[None].to(text.dtype)  # (1, 256 + 1 + N, D)
+        k = len(self.prefix_ids)
+        return torch.cat([text[:, :k], visual, text[:, k:]], dim=1)
+
+    def masks_from_states(
+        self, image: Image.Image, encoding: VisualEncoding, seg_states: torch.Tensor
+    ) -> list[np.ndarray]:
+        """``[SEG]`` states (N, D) -> N bool masks (H, W) at the image's size."""
+        if seg_states.shape[0] == 0:
+            return []
+        index = torch.zeros(seg_states.shape[0], dtype=torch.long, device=seg_states.device)
+        logits = self.visual.seg_masks(seg_states.float(), encoding, index)  # (N, 1, 256, 256)
+        return [m.cpu().numpy() for m in masks_to_original(logits, original_size=image.size)]
+
+    # -- the GCGModel entry point --------------------------------------------------------------
+    @torch.inference_mode()
+    def predict(
+        self,
+        image: Image.Image,
+        *,
+        pruner: Any | None,
+        prep: Any,
+        max_new_tokens: int | None = None,
+        seed: int = 0,
+        use_cache: bool = True,
+    ) -> GCGPrediction:
+        """Greedy GCG inference on one image, trying upstream's questions until one gives a mask.
+
+        Args:
+            image: any PIL image (converted to RGB).
+            pruner: a :class:`altp.pruning.base.Pruner`, or None for the full model.
+            prep: what ``pruner.prepare(self.vision_image(image), self.grid)`` returned.
+            max_new_tokens: defaults to the model's (100 as upstream).
+            seed: per-image seed for random pruners.
+            use_cache: False recomputes the whole sequence every step (equivalence tests).
+
+        The record's extras hold ``question`` (index into GCG_QUESTIONS of the
+        answer kept), ``questions_tried``, ``object_tokens`` (N) and
+        ``separator_tokens`` (1); ``num_text_tokens`` counts both, since they are
+        in every layer's sequence.
+        """
+        from altp.pruning.engine import PruningEngine
+
+        image = image.convert("RGB")
+        dev = self.device
+        t0 = time.perf_counter()
+        encoding = self.visual.encode(self.pixels(image))
+        _sync(dev)
+        t1 = time.perf_counter()
+        engine = PruningEngine(lm=self.llm, pruner=pruner)
+        ids = self.token_ids
+        attempts: list[_Attempt] = []
+        for q in range(len(GCG_QUESTIONS)):
+            out = engine.generate(
+                inputs_embeds=self.build_inputs_embeds(encoding, q), visual_start=len(self.prefix_ids),
+                num_visual=self.num_visual, grid=self.grid, prep=[prep],
+                max_new_tokens=int(max_new_tokens or self.max_new_tokens),
+                eos_token_id=list(ids.stop_ids), use_cache=use_cache, seed=seed,
+            )  # fmt: skip
+            tokens = out.tokens[0]  # (T,)
+            states = seg_hidden_states(out.step_hidden[0], tokens, seg_token_id=ids.seg)
+            attempts.append(_Attempt(question=q, tokens=tokens, seg_states=states, out=out))
+            if states.shape[0]:
+                break
+        last = attempts[-1]
+        _sync(dev)
+        t2 = time.perf_counter()
+        masks = self.masks_from_states(image, encoding, last.seg_states)
+        _sync(dev)
+        t3 = time.perf_counter()
+        caption, phrases = parse_gcg_text(decode_answer(self.tokenizer, last.tokens.tolist()))
+        n_objects = int(encoding.tokens.object_tokens[0].shape[0])
+        record = last.out.record
+        record.extras[0].update(question=last.question, questions_tried=len(attempts), object_tokens=n_objects,
+                                separator_tokens=1, llm_weights=self.llm_weights)  # fmt: skip
+        return GCGPrediction(
+            caption=caption, phrases=phrases, masks=masks, record=record,
+            num_text_tokens=len(self.prefix_ids) + len(self.suffix_ids[last.question]) + 1 + n_objects,
+            num_visual=self.num_visual, new_tokens=int(last.tokens.numel()),
+            timings={"vision_ms": (t1 - t0) * 1e3,
+                     "prefill_ms": sum(float(a.out.prefill_ms) for a in attempts),
+                     "decode_ms": sum(float(a.out.decode_ms) for a in attempts), "mask_ms": (t3 - t2) * 1e3,
+                     "total_ms": (time.perf_counter() - t0) * 1e3},
+        )  # fmt: skip
