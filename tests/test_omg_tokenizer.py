@@ -146,19 +146,26 @@ def test_tokenizer_config_names_the_chat_ids_like_the_real_folder(tmp_path):
     with pytest.raises(ValueError, match="tokenizer_config.json"):
         load_internlm2_tokenizer(tmp_path / "m")
     entry = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
-    config = {
+    names = {0: "<unk>", 1: "<s>", 2: "</s>", v - 2: "<|im_end|>", v - 1: "<|im_start|>"}
+    config = {  # the shape of internlm2-chat-7b's tokenizer_config.json
         "add_bos_token": True,
         "add_eos_token": False,
         "added_tokens_decoder": {
-            str(v - 2): {"content": "<|im_end|>", "special": True, **entry},
-            str(v - 1): {"content": "<|im_start|>", "special": True, **entry},
+            str(i): {"content": name, "special": True, **entry} for i, name in names.items()
         },
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "pad_token": "</s>",
+        "unk_token": "<unk>",
+        "clean_up_tokenization_spaces": False,
     }
     (tmp_path / "m" / "tokenizer_config.json").write_text(json.dumps(config))
     tok, ids = load_internlm2_tokenizer(tmp_path / "m")
     assert (ids.im_end, ids.im_start, ids.seg) == (v - 2, v - 1, v)
     assert tok.encode("<|im_start|>user", add_special_tokens=False)[0] == v - 1
     assert decode_answer(tok, [v - 1, v - 2]) == "<|im_start|><|im_end|>"
+    assert tok.encode("hi</s>") == [1, *tok.encode("hi", add_special_tokens=False), 2]
 
 
 def test_build_script_reproduces_the_shipped_asset(tmp_path):

@@ -15,9 +15,11 @@ Reproduced (read from the remote code and transformers 4.3x sources):
   apply per chunk. ``add_bos_token=True`` (ids ``[bos] + ...``), no EOS.
   ``bos``/``eos`` ids are the sentencepiece model's.
 * Chat tokens: ids and names come from ``tokenizer_config.json``'s
-  ``added_tokens_decoder`` when the folder has one (the real model's pieces at
-  those ids are named ``[UNUSED_TOKEN_145]`` etc. and renamed there); without it,
-  from pieces already named ``<|im_start|>`` etc. (the tiny asset).
+  ``added_tokens_decoder`` (and ``bos/eos/unk_token``) when the folder has one:
+  InternLM2's pieces at 92542/92543 were named ``[UNUSED_TOKEN_145/146]`` and the
+  config renames them ``<|im_end|>``/``<|im_start|>``, which is why its remote fast
+  converter and third-party tools patch names from that file. Without a config,
+  pieces already named ``<|im_start|>`` etc. are used (the tiny asset).
 * OMG-LLaVA's tokens: ``add_tokens(["[SEG]", "<p>", "</p>", "<region>"],
   special_tokens=True)`` then ``add_tokens(["<mark>"], special_tokens=True)``, ids
   ``len(tokenizer) + 0..4`` (``internlm2_chat.add_omg_llava_special_tokens``).
@@ -84,10 +86,11 @@ INTERNLM2_CHAT_TOKENS: tuple[str, ...] = (
     "<|im_start|>",
 )
 _REQUIRED_CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
+# A shell comment keeps the one-line message a valid command.
 _HOW_TO_GET = (
     "huggingface-cli download internlm/internlm2-chat-7b tokenizer.model tokenizer_config.json "
-    "--local-dir FOLDER` (it ships in the internlm2-chat-7b folder of "
-    "https://huggingface.co/internlm/internlm2-chat-7b and of OMG-LLaVA's pretrained/omg_llava/ dir)"
+    "--local-dir FOLDER  # the internlm2-chat-7b folder of "
+    "https://huggingface.co/internlm/internlm2-chat-7b, also under OMG-LLaVA's pretrained/omg_llava/"
 )
 
 
@@ -176,10 +179,18 @@ class InternLM2SentencePieceTokenizer(SentencePieceBackend):
         return " ".join(parts)
 
 
-def _chat_added_tokens(sp: Any, folder: Path) -> dict[int, AddedToken]:
-    """Chat tokens by id: from ``tokenizer_config.json`` if present, else from the pieces' names."""
+_NAMED = {"unk_token": "unk_id", "bos_token": "bos_id", "eos_token": "eos_id"}
+
+
+def _added_tokens(sp: Any, folder: Path) -> tuple[dict[int, AddedToken], dict[str, str]]:
+    """Added tokens by id and the names of ``unk/bos/eos``, as upstream's loader sees them.
+
+    From ``tokenizer_config.json`` when the folder has one (its ``added_tokens_decoder``
+    renames ids of the sentencepiece model), else from the pieces' own names.
+    """
     config_path = folder / "tokenizer_config.json"
     found: dict[int, AddedToken] = {}
+    named = {attr: sp.id_to_piece(getattr(sp, fn)()) for attr, fn in _NAMED.items()}
     if config_path.is_file():
         config = json.loads(config_path.read_text())
         if not config.get("add_bos_token", True) or config.get("add_eos_token", False):
@@ -191,10 +202,9 @@ def _chat_added_tokens(sp: Any, folder: Path) -> dict[int, AddedToken]:
             i = int(key)
             if i >= sp.get_piece_size():
                 raise ValueError(
-                    f"{config_path}: added token {entry['content']!r} has id {i} past the model's vocabulary"
+                    f"{config_path}: added token {entry['content']!r} has id {i}, past the "
+                    f"model's {sp.get_piece_size()} pieces; OMG-LLaVA's tokens must not be in it"
                 )
-            if i in (sp.unk_id(), sp.bos_id(), sp.eos_id()):
-                continue  # named special tokens, set from the model below
             found[i] = AddedToken(
                 entry["content"],
                 lstrip=bool(entry.get("lstrip", False)),
@@ -203,6 +213,9 @@ def _chat_added_tokens(sp: Any, folder: Path) -> dict[int, AddedToken]:
                 normalized=bool(entry.get("normalized", False)),
                 special=bool(entry.get("special", True)),
             )
+        for attr in _NAMED:
+            if isinstance(config.get(attr), str):
+                named[attr] = config[attr]
     else:
         for name in INTERNLM2_CHAT_TOKENS:
             i = sp.piece_to_id(name)
@@ -216,7 +229,7 @@ def _chat_added_tokens(sp: Any, folder: Path) -> dict[int, AddedToken]:
         raise ValueError(
             f"{folder}: no id for {missing}; put InternLM2-chat's tokenizer_config.json next to tokenizer.model"
         )
-    return found
+    return found, named
 
 
 def load_internlm2_tokenizer(
@@ -250,20 +263,26 @@ def load_internlm2_tokenizer(
         raise ValueError(
             f"{model_file} lacks <unk>/<s>/</s>; it is not an InternLM2 tokenizer.model"
         )
-    chat = _chat_added_tokens(sp, folder)
+    added, named = _added_tokens(sp, folder)
     tok = InternLM2SentencePieceTokenizer(
         vocab_file=str(model_file),
         legacy=True,  # sp.encode(chunk) as is: upstream's _tokenize
-        unk_token=sp.id_to_piece(sp.unk_id()),
-        bos_token=sp.id_to_piece(sp.bos_id()),
-        eos_token=sp.id_to_piece(sp.eos_id()),
-        pad_token=sp.id_to_piece(sp.eos_id()),  # InternLM2: pad = </s>
-        added_tokens_decoder=chat,
-        extra_special_tokens=[chat[i] for i in sorted(chat) if chat[i].special],
+        **named,
+        pad_token=named["eos_token"],  # InternLM2: pad = </s>
+        added_tokens_decoder=added,
+        extra_special_tokens=[
+            t for i, t in sorted(added.items()) if t.special and t.content not in named.values()
+        ],
         special_tokens_pattern="bos",  # add_bos_token=True, add_eos_token=False
         clean_up_tokenization_spaces=False,
-        model_max_length=32768,
     )
+    # Upstream's bos/eos_token_id properties return the sentencepiece model's ids.
+    got = (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id)
+    if got != (sp.unk_id(), sp.bos_id(), sp.eos_id()):
+        raise ValueError(
+            f"{folder}: unk/bos/eos names {list(named.values())} map to ids {got}, but "
+            f"{model_file.name} has {(sp.unk_id(), sp.bos_id(), sp.eos_id())}"
+        )
     base_vocab = len(tok)
     ids = add_omg_llava_special_tokens(tok)
     for name in (*_REQUIRED_CHAT_TOKENS, *ids):
