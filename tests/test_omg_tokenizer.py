@@ -8,6 +8,7 @@ decoded strings derived by hand from transformers 4.36 + ``InternLM2Tokenizer``.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -177,3 +178,51 @@ def test_build_script_reproduces_the_shipped_asset(tmp_path):
     out = build.build(tmp_path)
     assert out.read_bytes() == MODEL_FILE.read_bytes()
     assert MODEL_FILE.stat().st_size < 100_000
+
+
+def _fast_converter_twin(sp: spm.SentencePieceProcessor):
+    """What remote ``InternLM2Converter`` builds from the tiny model (tokenizers library)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, normalizers
+    from tokenizers.models import BPE
+    from transformers.tokenization_utils_sentencepiece import SentencePieceExtractor
+
+    vocab, _, merges = SentencePieceExtractor(str(MODEL_FILE)).extract()
+    tk = Tokenizer(BPE(vocab, merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tk.decoder = decoders.Sequence(
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(content=" ", left=1),
+        ]
+    )
+    chat = ["<unk>", "<s>", "</s>", "<|im_end|>", "<|im_start|>"]
+    tk.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in chat])
+    omg = ["[SEG]", "<p>", "</p>", "<region>", "<mark>"]
+    tk.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in omg])
+    assert [tk.token_to_id(t) for t in omg] == list(
+        range(sp.get_piece_size(), sp.get_piece_size() + 5)
+    )
+    return tk
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<p> a red circle </p> [SEG] on the left.<|im_end|>",
+        "A <p>red circle</p>[SEG], and <p> a blue star </p> [SEG] .\ncafé</s>",
+    ],
+)
+def test_fast_class_decode_matches_the_tokenizers_library(tiny, sp, text):
+    tok, _ = tiny
+    twin = _fast_converter_twin(sp)
+    ids = tok.encode(text, add_special_tokens=False)
+    assert twin.encode(text, add_special_tokens=False).ids == ids  # same ids either class
+    expected = twin.decode(ids, skip_special_tokens=False).strip()
+    assert decode_answer(tok, ids, upstream_class="InternLM2TokenizerFast") == expected
+    slow_caption, slow_phrases = parse_gcg_text(decode_answer(tok, ids))
+    fast_caption, fast_phrases = parse_gcg_text(expected)
+    assert slow_phrases == fast_phrases
+    # The classes differ only in spaces before punctuation next to the tags.
+    assert re.sub(r" (?=[.,])", "", slow_caption) == re.sub(r" (?=[.,])", "", fast_caption)

@@ -17,8 +17,8 @@ Reproduced (read from the remote code and transformers 4.3x sources):
 * Chat tokens: ids and names come from ``tokenizer_config.json``'s
   ``added_tokens_decoder`` (and ``bos/eos/unk_token``) when the folder has one:
   InternLM2's pieces at 92542/92543 were named ``[UNUSED_TOKEN_145/146]`` and the
-  config renames them ``<|im_end|>``/``<|im_start|>``, which is why its remote fast
-  converter and third-party tools patch names from that file. Without a config,
+  config renames them ``<|im_end|>``/``<|im_start|>`` (third-party code; its remote
+  fast converter also renames pieces from that file). Without a config,
   pieces already named ``<|im_start|>`` etc. are used (the tiny asset).
 * OMG-LLaVA's tokens: ``add_tokens(["[SEG]", "<p>", "</p>", "<region>"],
   special_tokens=True)`` then ``add_tokens(["<mark>"], special_tokens=True)``, ids
@@ -29,26 +29,36 @@ Reproduced (read from the remote code and transformers 4.3x sources):
   sentencepiece vocabulary: here ``[SEG] <p> </p> <region> <mark>``), decodes
   each run with InternLM2's ``convert_tokens_to_string`` and joins the pieces
   with ONE SPACE (``spaces_between_special_tokens=True``). That method
-  sentencepiece-decodes runs between special tokens, puts a space before a special
-  token that follows text, applies ``clean_up_tokenization`` unconditionally
+  sentencepiece-decodes runs between special tokens, emits ``" " + run + token``
+  at a special token that follows text (``<|im_end|>``, ``</s>``: the space goes
+  before the run), applies ``clean_up_tokenization`` unconditionally
   (``" ." -> "."``, ``" 's" -> "'s"``, ...), and its prefix-space step is a no-op
   (it tests a token string against a set of ids, adds a space, then drops the
   first character). ``clean_up_tokenization_spaces`` is false in InternLM2's config.
 
-UNVERIFIED (no real ``tokenizer.model`` or remote tokenizer offline): the real
-model's normalizer settings (this port uses whatever the file says, so only the
-tiny asset's choices are guesses); that ``len(tokenizer) == 92544`` before
-OMG-LLaVA's tokens; the exact ids of the GCG prompt and the decoded text of a
-real answer (pin them with a fixture made once by the remote tokenizer under
-transformers 4.36); whether any 4.36 code path not read here (e.g. fast-tokenizer
-selection by ``AutoTokenizer``: OMG-LLaVA's config builds ``AutoTokenizer`` with
-``trust_remote_code=True``, which may pick ``InternLM2TokenizerFast``) changes
-spacing around added tokens.
+Slow or fast: OMG-LLaVA's configs build ``AutoTokenizer.from_pretrained(path,
+trust_remote_code=True)`` (``use_fast`` defaults to True), so upstream ran
+``InternLM2TokenizerFast`` if its ``internlm2-chat-7b/tokenizer_config.json``
+``auto_map`` lists it (later InternLM2-chat revisions do; UNVERIFIED for
+OMG-LLaVA's copy). ``decode_answer(..., upstream_class=...)`` mirrors either; the
+fast one is the remote converter's decoder chain (``Replace("▁", " ")``,
+``ByteFallback``, ``Fuse``, ``Strip(left=1)``) over all tokens, checked against
+the ``tokenizers`` library in the tests, which also show both classes give the same
+ids on the tiny model. After :func:`~altp.models.omg.gcg_output.parse_gcg_text`
+they differ only in spaces before punctuation next to the tags.
+
+UNVERIFIED (no real ``tokenizer.model`` or remote tokenizer offline): which class
+upstream ran (above); the real model's normalizer settings (this port uses
+whatever the file says, so only the tiny asset's choices are guesses); that
+``len(tokenizer) == 92544`` before OMG-LLaVA's tokens; the exact ids of the GCG
+prompt and the decoded text of a real answer (pin them with a fixture made once
+by the remote tokenizer under transformers 4.36).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -320,11 +330,65 @@ def encode_gcg_prompt(
     )
 
 
-def decode_answer(tokenizer: InternLM2SentencePieceTokenizer, ids: list[int]) -> str:
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _decode_like_fast(tokenizer: InternLM2SentencePieceTokenizer, ids: list[int]) -> str:
+    """``InternLM2TokenizerFast.decode``: its converter's decoder chain over every token.
+
+    ``Replace("▁", " ")``, ``ByteFallback`` (a run of ``<0xHH>`` pieces becomes its
+    UTF-8 text, U+FFFD per byte if invalid), ``Fuse``, ``Strip(" ", left=1)``;
+    added tokens go through the chain as their text, with no spaces around them.
+    """
+    out: list[str] = []
+    pending = bytearray()
+    for token in tokenizer.convert_ids_to_tokens(ids):
+        byte = _BYTE_PIECE.fullmatch(token)
+        if byte:
+            pending.append(int(byte.group(1), 16))
+            continue
+        if pending:
+            out.append(_utf8_or_replacement(bytes(pending)))
+            pending.clear()
+        out.append(token.replace("▁", " "))
+    if pending:
+        out.append(_utf8_or_replacement(bytes(pending)))
+    text = "".join(out)
+    return text[1:] if text.startswith(" ") else text
+
+
+def _utf8_or_replacement(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "\ufffd" * len(data)  # tokenizers' ByteFallback: one U+FFFD per byte
+
+
+def decode_answer(
+    tokenizer: InternLM2SentencePieceTokenizer,
+    ids: list[int],
+    *,
+    upstream_class: str = "InternLM2Tokenizer",
+) -> str:
     """The GCG tool's ``tokenizer.decode(generated_ids).strip()`` (special tokens kept).
 
     ``ids`` are the generated ids only (upstream generates from embeddings, so its
     sequences hold no prompt). Feed the result to
     :func:`altp.models.omg.gcg_output.parse_gcg_text`.
+
+    ``upstream_class`` picks which remote class to mirror: ``"InternLM2Tokenizer"``
+    (slow, transformers 4.36 ``_decode``, module docstring) or
+    ``"InternLM2TokenizerFast"``, which upstream's ``AutoTokenizer.from_pretrained(...,
+    trust_remote_code=True)`` builds when the folder's ``auto_map`` lists it
+    (UNVERIFIED for OMG-LLaVA's copy). After :func:`parse_gcg_text` the two differ
+    only in spaces next to ``[SEG]``/``<p>``/``</p>`` and the slow class's
+    ``" ." -> "."`` clean-up.
     """
-    return tokenizer.decode([int(i) for i in ids], skip_special_tokens=False).strip()
+    clean = [int(i) for i in ids]
+    if upstream_class == "InternLM2Tokenizer":
+        return tokenizer.decode(clean, skip_special_tokens=False).strip()
+    if upstream_class == "InternLM2TokenizerFast":
+        return _decode_like_fast(tokenizer, clean).strip()
+    raise ValueError(
+        f"upstream_class must be 'InternLM2Tokenizer' or 'InternLM2TokenizerFast', got {upstream_class!r}"
+    )
