@@ -396,3 +396,16 @@ def test_make_tables_gives_table2_for_omg_llava_runs(data_root: Path, tmp_path: 
     assert body[0][3] == "10.0" and body[0][8] == "10.0"  # METEOR val, METEOR test of the none row
     tiny = (out / "main_omg_llava_tiny_synthetic.md").read_text()
     assert "omg_llava_tiny on synthetic (synthetic benchmark" in tiny and "| fastv | 25 |" in tiny
+
+
+@torch.inference_mode()
+def test_bf16_llm_keeps_a_float32_visual_path(image: Image.Image) -> None:
+    m = build_omg_llava_tiny(seed=0, script=SCRIPT, dtype="bfloat16", max_new_tokens=16)
+    assert m.dtype == torch.bfloat16 and m.llm.lm_head.weight.dtype == torch.bfloat16
+    assert {p.dtype for p in m.visual.parameters()} == {torch.float32}
+    assert m.llm.model.rotary_emb.inv_freq.dtype == torch.float32
+    m.to(torch.bfloat16)  # a later cast of the whole model must not reach them either
+    assert {p.dtype for p in m.visual.parameters()} == {torch.float32}
+    assert m.llm.model.rotary_emb.inv_freq.dtype == torch.float32
+    out = _predict(m, image, "fastv")
+    assert out.phrases == ["red circle"] and len(out.masks) == 1

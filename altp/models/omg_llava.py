@@ -77,7 +77,6 @@ class OmgLlava(nn.Module):
         tokenizer: InternLM2's tokenizer with OMG-LLaVA's added tokens.
         token_ids: its checked ids (:func:`altp.models.omg.tokenizer.load_internlm2_tokenizer`).
         llm_dtype: compute dtype of the LLM.
-        llm_shape: decoder shape for the FLOPs ratio (InternLM2-7B's for the real model).
         name: label recorded in run files.
         max_new_tokens: default generation length (upstream: 100).
         llm_weights: one line for the run record saying what the LLM weights are.
@@ -91,7 +90,6 @@ class OmgLlava(nn.Module):
         tokenizer: Any,
         token_ids: OmgTokenIds,
         llm_dtype: torch.dtype = torch.float32,
-        llm_shape: LLMShape | None = None,
         name: str = "omg_llava",
         max_new_tokens: int = 100,
         llm_weights: str = "",
@@ -118,7 +116,8 @@ class OmgLlava(nn.Module):
         side = IMAGE_SIZE // 64  # ConvNeXt stride 32, then pixel shuffle by 2
         self.grid: tuple[int, int] = (side, side)
         self.num_visual = side * side
-        self.llm_shape = llm_shape or LLMShape(
+        # The FLOPs ratio's decoder shape: InternLM2-7B's (MODEL_SHAPES["omg_llava"]) for the real model.
+        self.llm_shape = LLMShape(
             hidden_size=cfg.hidden_size,
             intermediate_size=cfg.intermediate_size,
             num_layers=cfg.num_hidden_layers,
