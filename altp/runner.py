@@ -17,6 +17,7 @@ so a resumed run writes the same bytes as an uninterrupted one.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -55,14 +56,19 @@ def _resolve_split(data_cfg: DictConfig) -> GrandfSplit:
 
         params = {k: (list(v) if not isinstance(v, (int, float, str)) else v)
                   for k, v in OmegaConf.to_container(gen, resolve=True).items()}
-        stamp = Path(data_cfg.root) / f".{data_cfg.split}_generate.json"
-        have = (gt_dir / f"{data_cfg.split}_gcg_coco_caption_gt.json").exists()
-        if not have or not stamp.exists() or json.loads(stamp.read_text()) != params:
-            log.info("generating synthetic split %s under %s with %s", data_cfg.split, data_cfg.root, params)
-            extra = {k: tuple(params[k]) for k in ("image_size_range", "objects_range") if k in params}
-            write_synthetic_split(Path(data_cfg.root), split=data_cfg.split, n_images=int(params["n_images"]),
-                                  seed=int(params["seed"]), **extra)
-            write_json_atomic(stamp, params)
+        root = Path(data_cfg.root)
+        root.mkdir(parents=True, exist_ok=True)
+        stamp = root / f".{data_cfg.split}_generate.json"
+        # Parallel sweep jobs (joblib, SLURM arrays) start together: one generates, the others wait.
+        with open(root / f".{data_cfg.split}_generate.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            have = (gt_dir / f"{data_cfg.split}_gcg_coco_caption_gt.json").exists()
+            if not have or not stamp.exists() or json.loads(stamp.read_text()) != params:
+                log.info("generating synthetic split %s under %s with %s", data_cfg.split, root, params)
+                extra = {k: tuple(params[k]) for k in ("image_size_range", "objects_range") if k in params}
+                write_synthetic_split(root, split=data_cfg.split, n_images=int(params["n_images"]),
+                                      seed=int(params["seed"]), **extra)
+                write_json_atomic(stamp, params)
     return GrandfSplit(gt_dir, data_cfg.split, image_dir)
 
 
