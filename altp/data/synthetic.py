@@ -233,18 +233,16 @@ def render_scene(
         )
     image = np.clip(img, 0, 255).round().astype(np.uint8)
 
-    # Mention objects in reading order (row band, then x), the order of masks and labels.
-    centres = [
-        (min(int(3 * np.nonzero(v)[0].mean() / h), 2), np.nonzero(v)[1].mean()) for v in visible
-    ]
-    order = sorted(range(len(visible)), key=lambda k: centres[k])
+    # Mention objects top to bottom: by the raster index of each object's first visible
+    # pixel (its top edge, then x). That is the order of masks and labels, and the order
+    # in which a causal reader of row-major patches meets the objects.
+    order = sorted(range(len(visible)), key=lambda k: int(np.flatnonzero(visible[k])[0]))
     labels, mentions = [], []
     for k in order:
         size, colour, shape, _ = meta[k]
         label = _label(size, colour, shape)
-        hidden = ", partly hidden" if visible[k].sum() < areas[k] else ""
         labels.append(label)
-        mentions.append(f"{label} {_position_words(visible[k])}{hidden}")
+        mentions.append(f"{label} {_position_words(visible[k])}")
     listed = (
         mentions[0] if len(mentions) == 1 else ", ".join(mentions[:-1]) + " and " + mentions[-1]
     )

@@ -39,12 +39,12 @@ class MissingShapesWeightsError(FileNotFoundError):
 
 def shapes_config(
     *, vocab_size: int, hidden_size: int = 128, intermediate_size: int = 256, num_layers: int = 8,
-    num_heads: int = 4, clip_hidden_size: int = 64, clip_layers: int = 3, sam_image_size: int = 320,
+    num_heads: int = 4, clip_hidden_size: int = 64, clip_layers: int = 4, sam_image_size: int = 320,
     sam_hidden_size: int = 64, sam_layers: int = 2, prompt_dim: int = 128,
 ) -> GLaMMConfig:
     """Sizes of the shapes model (defaults = the shipped model).
 
-    ``clip_layers=3`` with GLaMM's ``select_layer=-2`` uses the first two CLIP layers
+    ``clip_layers=4`` with GLaMM's ``select_layer=-2`` uses the first three CLIP layers
     (the last one only exists because the feature layer is the penultimate one).
     """
     return GLaMMConfig(

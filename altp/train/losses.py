@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from altp.models.glamm import GLaMM
-from altp.train.samples import COLOUR_CLASSES, SHAPE_CLASSES, SIZE_CLASSES, TrainBatch
+from altp.train.samples import COLOUR_CLASSES, RANK_CLASSES, SHAPE_CLASSES, SIZE_CLASSES, TrainBatch
 
 __all__ = ["PatchProbe", "answer_states", "dice_loss", "forward_losses", "seg_queries"]
 
 
 class PatchProbe(torch.nn.Module):
-    """Training-only linear probe: each projected visual token -> its patch's colour, shape, size.
+    """Training-only linear probe: projected visual token -> its patch's colour, shape, size, caption place.
 
     Not part of GLaMM and not saved with it; its loss makes the tiny vision tower
     informative long before the LM loss alone would (TRAINING.md).
@@ -35,14 +35,15 @@ class PatchProbe(torch.nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.sizes = (len(COLOUR_CLASSES), len(SHAPE_CLASSES), len(SIZE_CLASSES))
+        self.sizes = (len(COLOUR_CLASSES), len(SHAPE_CLASSES), len(SIZE_CLASSES), len(RANK_CLASSES))
         self.head = torch.nn.Linear(dim, sum(self.sizes))
 
     def forward(self, visual: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean CE over the three attributes and patch accuracy on colour. visual (B, V, D), labels (B, 3, V)."""
+        """Mean CE over the attributes and patch accuracy on colour. visual (B, V, D), labels (B, 4, V)."""
         logits = self.head(visual).float().split(self.sizes, dim=-1)
         labels = labels.to(visual.device)
-        loss = sum(F.cross_entropy(lg.flatten(0, 1), labels[:, i].flatten()) for i, lg in enumerate(logits)) / 3
+        loss = sum(F.cross_entropy(lg.flatten(0, 1), labels[:, i].flatten()) for i, lg in enumerate(logits))
+        loss = loss / len(self.sizes)
         with torch.no_grad():
             acc = (logits[0].argmax(-1) == labels[:, 0]).float().mean()
         return loss, acc

@@ -33,7 +33,7 @@ from altp.models.glamm import CLIP_MEAN, CLIP_STD, clip_resize_crop
 from altp.models.sam import GroundingEncoder
 from altp.models.tokenizer import GLAMM_ADDED_TOKENS, GLaMMTokenIds
 
-__all__ = ["COLOUR_CLASSES", "SHAPE_CLASSES", "SIZE_CLASSES", "TrainBatch", "TrainSample", "collate",
+__all__ = ["COLOUR_CLASSES", "RANK_CLASSES", "SHAPE_CLASSES", "SIZE_CLASSES", "TrainBatch", "TrainSample", "collate",
            "encode_target", "patch_labels", "render_sample"]
 
 _ADDED = re.compile("(" + "|".join(re.escape(t) for t in GLAMM_ADDED_TOKENS) + ")")
@@ -49,8 +49,8 @@ class TrainSample:
         labels: one phrase per object, in caption order.
         masks: (N, H, W) bool, the i-th mask pairs with the i-th label / ``[SEG]``.
         target: GLaMM's answer text ``... <p> label </p> [SEG] ...``.
-        patch_labels: (3, 24, 24) int64 class of each CLIP patch for the training-only
-            probe (:func:`patch_labels`): rows colour, shape, size; 0 = background.
+        patch_labels: (4, 24, 24) int64 class of each CLIP patch for the training-only
+            probe (:func:`patch_labels`): rows colour, shape, size, caption place; 0 = background.
     """
 
     image: np.ndarray
@@ -91,6 +91,7 @@ def render_sample(
 COLOUR_CLASSES = ("background", *synthetic._COLOURS)
 SHAPE_CLASSES = ("background", *synthetic._SHAPES)
 SIZE_CLASSES = ("background", "small", "medium", "large")
+RANK_CLASSES = ("background", *(str(k) for k in range(1, 9)))  # place in the caption, 8+ share the last
 
 
 def _attributes(label: str) -> tuple[int, int, int]:
@@ -101,11 +102,13 @@ def _attributes(label: str) -> tuple[int, int, int]:
 
 
 def patch_labels(masks: np.ndarray, labels: list[str], grid: int = 24, min_cover: float = 0.25) -> np.ndarray:
-    """Per CLIP patch, the attributes of the object covering most of it: (3, grid, grid) int64.
+    """Per CLIP patch, the attributes of the object covering most of it: (4, grid, grid) int64.
 
-    Targets of the training-only patch probe (``altp.train.losses``): they make the
-    vision tower's tokens say early which colour/shape/size sits where, instead of
-    waiting for the LM loss alone to shape them. Square images only (CLIP's resize
+    Rows: colour, shape, size, and the object's place in the caption (1 = first
+    mentioned; ``masks`` are in caption order). Targets of the training-only patch
+    probe (``altp.train.losses``): they make the vision tower's tokens say early
+    which object sits where and when it is due, instead of waiting for the LM loss
+    alone to shape them. Square images only (CLIP's resize
     + centre crop is then a plain resize). A patch less than ``min_cover`` covered
     by any object is background (class 0 in each row).
     """
@@ -114,8 +117,10 @@ def patch_labels(masks: np.ndarray, labels: list[str], grid: int = 24, min_cover
         raise ValueError(f"patch labels need square training images, got {h}x{w}")
     cover = F.interpolate(torch.from_numpy(masks).float()[None], (grid, grid), mode="area")[0]  # (N, g, g)
     best, idx = cover.max(0)
-    attrs = torch.tensor([_attributes(lab) for lab in labels], dtype=torch.long).T  # (3, N)
-    out = attrs[:, idx]  # (3, g, g)
+    rank = [min(k + 1, len(RANK_CLASSES) - 1) for k in range(n)]
+    attrs = torch.tensor([(*_attributes(lab), r) for lab, r in zip(labels, rank, strict=True)],
+                         dtype=torch.long).T  # (4, N)
+    out = attrs[:, idx]  # (4, g, g)
     out[:, best < min_cover] = 0
     return out.numpy()
 
@@ -150,7 +155,7 @@ class TrainBatch:
         target_valid: (B, T) bool, False on padding (no loss there).
         gt_masks: per sample (N_i, S/4, S/4) float in [0, 1]: the GT masks
             resized to SAM's input, zero-padded, area-averaged to the low-res grid.
-        patch_labels: (B, 3, 576) int64 targets of the training-only patch probe.
+        patch_labels: (B, 4, 576) int64 targets of the training-only patch probe.
     """
 
     clip_pixels: torch.Tensor
