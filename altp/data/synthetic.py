@@ -94,12 +94,13 @@ def gcg_target_text(caption: str, labels: list[str]) -> str:
 
 # --------------------------------------------------------------------------- scenes
 
+# Palette order (rainbow, then white and black) is the order objects are mentioned in.
 _COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 70, 220), "yellow": (240, 220, 30),
-    "orange": (245, 140, 20), "purple": (140, 40, 180), "pink": (250, 120, 190),
-    "white": (245, 245, 245), "black": (20, 20, 20), "cyan": (30, 210, 220),
+    "red": (220, 30, 30), "orange": (245, 140, 20), "yellow": (240, 220, 30), "green": (30, 170, 50),
+    "cyan": (30, 210, 220), "blue": (30, 70, 220), "purple": (140, 40, 180), "pink": (250, 120, 190),
+    "white": (245, 245, 245), "black": (20, 20, 20),
 }  # fmt: skip
-_SHAPES = ("circle", "square", "triangle", "ellipse", "star", "diamond", "rectangle")
+_SHAPES = ("circle", "square", "triangle", "star", "diamond")
 _BACKGROUNDS = ("gradient", "striped", "checkered", "mottled")
 # Object area as a fraction of the image: "small" ones are the ones pruning loses.
 _AREA_FRACTIONS = {"small": (0.003, 0.015), "medium": (0.02, 0.06), "large": (0.08, 0.18)}
@@ -200,13 +201,17 @@ def render_scene(
     meta: list[
         tuple[str, str, str, tuple[float, float, float]]
     ] = []  # size, colour, shape, (cy, cx, r)
+    # Every object of an image has its own colour, so a phrase names one object.
+    palette = [list(_COLOURS)[int(c)] for c in rng.permutation(len(_COLOURS))]
+    if n_obj > len(palette):
+        raise ValueError(f"at most {len(palette)} objects per image (one per colour), got {n_obj}")
     for i in range(n_obj):
         # The first object is small more often than not: every split has many small ones.
         if i == 0 and rng.random() < 0.6:
             size = "small"
         else:
             size = ("small", "medium", "large")[int(rng.choice(3, p=[0.3, 0.45, 0.25]))]
-        colour = list(_COLOURS)[int(rng.integers(len(_COLOURS)))]
+        colour = palette[i]
         shape = _SHAPES[int(rng.integers(len(_SHAPES)))]
         r = float(np.sqrt(rng.uniform(*_AREA_FRACTIONS[size]) * h * w / np.pi))
         for _ in range(20):  # placement retries until every object stays mostly visible
@@ -233,10 +238,11 @@ def render_scene(
         )
     image = np.clip(img, 0, 255).round().astype(np.uint8)
 
-    # Mention objects top to bottom: by the raster index of each object's first visible
-    # pixel (its top edge, then x). That is the order of masks and labels, and the order
-    # in which a causal reader of row-major patches meets the objects.
-    order = sorted(range(len(visible)), key=lambda k: int(np.flatnonzero(visible[k])[0]))
+    # Mention objects in palette order (colours are unique per image): the order of masks
+    # and labels. A reader then only has to know which colours are present, not compare
+    # positions, to know which object comes next.
+    rank = {c: i for i, c in enumerate(_COLOURS)}
+    order = sorted(range(len(visible)), key=lambda k: rank[meta[k][1]])
     labels, mentions = [], []
     for k in order:
         size, colour, shape, _ = meta[k]
@@ -316,8 +322,11 @@ def write_synthetic_split(
     lo, hi = image_size_range
     if not 64 <= lo <= hi:
         raise ValueError(f"image_size_range must satisfy 64 <= min <= max, got {image_size_range}")
-    if not 1 <= objects_range[0] <= objects_range[1]:
-        raise ValueError(f"objects_range must satisfy 1 <= min <= max, got {objects_range}")
+    if not 1 <= objects_range[0] <= objects_range[1] <= len(_COLOURS):
+        raise ValueError(
+            f"objects_range must satisfy 1 <= min <= max <= {len(_COLOURS)} (one colour per object), "
+            f"got {objects_range}"
+        )
     out_dir = Path(out_dir)
     gt_dir, image_dir = out_dir / "annotations", out_dir / "images"
     gt_dir.mkdir(parents=True, exist_ok=True)
