@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -43,3 +44,23 @@ def test_concurrent_jobs_generate_a_split_once(tmp_path: Path, monkeypatch):
     assert not errors, errors
     assert calls == [1], "the split was generated more than once"
     assert results == [2, 2, 2]
+
+
+def test_split_from_an_older_generator_is_rebuilt(tmp_path: Path, monkeypatch):
+    calls = []
+    real = synthetic.write_synthetic_split
+    monkeypatch.setattr(synthetic, "write_synthetic_split", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = OmegaConf.create({
+        "name": "synthetic_val", "split": "val", "root": str(tmp_path),
+        "gt_dir": str(tmp_path / "annotations"), "image_dir": str(tmp_path / "images"),
+        "generate": {"n_images": 1, "seed": 0, "image_size_range": [64, 96], "objects_range": [1, 2]},
+    })  # fmt: skip
+    runner._resolve_split(cfg)
+    runner._resolve_split(cfg)
+    assert calls == [1]  # same parameters and generator: reused
+    stamp = tmp_path / ".val_generate.json"
+    old = json.loads(stamp.read_text())
+    assert old["generator_version"] == synthetic.GENERATOR_VERSION
+    stamp.write_text(json.dumps({**old, "generator_version": synthetic.GENERATOR_VERSION - 1}))
+    runner._resolve_split(cfg)
+    assert calls == [1, 1]  # written by an older generator: rebuilt
