@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from altp.data.synthetic import GENERATOR_VERSION  # noqa: E402
 from altp.models.glamm import GLaMM  # noqa: E402
 from altp.models.glamm_shapes import config_to_dict, shapes_config  # noqa: E402
 from altp.models.tokenizer import TINY_TOKENIZER_DIR, load_glamm_tokenizer  # noqa: E402
@@ -126,6 +127,7 @@ def main() -> None:
     except _TimeUp:
         print(f"time limit reached after step {last['step']}", flush=True)
     meta = {"steps_done": str(last["step"]), "git_sha": _git_sha(), "torch": torch.__version__,
+            "data_generator_version": str(GENERATOR_VERSION),
             "train_config": json.dumps(asdict(cfg))}
     model.eval()
     save_weights(model, args.out, meta)
