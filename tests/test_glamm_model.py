@@ -258,3 +258,13 @@ def test_pruned_predict_keeps_floor_keep_times_576_and_still_grounds(scripted):
     out = scripted.predict(img, pruner=pruner, prep=pruner.prepare(scripted.vision_image(img), scripted.grid))
     assert out.record.kept_per_stage == [57] and len(out.record.kept_tokens[0]) == 57
     assert out.phrases == ["A red circle"] and len(out.masks) == 1
+
+
+def test_rope_frequencies_stay_float32_under_a_bf16_cast():
+    model = build_glamm_tiny(seed=0)
+    rope = model.llm.model.rotary_emb
+    before = rope.inv_freq.clone()
+    model.to(torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    assert rope.inv_freq.dtype == torch.float32  # a bf16 inv_freq would be off by up to a radian at ~600
+    assert torch.equal(rope.inv_freq, before)

@@ -25,7 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from altp.pruning.engine import PruneRecord
     from eval.flops import LLMShape
 
-__all__ = ["GCGModel", "GCGPrediction", "MissingCheckpointError", "parse_dtype"]
+__all__ = ["GCGModel", "GCGPrediction", "MissingCheckpointError", "parse_dtype", "restore_rope_fp32",
+           "rope_fp32_masters"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -39,6 +40,27 @@ def parse_dtype(name: str, *, allowed: tuple[str, ...] = tuple(_DTYPES)) -> torc
     if name not in allowed:
         raise ValueError(f"dtype must be one of {sorted(allowed)}, got {name!r}")
     return _DTYPES[name]
+
+
+def rope_fp32_masters(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """fp32 copies of every rotary embedding's ``inv_freq`` under ``module`` (by submodule name).
+
+    RoPE frequencies must stay fp32 under ``.to(bfloat16)``: a bf16 ``inv_freq`` puts
+    position ~600 off by up to a radian in the fast rotary channels. Keep these
+    masters at build time and call :func:`restore_rope_fp32` after every cast.
+    Meta tensors (shape-only builds) are skipped.
+    """
+    return {n: m.inv_freq.detach().float().cpu().clone() for n, m in module.named_modules()
+            if "RotaryEmbedding" in type(m).__name__ and hasattr(m, "inv_freq") and not m.inv_freq.is_meta}
+
+
+def restore_rope_fp32(module: torch.nn.Module, masters: dict[str, torch.Tensor]) -> None:
+    """Put the fp32 ``inv_freq`` masters back (on each buffer's current device)."""
+    for name, master in masters.items():
+        mod = module.get_submodule(name)
+        mod.inv_freq = master.to(mod.inv_freq.device)
+        if hasattr(mod, "original_inv_freq"):
+            mod.original_inv_freq = master.to(mod.inv_freq.device).clone()
 
 
 class MissingCheckpointError(FileNotFoundError):

@@ -38,7 +38,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from altp.models.base import GCGPrediction
+from altp.models.base import GCGPrediction, restore_rope_fp32, rope_fp32_masters
 from altp.models.sam import GroundingEncoder, GroundingEncoderConfig
 from altp.models.tokenizer import GLaMMTokenIds, gcg_prompt, parse_gcg_output, tokenize_with_image
 from eval.flops import LLMShape
@@ -144,19 +144,11 @@ class GLaMM(nn.Module):
         self.prompt = gcg_prompt()
         self.prefix_ids, self.suffix_ids = tokenize_with_image(self.prompt, tokenizer)
         self.num_text_tokens = len(self.prefix_ids) + len(self.suffix_ids)
-        # RoPE frequencies must stay fp32 under .to(bfloat16): a bf16 inv_freq puts
-        # position ~600 off by up to a radian in the fast rotary channels.
-        self._rope_fp32 = {n: m.inv_freq.detach().float().cpu().clone() for n, m in self.named_modules()
-                           if "RotaryEmbedding" in type(m).__name__ and hasattr(m, "inv_freq")
-                           and not m.inv_freq.is_meta}  # meta: shape-only builds
+        self._rope_fp32 = rope_fp32_masters(self)  # RoPE stays fp32 under .to(bfloat16)
 
     def _apply(self, fn: Any, recurse: bool = True) -> GLaMM:
         super()._apply(fn, recurse)
-        for name, master in self._rope_fp32.items():
-            mod = self.get_submodule(name)
-            mod.inv_freq = master.to(mod.inv_freq.device)
-            if hasattr(mod, "original_inv_freq"):
-                mod.original_inv_freq = master.to(mod.inv_freq.device).clone()
+        restore_rope_fp32(self, self._rope_fp32)
         return self
 
     # -- properties the runner reads ---------------------------------------------------------

@@ -35,7 +35,7 @@ from PIL import Image
 from torch import nn
 from transformers import LlamaForCausalLM
 
-from altp.models.base import GCGPrediction
+from altp.models.base import GCGPrediction, restore_rope_fp32, rope_fp32_masters
 from altp.models.omg.gcg_output import parse_gcg_text
 from altp.models.omg.internlm2_chat import GCG_QUESTIONS
 from altp.models.omg.preprocess import (
@@ -128,25 +128,15 @@ class OmgLlava(nn.Module):
             raise ValueError("the GCG prompts must share the text before <image>")
         self.prefix_ids: list[int] = prompts[0][0]
         self.suffix_ids: list[list[int]] = [p[1] for p in prompts]
-        # RoPE frequencies must stay fp32 under a bf16 cast (see altp.models.glamm.GLaMM).
-        self._rope_fp32 = {n: m.inv_freq.detach().float().cpu().clone() for n, m in self.llm.named_modules()
-                           if "RotaryEmbedding" in type(m).__name__ and hasattr(m, "inv_freq")
-                           and not m.inv_freq.is_meta}  # fmt: skip
+        self._rope_fp32 = rope_fp32_masters(self.llm)  # RoPE stays fp32 under a bf16 cast
         self.llm.to(llm_dtype)
-        self._restore_rope()
-
-    def _restore_rope(self) -> None:
-        for name, master in self._rope_fp32.items():
-            mod = self.llm.get_submodule(name)
-            mod.inv_freq = master.to(mod.inv_freq.device)
-            if hasattr(mod, "original_inv_freq"):
-                mod.original_inv_freq = master.to(mod.inv_freq.device).clone()
+        restore_rope_fp32(self.llm, self._rope_fp32)
 
     def _apply(self, fn: Any, recurse: bool = True) -> OmgLlava:
         super()._apply(fn, recurse)
         self.visual.float()  # upstream's visual path is float32 whatever the LLM runs in
         if hasattr(self, "_rope_fp32"):
-            self._restore_rope()
+            restore_rope_fp32(self.llm, self._rope_fp32)
         return self
 
     # -- properties the runner reads ---------------------------------------------------------
