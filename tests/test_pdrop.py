@@ -155,6 +155,15 @@ def test_one_stage_at_the_match_layer_solves_lambda_to_the_kept_fraction():
     assert lam == pytest.approx(30 / 100, abs=1e-9)
 
 
+@pytest.mark.parametrize("keep", [0.1, 0.25, 0.3, 0.5, 0.7])
+@pytest.mark.parametrize("num_text", [35, 45, 80])
+def test_one_stage_at_the_match_layer_keeps_exactly_floor_keep_v(keep, num_text):
+    # Same tokens as FastV at K=2, not one fewer from a lambda a float hair below floor(rV)/V.
+    info = _info(num_layers=8, v=576, text=num_text, d=128, m=256)
+    (stage,) = PyramidDropPruner(keep=keep, layers=[2]).schedule(info)
+    assert stage.n_keep == int(keep * 576 + 1e-9)
+
+
 @pytest.mark.parametrize(
     "keep, layers", [(0.5, None), (0.1, [2, 8, 16, 24]), (0.25, [2, 8, 16, 24])]
 )
