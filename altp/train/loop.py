@@ -28,7 +28,7 @@ class TrainConfig:
     """Recipe of the shipped shapes model (the defaults) -- see TRAINING.md."""
 
     seed: int = 0  # data stream and weight init
-    steps: int = 5500
+    steps: int = 5000
     batch_size: int = 4
     lr: float = 1e-3  # tiny models from scratch tolerate (and need) a high peak rate
     warmup: int = 100
