@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-all tables lint clean
+.PHONY: help setup demo test test-all study tables lint clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -28,6 +28,15 @@ test: $(STAMP) ## Run the test suite (slow tests skipped)
 
 test-all: $(STAMP) ## Run every test, slow ones included
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+# The committed shapes study: 21 cells on val and on test, two one-thread jobs at a time.
+STUDY_GRID := model=glamm_shapes pruner=none,fastv,pdrop,ddc,altp,random,uniform keep=0.1,0.25,0.5 \
+	hydra/launcher=joblib hydra.launcher.n_jobs=2
+study: $(STAMP) ## Rerun the shapes study (val, then test), publish its records to results/shapes, rebuild tables
+	$(PY) run.py -m data=shapes_val $(STUDY_GRID)
+	$(PY) run.py -m data=shapes_test $(STUDY_GRID)
+	$(PY) scripts/publish_study.py --runs runs/glamm_shapes --out results/shapes/glamm_shapes
+	$(MAKE) tables
 
 tables: $(STAMP) ## Rebuild the paper-shaped tables from run records under results/
 	$(PY) scripts/make_tables.py --results results --out results/tables

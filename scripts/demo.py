@@ -1,83 +1,86 @@
-"""Demo: score generated predictions of several qualities on a synthetic GranD-f-format split.
+"""Demo: the embedded shapes GLaMM, unpruned and with every pruner at one keep ratio.
 
-No model or download is involved: a synthetic split (images + both GT files) is
-written under ``--out``, degraded copies of its ground truth stand in for model
-outputs (quality 1.0 = perfect), and the GCG evaluator scores each set with all
-five metrics. ``make demo`` runs it.
+Runs ``run.py`` as a Hydra multirun -- the same command a user types -- on the
+synthetic shapes val split (generated on first use), then prints one comparison
+table built from the runs' ``metrics.json``. ``make demo`` runs it with the
+defaults (unpruned + six pruners at keep 0.1 on the first 50 val images).
+
+SYNTHETIC benchmark and a small model trained here (altp/models/assets/shapes):
+these numbers say how the pruners compare on that benchmark, not on GranD-f.
 
 Example::
 
-    .venv/bin/python scripts/demo.py --n-images 24 --qualities 1.0 0.8 0.5 0.2
+    .venv/bin/python scripts/demo.py --keep 0.25 --max-images 20
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from altp.data.synthetic import write_noisy_predictions, write_synthetic_split
-
+ROOT = Path(__file__).resolve().parents[1]
+PRUNERS = ("none", "fastv", "pdrop", "ddc", "altp", "random", "uniform")
 _COLUMNS = (
-    ("meteor", "METEOR"),
-    ("cider", "CIDEr"),
-    ("ap50", "AP50"),
-    ("miou", "mIoU"),
-    ("recall", "Recall"),
+    ("meteor", "METEOR", 100),
+    ("cider", "CIDEr", 100),
+    ("ap50", "AP50", 100),
+    ("miou", "mIoU", 100),
+    ("recall", "Recall", 100),
+    ("flops_ratio", "FLOPs %", 100),
+    ("mean_kept_tokens", "kept tok", 1),
+    ("time_per_image_s", "s / img", 1),
 )
 
 
-def format_rows(rows: list[tuple[float, dict[str, Any], float]]) -> str:
-    """Markdown table: one row per prediction quality, metrics x100, evaluation seconds."""
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    """Markdown table: one row per run (metrics x100, FLOPs as the remaining %)."""
     lines = [
-        "| predictions | " + " | ".join(name for _, name in _COLUMNS) + " | eval s |",
-        "|---|" + "---:|" * (len(_COLUMNS) + 1),
+        "| pruner | keep | " + " | ".join(name for _, name, _ in _COLUMNS) + " |",
+        "|---|---:|" + "---:|" * len(_COLUMNS),
     ]
-    for quality, metrics, seconds in rows:
-        cells = [f"{100 * metrics[key]:.1f}" for key, _ in _COLUMNS]
-        lines.append(f"| quality {quality:g} | " + " | ".join(cells) + f" | {seconds:.1f} |")
+    for m in rows:
+        cells = []
+        for key, _, scale in _COLUMNS:
+            v = m.get(key)
+            cells.append("n/a" if v is None else f"{scale * v:.1f}" if scale == 100 else f"{v:.2f}")
+        keep = "1.0" if m["pruner"] == "none" else f"{m['keep']:g}"
+        lines.append(f"| {m['pruner']} | {keep} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> list[tuple[float, dict[str, Any], float]]:
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"))
-    parser.add_argument("--n-images", type=int, default=24)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--qualities", type=float, nargs="+", default=[1.0, 0.8, 0.5, 0.2])
-    parser.add_argument(
-        "--text-encoder",
-        default="minilm",
-        help="recall's encoder: minilm, bert-base-uncased or a folder",
-    )
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="one run directory per pruner")
+    parser.add_argument("--keep", type=float, default=0.1)
+    parser.add_argument("--pruners", nargs="+", default=list(PRUNERS))
+    parser.add_argument("--max-images", type=int, default=50, help="first N images of shapes val")
+    parser.add_argument("--model", default="glamm_shapes")
+    parser.add_argument("--data", default="shapes_val")
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (Hydra's joblib launcher)")
     args = parser.parse_args(argv)
 
-    from eval.gcg import evaluate  # heavy imports after argument errors
-    from eval.text_encoders import TextEncoder
-
+    out = args.out.resolve()
+    cmd = [
+        sys.executable, str(ROOT / "run.py"), "-m",
+        f"model={args.model}", f"data={args.data}", f"pruner={','.join(args.pruners)}", f"keep={args.keep}",
+        f"max_images={args.max_images}", f"out_dir={out}/keep{args.keep}/${{hydra:runtime.choices.pruner}}",
+    ]  # fmt: skip
+    if args.jobs > 1:  # one thread per job: tiny models gain nothing from more, and 2 jobs fill 2 cores
+        cmd += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}"]
+    print("$ " + " ".join(cmd[1:]), flush=True)
     t0 = time.perf_counter()
-    gt_dir = write_synthetic_split(
-        args.out / "data", split="val", n_images=args.n_images, seed=args.seed
-    )
-    print(
-        f"synthetic split: {args.n_images} images under {args.out / 'data'} ({time.perf_counter() - t0:.1f} s)"
-    )
-    encoder = TextEncoder(name=args.text_encoder)  # loaded once, shared by every scoring
-    rows = []
-    for quality in args.qualities:
-        pred_dir = args.out / f"predictions_q{quality:g}"
-        write_noisy_predictions(gt_dir, "val", pred_dir, seed=args.seed, quality=quality)
-        t = time.perf_counter()
-        metrics = evaluate(pred_dir=pred_dir, gt_dir=gt_dir, split="val", text_encoder=encoder)
-        rows.append((quality, metrics, time.perf_counter() - t))
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    rows = [json.loads((out / f"keep{args.keep}" / p / "metrics.json").read_text()) for p in args.pruners]
     print()
-    print("GCG metrics of generated predictions on a synthetic split (not a model, not GranD-f):")
+    print(f"{args.model} on the first {args.max_images} images of {args.data} -- a SYNTHETIC benchmark and a")
+    print("small model trained here (altp/models/assets/shapes/TRAINING.md), not GranD-f:")
     print(format_rows(rows))
-    print(f"\ntext encoder {args.text_encoder}; total {time.perf_counter() - t0:.1f} s")
-    summary = [{"quality": q, **{k: m[k] for k, _ in _COLUMNS}, "eval_s": s} for q, m, s in rows]
-    (args.out / "demo_metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"\nrun records under {out}; total {time.perf_counter() - t0:.0f} s")
     return rows
 
 
