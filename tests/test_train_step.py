@@ -79,4 +79,4 @@ def test_training_steps_reduce_both_losses_on_a_fixed_batch(toy):
     assert math.isfinite(first["loss"]) and math.isfinite(last["loss"])
     assert float(after["lm"]) < 0.9 * first["lm"]  # chance level is ln(vocab) = 6.7
     assert float(after["bce"]) < first["bce"]
-    assert float(after["loss"]) < first["loss"]
+    assert float(after["loss"].detach()) < first["loss"]
