@@ -1,0 +1,68 @@
+"""Copy a finished sweep's run records into results/ (and a CI slice of its per-image outputs).
+
+For every run directory under ``--runs`` (one per cell, holding ``metrics.json``)
+this copies ``metrics.json``, ``run.json`` and ``fingerprint.json`` -- the
+numbers with the config and version that made them -- to the same relative path
+under ``--out``. Per-image predictions and records stay in ``runs/`` (tens of MB)
+except a *CI slice*: the first ``--slice-images`` images of the cells named by
+``--slice`` (``pruner:keep``) go to ``--out/ci_slice/<same path>/``;
+``tests/test_committed_study.py`` reruns exactly those and fails on any difference.
+
+Example (after ``python run.py -m model=glamm_shapes data=shapes_val pruner=... keep=...``)::
+
+    .venv/bin/python scripts/publish_study.py --runs runs/glamm_shapes --out results/shapes/glamm_shapes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+DEFAULT_SLICE = ("none:0.1", "fastv:0.1", "pdrop:0.25", "ddc:0.5", "altp:0.1", "random:0.25", "uniform:0.5")
+
+
+def publish(runs: Path, out: Path, *, slice_cells: list[str], slice_images: int,
+            slice_data: list[str]) -> list[Path]:
+    """Copy the run records; returns the published run directories (under ``out``)."""
+    published = []
+    wanted = {(c.split(":")[0], float(c.split(":")[1])) for c in slice_cells}
+    for metrics_path in sorted(runs.rglob("metrics.json")):
+        run_dir = metrics_path.parent
+        rel = run_dir.relative_to(runs)
+        dest = out / rel
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ("metrics.json", "run.json", "fingerprint.json"):
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, dest / name)
+        published.append(dest)
+        metrics = json.loads(metrics_path.read_text())
+        run = json.loads((run_dir / "run.json").read_text())
+        # The config's keep, not metrics' (an unpruned run reports keep 1.0).
+        if metrics["data"] not in slice_data or (metrics["pruner"], float(run["config"]["keep"])) not in wanted:
+            continue
+        ids = [r["image_id"] for r in run["per_image"]][:slice_images]
+        sl = out.parent / "ci_slice" / out.name / rel
+        for sub in ("predictions", "records"):
+            (sl / sub).mkdir(parents=True, exist_ok=True)
+            for image_id in ids:
+                shutil.copy2(run_dir / sub / f"{image_id}.json", sl / sub / f"{image_id}.json")
+    return published
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=Path, required=True, help="root of the sweep's run directories")
+    ap.add_argument("--out", type=Path, required=True, help="where the records go (under results/)")
+    ap.add_argument("--slice", nargs="*", default=list(DEFAULT_SLICE), help="pruner:keep cells of the CI slice")
+    ap.add_argument("--slice-images", type=int, default=3)
+    ap.add_argument("--slice-data", nargs="*", default=["shapes_val"], help="data names the slice is taken from")
+    args = ap.parse_args(argv)
+    done = publish(args.runs, args.out, slice_cells=args.slice, slice_images=args.slice_images,
+                   slice_data=args.slice_data)
+    print(f"published {len(done)} run record(s) under {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The committed shapes study reproduces: rerun its CI slice and compare with results/.
+
+``results/shapes/ci_slice/`` holds, for one cell per pruner of the committed
+sweep (``scripts/publish_study.py``), the per-image predictions and records of
+the first images of shapes val exactly as the sweep wrote them. This reruns
+those cells on those images through the runner (CPU, fp32) and requires every caption, phrase, mask RLE, kept-token index, stage
+count, region budget and token count to be identical. Timings are excluded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from altp.runner import run
+
+ROOT = Path(__file__).resolve().parents[1]
+SLICE = ROOT / "results" / "shapes" / "ci_slice" / "glamm_shapes" / "shapes_val"
+CELLS = sorted(p.parent for p in SLICE.glob("*/keep*/records"))
+
+
+def _strip(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "timings"}
+
+
+def test_slice_is_present():
+    assert len(CELLS) >= 7, f"expected one CI-slice cell per pruner under {SLICE}, found {len(CELLS)}"
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=[f"{c.parent.name}-{c.name}" for c in CELLS])
+def test_rerun_matches_committed(cell: Path, tmp_path: Path):
+    pruner, keep = cell.parent.name, float(cell.name.removeprefix("keep"))
+    committed = sorted((cell / "records").glob("*.json"))
+    n = len(committed)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "model=glamm_shapes", "data=shapes_val", f"pruner={pruner}", f"keep={keep}",
+            f"data.root={tmp_path / 'data'}", f"data.generate.n_images={n}", f"max_images={n}",
+            "evaluate=false", f"out_dir={tmp_path / 'run'}",
+        ])  # fmt: skip
+    run(cfg, choices={"model": "glamm_shapes", "data": "shapes_val", "pruner": pruner})
+    for rec_path in committed:
+        image_id = rec_path.stem
+        new_rec = json.loads((tmp_path / "run" / "records" / rec_path.name).read_text())
+        assert _strip(new_rec) == _strip(json.loads(rec_path.read_text())), f"{pruner} keep={keep} {image_id}"
+        new_pred = json.loads((tmp_path / "run" / "predictions" / rec_path.name).read_text())
+        old_pred = json.loads((cell / "predictions" / rec_path.name).read_text())
+        assert new_pred == old_pred, f"{pruner} keep={keep} {image_id}: prediction differs from the committed one"
