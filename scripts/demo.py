@@ -25,29 +25,29 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PRUNERS = ("none", "fastv", "pdrop", "ddc", "altp", "random", "uniform")
-_COLUMNS = (
-    ("meteor", "METEOR", 100),
-    ("cider", "CIDEr", 100),
-    ("ap50", "AP50", 100),
-    ("miou", "mIoU", 100),
-    ("recall", "Recall", 100),
-    ("flops_ratio", "FLOPs %", 100),
-    ("mean_kept_tokens", "kept tok", 1),
-    ("time_per_image_s", "s / img", 1),
+_COLUMNS = (  # (metrics.json key, header, format of the shown value)
+    ("meteor", "METEOR", "{:.1f}", 100),
+    ("cider", "CIDEr", "{:.1f}", 100),
+    ("ap50", "AP50", "{:.1f}", 100),
+    ("miou", "mIoU", "{:.1f}", 100),
+    ("recall", "Recall", "{:.1f}", 100),
+    ("flops_ratio", "FLOPs %", "{:.1f}", 100),
+    ("mean_kept_tokens", "kept tok", "{:.0f}", 1),
+    ("time_per_image_s", "s / img", "{:.2f}", 1),
 )
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """Markdown table: one row per run (metrics x100, FLOPs as the remaining %)."""
     lines = [
-        "| pruner | keep | " + " | ".join(name for _, name, _ in _COLUMNS) + " |",
+        "| pruner | keep | " + " | ".join(name for _, name, _, _ in _COLUMNS) + " |",
         "|---|---:|" + "---:|" * len(_COLUMNS),
     ]
     for m in rows:
         cells = []
-        for key, _, scale in _COLUMNS:
+        for key, _, fmt, scale in _COLUMNS:
             v = m.get(key)
-            cells.append("n/a" if v is None else f"{scale * v:.1f}" if scale == 100 else f"{v:.2f}")
+            cells.append("n/a" if v is None else fmt.format(scale * v))
         keep = "1.0" if m["pruner"] == "none" else f"{m['keep']:g}"
         lines.append(f"| {m['pruner']} | {keep} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
