@@ -5,7 +5,8 @@ this copies ``metrics.json``, ``run.json`` and ``fingerprint.json`` -- the
 numbers with the config and version that made them -- to the same relative path
 under ``--out``. Per-image predictions and records stay in ``runs/`` (tens of MB)
 except a *CI slice*: the first ``--slice-images`` images of the cells named by
-``--slice`` (``pruner:keep``) go to ``--out/ci_slice/<same path>/``;
+``--slice`` (``pruner:keep``) go to ``ci_slice/<name of --out>/<same path>/`` beside ``--out``
+(``results/shapes/ci_slice/glamm_shapes/...`` for the example below);
 ``tests/test_committed_study.py`` reruns exactly those and fails on any difference.
 
 Example (after ``python run.py -m model=glamm_shapes data=shapes_val pruner=... keep=...``)::
