@@ -16,7 +16,7 @@ import torch
 
 from altp.pruning.base import Pruner, PruneStage, Selection
 
-__all__ = ["PrunePlan", "StageState"]
+__all__ = ["KeptSetLog", "PrunePlan", "StageState"]
 
 
 @dataclass
@@ -224,3 +224,34 @@ class PrunePlan:
             select_ms=sum(t.elapsed_ms() for t in self.timers),
             hparams=pruner.hparams() if pruner is not None else {},
         )
+
+
+class KeptSetLog:
+    """Summary of the first-stage kept sets chosen at every step, for pruners that re-select per step.
+
+    Per batch element it counts the selections made (prefill included), the
+    distinct kept sets among them and the visual tokens kept at least once:
+    three integers in the record instead of T sets of n_keep indices.
+    """
+
+    def __init__(self, batch: int) -> None:
+        self._sets: list[set[tuple[int, ...]]] = [set() for _ in range(batch)]
+        self._union: list[set[int]] = [set() for _ in range(batch)]
+        self._steps = [0] * batch
+
+    def add(self, kept: torch.Tensor, active: torch.Tensor | None = None) -> None:
+        """Log one step's (B, n_keep) original visual ids; rows where ``active`` (B,) is False are skipped."""
+        rows = kept.tolist()
+        live = [True] * len(rows) if active is None else active.tolist()
+        for b, (ids, on) in enumerate(zip(rows, live, strict=True)):
+            if on:
+                self._sets[b].add(tuple(ids))
+                self._union[b].update(ids)
+                self._steps[b] += 1
+
+    def extras(self) -> list[dict[str, int]]:
+        """Per batch element: ``reselect_steps``, ``reselect_distinct_sets``, ``reselect_union``."""
+        return [
+            {"reselect_steps": n, "reselect_distinct_sets": len(s), "reselect_union": len(u)}
+            for n, s, u in zip(self._steps, self._sets, self._union, strict=True)
+        ]

@@ -133,7 +133,9 @@ class PruneContext:
             present, ascending.
         scores: (B, V_cur) float32 attention weight of the last token to each of
             those tokens (softmax over the whole row per head, then the mean over
-            heads), or None when the stage asked for no scores.
+            heads), or None when the stage asked for no scores. The last token is
+            the last prompt token at prefill, and the newest generated token at
+            the decoding steps of a pruner that :attr:`Pruner.reselects_per_step`.
         prep: one entry per batch element: what :meth:`Pruner.prepare` returned
             for that sample's image (None entries when there was no image).
         seed: per-sample seed for pruners that draw random numbers.
@@ -196,6 +198,17 @@ class Pruner(ABC):
         if layer < 1:
             raise ValueError(f"pruning layer must be >= 1 (layer 0 has no attention to score with), got {layer}")
         self.layer = int(layer)
+
+    @property
+    def reselects_per_step(self) -> bool:
+        """Whether selection reruns at every decoding step (default False: once, at prefill).
+
+        When True the engine decodes without a KV cache: each step recomputes
+        prompt + generated tokens through every layer and calls the stages'
+        scoring and :meth:`select` again with the NEWEST token as the scoring
+        row (upstream FastV's uncached ``generate``). O(T) full recomputations.
+        """
+        return False
 
     def schedule(self, info: ScheduleInfo) -> list[PruneStage]:
         """Stages for one sequence; empty means no pruning."""

@@ -25,9 +25,20 @@ Position ids follow each stage's :attr:`PruneStage.renumber_positions`:
   stage dropped, which is the same number.
 
 The KV cache is a stock :class:`transformers.DynamicCache`; layers after a
-stage simply hold shorter entries. ``use_cache=False`` is upstream-style
-decoding: every step recomputes prompt + generated tokens through all layers,
-re-applying the kept sets chosen at prefill (an oracle for the cached path).
+stage simply hold shorter entries.
+
+Two uncached modes (``use_cache=False``; every step recomputes prompt +
+generated tokens through all layers):
+
+* select once (every pruner by default): each step re-applies the kept sets
+  chosen at prefill, so it yields the cached path's tokens (an oracle for the
+  cache). This is NOT upstream FastV's uncached decoding.
+* re-select per step (a pruner whose :attr:`Pruner.reselects_per_step` is True,
+  e.g. ``pruner=fastv pruner.reselect=per_step``): each step runs the stages'
+  scoring and selection again on the whole sequence, scored by the NEWEST
+  token's row, as upstream FastV's ``use_cache=False`` generate does. Generated
+  tokens are always kept and keep their original positions. ``use_cache=None``
+  (the default) picks this path for such a pruner and the cache otherwise.
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from altp.pruning._plan import PrunePlan, StageState
+from altp.pruning._plan import KeptSetLog, PrunePlan, StageState
 from altp.pruning._scores import last_row_attention
 from altp.pruning.base import PruneContext, Pruner, PruneStage, ScheduleInfo
 
@@ -58,8 +69,13 @@ class PruneRecord:
             after the FIRST stage, ascending (all V when unpruned).
         kept_per_stage: visual tokens left after each stage.
         stage_layers: the decoder layer of each stage.
-        extras: per batch element, :attr:`Selection.extras` of every stage merged.
-        select_ms: wall time of scoring + selection on the critical path.
+        extras: per batch element, :attr:`Selection.extras` of every stage merged;
+            with a pruner that re-selects per step also ``reselect_steps``
+            (selections made, prefill included), ``reselect_distinct_sets``
+            (distinct first-stage kept sets among them) and ``reselect_union``
+            (visual tokens kept at least once), see :class:`KeptSetLog`.
+        select_ms: wall time of the prefill's scoring + selection (per-step
+            re-selections are inside ``decode_ms``).
         hparams: ``pruner.hparams()`` (e.g. PDrop's solved lambda); {} unpruned.
     """
 
@@ -131,7 +147,7 @@ class PruningEngine:
         prep: list[Any] | tuple[Any, ...] | None = None,
         max_new_tokens: int,
         eos_token_id: int | list[int] | None,
-        use_cache: bool = True,
+        use_cache: bool | None = None,
         seed: int = 0,
     ) -> GenerateOutput:
         """Prefill with pruning, then greedy decoding.
@@ -145,11 +161,25 @@ class PruningEngine:
             prep: per batch element, what ``pruner.prepare`` returned (or None).
             max_new_tokens: upper bound on T.
             eos_token_id: id(s) that end a sequence, or None.
-            use_cache: False recomputes the whole sequence every step (no cache).
+            use_cache: True decodes from the KV cache; False recomputes the whole
+                sequence every step (see the module docstring for what that means
+                per pruner); None picks False when the pruner re-selects per step,
+                else True.
             seed: per-sample seed handed to the pruner.
+
+        Raises:
+            ValueError: ``use_cache=True`` with a pruner that re-selects per step.
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        reselect = self.pruner is not None and self.pruner.reselects_per_step
+        if use_cache is None:
+            use_cache = not reselect
+        elif use_cache and reselect:
+            raise ValueError(
+                f"pruner {self.pruner.name!r} re-selects its tokens at every decoding step, which needs "
+                "the uncached path; pass use_cache=False (or None) or select once at prefill"
+            )
         eos = torch.tensor(
             []
             if eos_token_id is None
@@ -164,6 +194,10 @@ class PruningEngine:
         hidden = self._forward(inputs_embeds, plan, cache=cache, select=True)  # (B, N, D) normed
         h_last = hidden[:, -1]  # (B, D)
         tok = self.lm.lm_head(h_last).argmax(-1)  # (B,)
+        log = None
+        if reselect and plan.first_kept is not None:
+            log = KeptSetLog(plan.batch)
+            log.add(plan.first_kept)
         _sync(dev)
         t1 = time.perf_counter()
         embed = self.lm.get_input_embeddings()
@@ -176,6 +210,14 @@ class PruningEngine:
             e = embed(tok[:, None]).to(inputs_embeds.dtype)  # (B, 1, D)
             if cache is not None:
                 h_last = self._decode_step(e, plan, cache, j)[:, -1]
+            elif reselect:
+                # A fresh plan over the whole sequence: the newest token is its last row, and
+                # accept() keeps every token after the visual span (suffix + generated ones).
+                seq = torch.cat([seq, e], dim=1)
+                step = self._plan(seq, visual_start, num_visual, grid, prep, seed)
+                h_last = self._forward(seq, step, cache=None, select=True)[:, -1]
+                if log is not None and step.first_kept is not None:
+                    log.add(step.first_kept, active=~done)
             else:
                 seq = torch.cat([seq, e], dim=1)
                 h_last = self._forward(seq, plan, cache=None, select=False)[:, -1]
@@ -186,10 +228,14 @@ class PruningEngine:
             done = done | torch.isin(tok, eos)
         _sync(dev)
         t2 = time.perf_counter()
+        record = plan.record(self.pruner)
+        if log is not None:
+            for d, e in zip(record.extras, log.extras(), strict=True):
+                d.update(e)
         return GenerateOutput(
             tokens=torch.stack(toks, 1),
             step_hidden=torch.stack(states, 1),
-            record=plan.record(self.pruner),
+            record=record,
             prefill_ms=(t1 - t0) * 1e3,
             decode_ms=(t2 - t1) * 1e3,
         )
@@ -300,9 +346,10 @@ class PruningEngine:
     ) -> torch.Tensor:
         """Run all layers over ``h`` (B, L, D) = prompt (+ generated tokens when ``select`` is False).
 
-        With ``select`` the stages score and choose (prefill); without, they
-        re-apply the kept sets chosen at prefill to the prompt part and keep
-        every generated token. Returns (B, L_last, D) after the final norm.
+        With ``select`` the stages score and choose: at prefill, or at a per-step
+        re-selection whose fresh plan counts the whole sequence as its prompt.
+        Without, they re-apply the kept sets chosen at prefill to the prompt part
+        and keep every generated token. Returns (B, L_last, D) after the final norm.
         """
         rotary = self.lm.model.rotary_emb
         n_gen = h.shape[1] - plan.num_prompt
