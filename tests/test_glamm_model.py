@@ -232,6 +232,20 @@ def test_cached_and_uncached_decoding_agree_pruned(tiny, image, name):
         tiny, image, pruner=pruner, use_cache=False)
 
 
+@pytest.mark.skipif(not HAVE_ENGINE, reason="needs altp.pruning.engine (pruning)")
+def test_per_step_fastv_picks_the_uncached_path_by_itself(tiny, image):
+    from baselines.fastv import FastVPruner
+
+    pruner = FastVPruner(keep=0.25, reselect="per_step")
+    auto = tiny.predict(image, pruner=pruner, prep=None, max_new_tokens=NEW)
+    explicit = tiny.predict(image, pruner=pruner, prep=None, max_new_tokens=NEW, use_cache=False)
+    assert (auto.caption, auto.phrases) == (explicit.caption, explicit.phrases)
+    assert auto.record.kept_tokens == explicit.record.kept_tokens
+    assert auto.record.extras[0]["reselect_steps"] == auto.new_tokens
+    with pytest.raises(ValueError, match="use_cache=False"):
+        tiny.predict(image, pruner=pruner, prep=None, max_new_tokens=NEW, use_cache=True)
+
+
 def test_visual_tokens_are_penultimate_clip_layer_without_cls(tiny, image):
     # Oracle: run CLIP's layers by hand; GLaMM takes the output of layer L-1 (select_layer -2),
     # drops the CLS token, then the 2-layer GELU projector.

@@ -151,6 +151,17 @@ def test_cached_equals_uncached(model: OmgLlava, image: Image.Image, pruner_name
     assert len(a.masks) == len(b.masks) == 1 and np.array_equal(a.masks[0], b.masks[0])
 
 
+def test_per_step_fastv_picks_the_uncached_path_by_itself(model: OmgLlava, image: Image.Image) -> None:
+    pruner = build_pruner("fastv", keep=0.1, reselect="per_step")
+    auto = model.predict(image, pruner=pruner, prep=None)
+    explicit = model.predict(image, pruner=pruner, prep=None, use_cache=False)
+    assert (auto.caption, auto.phrases, auto.new_tokens) == (explicit.caption, explicit.phrases, explicit.new_tokens)
+    assert auto.record.kept_tokens == explicit.record.kept_tokens
+    assert auto.record.extras[0]["reselect_steps"] == auto.new_tokens
+    with pytest.raises(ValueError, match="use_cache=False"):
+        model.predict(image, pruner=pruner, prep=None, use_cache=True)
+
+
 def test_flops_shape_of_the_real_model_is_internlm2_7b() -> None:
     # InternLM2-chat-7B's config.json values (docs/omg_llava_port.md section 5), 7B LLM on meta.
     cfg = {**TINY_INTERNLM2_CONFIG, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,

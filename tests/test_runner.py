@@ -101,6 +101,24 @@ def test_scored_run_reports_all_metrics(data_root: Path, tmp_path: Path) -> None
     assert metrics["mean_kept_tokens"] == 144
 
 
+def test_fastv_per_step_runs_from_the_config_alone(data_root: Path, tmp_path: Path) -> None:
+    # One key selects upstream FastV's uncached decoding; the model adapter drops the cache itself.
+    cfg = _cfg(data_root, tmp_path / "run", "pruner=fastv", "pruner.reselect=per_step", "keep=0.25",
+               "evaluate=false", "max_images=2")  # fmt: skip
+    metrics = run(cfg, choices=_choices(cfg))
+    assert metrics["pruner.reselect"] == "per_step" and metrics["n_failed"] == 0
+    for path in sorted((tmp_path / "run" / "records").glob("*.json")):
+        rec = json.loads(path.read_text())
+        assert len(rec["kept_tokens"]) == 144
+        assert rec["extras"]["reselect_steps"] == rec["new_tokens"]
+        assert 1 <= rec["extras"]["reselect_distinct_sets"] <= rec["new_tokens"]
+        assert 144 <= rec["extras"]["reselect_union"] <= 576
+    # A changed reselect mode is a different config: resuming into that directory is refused.
+    other = _cfg(data_root, tmp_path / "run", "pruner=fastv", "keep=0.25", "evaluate=false", "max_images=2")
+    with pytest.raises(UserError, match="different config"):
+        run(other, choices=_choices(other))
+
+
 def test_resume_into_other_config_is_refused(data_root: Path, tmp_path: Path) -> None:
     cfg = _cfg(data_root, tmp_path / "run", "pruner=altp", "evaluate=false", "max_images=1")
     run(cfg, choices=_choices(cfg))

@@ -140,5 +140,9 @@ class GCGModel(Protocol):
         max_new_tokens: int | None = None,
         seed: int = 0,
     ) -> GCGPrediction:
-        """Greedy GCG inference on one image with ``pruner`` (None = unpruned)."""
+        """Greedy GCG inference on one image with ``pruner`` (None = unpruned).
+
+        Adapters decode from the KV cache, except for a pruner whose
+        ``reselects_per_step`` is True, which needs the uncached path.
+        """
         ...

@@ -213,7 +213,7 @@ class GLaMM(nn.Module):
         prep: Any,
         max_new_tokens: int | None = None,
         seed: int = 0,
-        use_cache: bool = True,
+        use_cache: bool | None = None,
     ) -> GCGPrediction:
         """Greedy GCG inference on one image.
 
@@ -223,8 +223,13 @@ class GLaMM(nn.Module):
             prep: what ``pruner.prepare(self.vision_image(image), self.grid)`` returned.
             max_new_tokens: defaults to the model's (512 for the real model).
             seed: per-image seed for random pruners.
-            use_cache: False recomputes the whole sequence every step (upstream's
-                way; for equivalence tests and benchmarks).
+            use_cache: None (default) decodes from the KV cache unless the pruner
+                re-selects per step (``pruner.reselect=per_step``), which needs
+                the uncached path. False recomputes the whole sequence every step
+                (groundingLMM's own decoding; with a pruner that selects once it
+                re-applies the prefill's kept sets, an equivalence test of the
+                cache, not upstream FastV's per-step re-ranking). True forces the
+                cache (an error with a per-step pruner).
         """
         from altp.pruning.engine import PruningEngine
 

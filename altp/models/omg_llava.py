@@ -196,7 +196,7 @@ class OmgLlava(nn.Module):
         prep: Any,
         max_new_tokens: int | None = None,
         seed: int = 0,
-        use_cache: bool = True,
+        use_cache: bool | None = None,
     ) -> GCGPrediction:
         """Greedy GCG inference on one image, trying upstream's questions until one gives a mask.
 
@@ -206,7 +206,12 @@ class OmgLlava(nn.Module):
             prep: what ``pruner.prepare(self.vision_image(image), self.grid)`` returned.
             max_new_tokens: defaults to the model's (100 as upstream).
             seed: per-image seed for random pruners.
-            use_cache: False recomputes the whole sequence every step (equivalence tests).
+            use_cache: None (default) decodes from the KV cache unless the pruner
+                re-selects per step (``pruner.reselect=per_step``), which needs
+                the uncached path. False recomputes the whole sequence every step
+                (with a pruner that selects once it re-applies the prefill's kept
+                sets: an equivalence test of the cache). True forces the cache
+                (an error with a per-step pruner).
 
         The record's extras hold ``question`` (index into GCG_QUESTIONS of the
         answer kept), ``questions_tried``, ``object_tokens`` (N) and
