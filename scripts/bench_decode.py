@@ -6,7 +6,9 @@ the projector and the LLM over the whole sequence (``model/GLaMM.py``
 the image on every call without a cache). The port runs CLIP once, prefills once
 and decodes one token per step from the KV cache. Both loops here are greedy on
 the same model with EOS masked out, so both produce exactly ``--new-tokens``
-tokens, and the script checks they produce the same tokens.
+tokens, and the script checks they produce the same tokens. Both loops are
+unpruned; FastV's own uncached decoding (re-ranking the kept tokens at every
+step) is ``pruner=fastv pruner.reselect=per_step``.
 
     .venv/bin/python scripts/bench_decode.py                 # tiny GLaMM, 512 new tokens
     .venv/bin/python scripts/bench_decode.py --new-tokens 64 --layers 8
