@@ -6,6 +6,8 @@ base vocabulary, in this order: ``<im_start> <im_end>`` first, then
 ``convert_tokens_to_ids`` and checked, never assumed (an upstream script gets
 them wrong by indexing a tokenised string).
 
+A real checkpoint's ``tokenizer.model`` is loaded as upstream's slow
+``LlamaTokenizer`` whatever its ``config.json`` says (:func:`load_glamm_tokenizer`).
 The tiny tokenizer under ``assets/tiny_tokenizer/`` (written by
 ``scripts/build_tiny_tokenizer.py``) carries the same special tokens over a
 small word-level vocabulary, so the tiny model exercises the same code paths.
@@ -18,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from altp.models.slow_llama_tokenizer import load_slow_llama_tokenizer
 
 __all__ = [
     "GLAMM_ADDED_TOKENS",
@@ -112,26 +116,29 @@ def _check_added_tokens(tok: PreTrainedTokenizerBase, source: str) -> GLaMMToken
 def load_glamm_tokenizer(path: str | Path) -> tuple[PreTrainedTokenizerBase, GLaMMTokenIds]:
     """Load a GLaMM tokenizer offline and check its added-token ids.
 
-    Args:
-        path: a folder with ``tokenizer.json`` (fast) or ``tokenizer.model``
-            (sentencepiece; converting it needs the ``sentencepiece`` package).
+    The class never depends on the folder's ``config.json`` (GLaMM's says
+    ``"model_type": "llava"``, which sends transformers 5's ``AutoTokenizer`` to a
+    backend without sentencepiece's prefix space):
+
+    * ``tokenizer.model`` present: upstream's slow ``LlamaTokenizer``
+      (:mod:`altp.models.slow_llama_tokenizer`), as GLaMM's ``use_fast=False``;
+      a ``tokenizer.json`` beside it is ignored, as upstream ignores it.
+    * else ``tokenizer.json``: that fast tokenizer as written (the tiny assets).
 
     Returns:
         (tokenizer, checked ids).
     """
     path = Path(path)
-    if not (path / "tokenizer.json").exists() and (path / "tokenizer.model").exists():
-        try:
-            import google.protobuf  # noqa: F401
-            import sentencepiece  # noqa: F401
-        except ImportError:
-            raise ImportError(
-                f"{path} has only tokenizer.model; converting it needs sentencepiece and protobuf: "
-                "`.venv/bin/pip install sentencepiece==0.2.3 protobuf==7.36.2`"
-            ) from None
     if not path.is_dir():
         raise FileNotFoundError(f"tokenizer folder {path} does not exist")
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if (path / "tokenizer.model").is_file():
+        tok: PreTrainedTokenizerBase = load_slow_llama_tokenizer(path)
+    elif (path / "tokenizer.json").is_file():
+        tok = PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+    else:
+        raise FileNotFoundError(
+            f"{path} has neither tokenizer.model nor tokenizer.json; use the tokenizer files of MBZUAI/GLaMM-GCG"
+        )
     return tok, _check_added_tokens(tok, str(path))
 
 
@@ -139,15 +146,17 @@ _ADDED_SPLIT = re.compile("(" + "|".join(re.escape(t) for t in GLAMM_ADDED_TOKEN
 
 
 def encode_like_upstream(text: str, tok: PreTrainedTokenizerBase) -> list[int]:
-    """Token ids as upstream's slow LlamaTokenizer (transformers 4.31) produced them, no BOS.
+    """Token ids as upstream's slow LlamaTokenizer (transformers 4.28 era) produced them, no BOS.
 
-    Upstream adds GLaMM's tokens as plain strings, so its slow tokenizer splits
+    Upstream re-adds GLaMM's tokens as plain strings, so its slow tokenizer splits
     the text at them and *strips the whitespace on both sides* of each (the
     "we strip left and right by default" branch of ``PreTrainedTokenizer.tokenize``),
-    then sentencepiece-encodes every remaining piece on its own. Today's fast
-    tokenizers keep those spaces (an extra ``"▁"`` token), which would shift
-    the prompt by a token or two, so we split and strip here and encode the
-    pieces separately.
+    then sentencepiece-encodes every remaining piece on its own, each with the
+    dummy prefix (``"<im_end> provides"`` -> ``<im_end> ▁provides``). Fast
+    tokenizers keep those spaces (an extra ``"▁"`` token), which would shift the
+    prompt by a token or two, so we split and strip here and encode the pieces
+    separately; for :class:`~altp.models.slow_llama_tokenizer.SlowLlamaTokenizer`
+    this equals ``tok(text, add_special_tokens=False)``.
     """
     parts = _ADDED_SPLIT.split(text)  # [text, token, text, token, ..., text]
     ids: list[int] = []
