@@ -226,3 +226,25 @@ def test_fast_class_decode_matches_the_tokenizers_library(tiny, sp, text):
     assert slow_phrases == fast_phrases
     # The classes differ only in spaces before punctuation next to the tags.
     assert re.sub(r" (?=[.,])", "", slow_caption) == re.sub(r" (?=[.,])", "", fast_caption)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [  # internlm2-chat-7b's own config.json, and GLaMM's llava one (AutoTokenizer's trap there)
+        {"architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2",
+         "auto_map": {"AutoConfig": "configuration_internlm2.InternLM2Config"}},
+        {"architectures": ["GLaMMForCausalLM"], "model_type": "llava"},
+    ],
+)
+def test_config_json_next_to_the_tokenizer_changes_nothing(tmp_path, sp, config):
+    """The loader builds its class from tokenizer.model itself, never from config.json."""
+    folder = tmp_path / "internlm2-chat-7b"
+    folder.mkdir()
+    (folder / "tokenizer.model").write_bytes(MODEL_FILE.read_bytes())
+    (folder / "config.json").write_text(json.dumps(config))
+    tok, ids = load_internlm2_tokenizer(folder)
+    text = "The image shows a red circle."
+    assert tok.encode(text) == [sp.bos_id(), *sp.encode(text)]
+    before, after = encode_gcg_prompt(tok, GCG_QUESTIONS[0])
+    assert before == [sp.bos_id(), ids.im_start, *sp.encode("user\n")]
+    assert after[: len(sp.encode("\n" + GCG_QUESTIONS[0]))] == sp.encode("\n" + GCG_QUESTIONS[0])
