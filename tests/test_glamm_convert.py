@@ -162,14 +162,54 @@ def test_clip_text_side_is_ignored_but_unknown_clip_keys_fail(tiny, written):
         _build(ckpt, clip, tiny)
 
 
-def test_old_inv_freq_buffers_are_checked(tiny, written):
+def _rope_oracle(llm: dict, *, theta_scale: float = 1.0) -> torch.Tensor:
+    """LLaMA's RoPE frequencies 1 / theta^(2i/d), in float64, from the LLM config alone."""
+    d = llm["hidden_size"] // llm["num_attention_heads"]
+    theta = float(llm.get("rope_theta", 10000.0)) * theta_scale
+    return 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+
+
+def _store_inv_freq(ckpt: Path, inv: torch.Tensor, layers: int = 3) -> None:
+    """Put ``inv`` (as is, dtype included) under every layer's rotary_emb.inv_freq, as old transformers saved it."""
+    _rewrite(ckpt, lambda sd: sd.update(
+        {f"model.layers.{i}.self_attn.rotary_emb.inv_freq": inv.clone() for i in range(layers)}))
+
+
+@pytest.mark.parametrize("stored_dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_inv_freq_stored_in_half_precision_is_accepted_and_never_loaded(tiny, written, stored_dtype):
     ckpt, clip = written
-    inv = tiny.llm.model.rotary_emb.inv_freq.clone()
-    _rewrite(ckpt, lambda sd: sd.update({"model.layers.0.self_attn.rotary_emb.inv_freq": inv}))
-    _build(ckpt, clip, tiny)  # equal frequencies: accepted
-    _rewrite(ckpt, lambda sd: sd.update({"model.layers.0.self_attn.rotary_emb.inv_freq": inv * 2}))
-    with pytest.raises(CheckpointMismatchError, match="RoPE"):
+    oracle = _rope_oracle(tiny.config.llm)
+    stored = oracle.to(stored_dtype)  # upstream merges and saves in bf16
+    if stored_dtype == torch.bfloat16:  # bf16 rounding exceeds the 1e-3 a plain rtol allowed
+        assert float(((stored.double() - oracle).abs() / oracle).max()) > 3e-3
+    _store_inv_freq(ckpt, stored)
+    for dtype in ("float32", "bfloat16"):
+        loaded = build_glamm(checkpoint_dir=str(ckpt), clip_dir=str(clip), tokenizer_dir=str(TINY_TOKENIZER_DIR),
+                             dtype=dtype, device="cpu", max_new_tokens=8, sam=tiny.config.sam)
+        inv = loaded.llm.model.rotary_emb.inv_freq
+        assert inv.dtype == torch.float32  # the recomputed fp32 values, not the stored ones
+        assert torch.allclose(inv.double(), oracle, rtol=1e-6, atol=0)
+        assert torch.equal(inv, tiny.llm.model.rotary_emb.inv_freq)
+
+
+def _bf16_ulps_up(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``x`` (positive bf16) moved up by ``n`` units in the last place."""
+    return (x.view(torch.int16) + n).view(torch.bfloat16)
+
+
+@pytest.mark.parametrize(("label", "make", "match"), [
+    ("rope_theta 1% off", lambda llm: _rope_oracle(llm, theta_scale=1.01).to(torch.bfloat16), "ulp of that dtype"),
+    ("two bf16 ulps off", lambda llm: _bf16_ulps_up(_rope_oracle(llm).to(torch.bfloat16), 2), "ulp of that dtype"),
+    ("doubled", lambda llm: (_rope_oracle(llm) * 2).to(torch.bfloat16), "check rope_theta / head_dim"),
+    ("another head_dim", lambda llm: _rope_oracle(llm)[:-1].to(torch.bfloat16),
+     r"\(7,\), the model's RoPE frequencies are float \(8,\)"),
+])
+def test_wrong_inv_freq_is_refused_in_one_line(tiny, written, label, make, match):
+    ckpt, clip = written
+    _store_inv_freq(ckpt, make(tiny.config.llm))
+    with pytest.raises(CheckpointMismatchError, match=match) as err:
         _build(ckpt, clip, tiny)
+    assert "\n" not in str(err.value) and "rotary_emb.inv_freq" in str(err.value), label
 
 
 def _one_line_missing(err: MissingCheckpointError, repo: str, path: str) -> None:

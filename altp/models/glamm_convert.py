@@ -5,8 +5,10 @@ Official layout (``MBZUAI/GLaMM-GCG``, saved by groundingLMM's ``GLaMMForCausalL
 ``model.mm_projector.{0,2}``, ``model.text_hidden_fcs.0.{0,2}``,
 ``model.grounding_encoder.{image_encoder,prompt_encoder,mask_decoder}.*``
 (segment-anything names) and ``model.region_encoder.*`` (unused for GCG,
-ignored). Old transformers also saved ``model.layers.*.self_attn.rotary_emb.inv_freq``;
-those are accepted only if they equal the model's own RoPE frequencies. CLIP
+ignored). Old transformers also saved ``model.layers.*.self_attn.rotary_emb.inv_freq``,
+in the checkpoint's dtype (bf16 for GLaMM): those are accepted only if they equal
+the model's own fp32 RoPE frequencies up to that dtype's rounding, and never
+loaded (the model keeps its fp32 values). CLIP
 comes from ``openai/clip-vit-large-patch14-336`` (``vision_model.*``; its text
 side is ignored).
 
@@ -180,11 +182,45 @@ def _match(what: str, ckpt: dict[str, torch.Tensor], expected: dict[str, str],
     return {v: ckpt[k] for k, v in expected.items()}
 
 
+def _ulps_off(stored: torch.Tensor, recomputed: torch.Tensor) -> float:
+    """Largest |stored - recomputed| in units in the last place of ``stored``'s dtype at each value.
+
+    ``recomputed`` is fp32. A value rounded to the nearest bf16/fp16 is at most 0.5 ulp
+    off; 1 ulp still allows a tie that rounded the other way after the fp32 value was
+    computed on another device. The floor of 1e-6 relative covers fp32-stored values
+    whose last bits differ for the same reason.
+    """
+    info = torch.finfo(stored.dtype)
+    _, exponent = torch.frexp(recomputed.abs())  # |x| = m * 2**exponent, m in [0.5, 1)
+    ulp = torch.ldexp(torch.full_like(recomputed, info.eps), exponent - 1)
+    ulp = ulp.clamp_min(info.smallest_normal * info.eps)  # subnormal spacing (fp16 below 6e-5)
+    ulp = torch.maximum(ulp, recomputed.abs() * 1e-6)
+    return float(((stored.float() - recomputed).abs() / ulp).max())
+
+
 def _check_inv_freq(ckpt: dict[str, torch.Tensor], model: GLaMM) -> None:
+    """Old transformers saved ``rotary_emb.inv_freq``, in the checkpoint's dtype (GLaMM's: bf16).
+
+    Such a buffer is accepted when it equals the model's own fp32 frequencies up to the
+    rounding of its dtype (at most 1 ulp, :func:`_ulps_off`), refused otherwise; it is
+    never loaded: the model keeps its fp32 values.
+    """
     rope = getattr(model.llm.model, "rotary_emb", None)
-    for k, v in ckpt.items():
-        if _INV_FREQ.search(k) and (rope is None or not torch.allclose(v.float().cpu(), rope.inv_freq.float().cpu(), rtol=1e-3)):
-            raise CheckpointMismatchError(f"{k} differs from the model's RoPE frequencies; check rope_theta / head_dim")
+    for k, stored in ckpt.items():
+        if not _INV_FREQ.search(k):
+            continue
+        if rope is None:
+            raise CheckpointMismatchError(f"{k}: the checkpoint has RoPE buffers but the model has no rotary embedding")
+        recomputed = rope.inv_freq.detach().float().cpu()
+        if stored.shape != recomputed.shape or not stored.is_floating_point():
+            raise CheckpointMismatchError(
+                f"{k} is {stored.dtype} {tuple(stored.shape)}, the model's RoPE frequencies are float "
+                f"{tuple(recomputed.shape)}; check head_dim (hidden_size / num_attention_heads)")
+        off = _ulps_off(stored.detach().cpu(), recomputed)
+        if off > 1.0:
+            raise CheckpointMismatchError(
+                f"{k} ({stored.dtype}) differs from the model's RoPE frequencies by {off:.3g} ulp of that dtype "
+                f"(at most 1 is rounding); check rope_theta / head_dim in config.json")
 
 
 def load_official_weights(model: GLaMM, checkpoint_dir: str | Path, clip_dir: str | Path) -> None:
