@@ -62,7 +62,7 @@ def model_bytes() -> bytes:
 
 def _folder(out: Path, model: bytes, *, config_json: bool = True, variant: str = "plain"):
     """GLaMM-GCG's tokenizer files in ``out``; returns (sentencepiece processor, base vocab)."""
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "tokenizer.model").write_bytes(model)
     sp = spm.SentencePieceProcessor(model_proto=model)
     v = sp.get_piece_size()
@@ -172,3 +172,26 @@ def test_bad_folders_fail_in_one_line(tmp_path, model_bytes):
     (tmp_path / "empty" / "config.json").write_text(json.dumps(GLAMM_CONFIG))
     with pytest.raises(FileNotFoundError, match="neither tokenizer.model nor tokenizer.json"):
         load_glamm_tokenizer(tmp_path / "empty")
+
+
+def test_official_folder_with_bf16_rope_builds_with_upstream_prompt_ids(tmp_path, model_bytes):
+    """Everything in one folder as GLaMM's save_pretrained leaves it: config.json (model_type llava),
+    .bin shards with bf16 rotary_emb.inv_freq, the slow-tokenizer files; tokenizer_dir defaults to it."""
+    import torch
+
+    from altp.models.glamm_convert import build_glamm, write_official_checkpoint
+    from altp.models.glamm_tiny import build_glamm_tiny
+
+    tiny = build_glamm_tiny(seed=3, num_layers=2)
+    ckpt, clip = tmp_path / "GLaMM-GCG", tmp_path / "clip"
+    inv = tiny.llm.model.rotary_emb.inv_freq.to(torch.bfloat16)
+    write_official_checkpoint(tiny, ckpt, clip, extra={
+        f"model.layers.{i}.self_attn.rotary_emb.inv_freq": inv.clone() for i in range(2)})
+    assert json.loads((ckpt / "config.json").read_text())["model_type"] == "llava"
+    sp, v = _folder(ckpt, model_bytes, config_json=False)  # keep the converter's config.json
+    model = build_glamm(checkpoint_dir=str(ckpt), clip_dir=str(clip), dtype="float32", device="cpu",
+                        max_new_tokens=4, sam=tiny.config.sam)
+    head, tail = gcg_prompt().split("<image>")
+    assert model.prefix_ids == [sp.bos_id(), *_upstream_ids(sp, head, v)]
+    assert model.suffix_ids == _upstream_ids(sp, tail, v)
+    assert model.llm.model.rotary_emb.inv_freq.dtype == torch.float32

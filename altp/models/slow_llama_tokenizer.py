@@ -12,8 +12,10 @@ reads the four slow-tokenizer files itself and builds
 ``sp.encode`` of the raw ``tokenizer.model``.
 
 What 4.28's slow ``LlamaTokenizer`` does, and so what this class does (read from
-4.28's ``tokenization_llama.py`` and ``tokenization_utils.py`` and checked against
-4.28.1 itself on the GCG prompt):
+4.28's ``tokenization_llama.py`` and ``tokenization_utils.py``; checked against
+4.28.1 itself on the tests' fixtures: GCG prompt ids, probe texts, random decodes).
+GLaMM pins transformers 4.28.0.dev (commit ``cae78c46``), which predates the
+``legacy`` switch of 4.31; that dev commit's decode details are UNVERIFIED here.
 
 * Encoding: the text is split at added tokens; a token from ``added_tokens.json``
   strips the whitespace on both sides of it (4.28 re-adds them as plain strings,
