@@ -16,6 +16,7 @@ from altp.models.omg.perception_prior import perception_prior
 from altp.models.omg.preprocess import (
     IMAGE_MEAN,
     IMAGE_STD,
+    PAD_COLOUR,
     expand_to_square,
     image_to_tensor,
     masks_to_original,
@@ -173,3 +174,8 @@ def test_gcg_text_parsing_follows_upstream_quirks():
     assert caption == "A man ridesa horse near 'the' sea."
     caption, _ = parse_gcg_text("'<p>dog</p> [SEG] on\ngrass'")
     assert caption == "dog ongrass"  # quotes stripped at the ends, newline deleted
+
+
+def test_pad_colour_is_the_truncated_mean():
+    # The torch-free copy of the padding colour must stay upstream's int(m * 255) of the mean.
+    assert PAD_COLOUR == tuple(int(m * 255) for m in IMAGE_MEAN)

@@ -39,6 +39,7 @@ from transformers import (
 )
 
 from altp.models.base import GCGPrediction, restore_rope_fp32, rope_fp32_masters
+from altp.models.pixels import clip_resize_crop
 from altp.models.sam import GroundingEncoder, GroundingEncoderConfig
 from altp.models.tokenizer import GLaMMTokenIds, gcg_prompt, parse_gcg_output, tokenize_with_image
 from eval.flops import LLMShape
@@ -68,26 +69,6 @@ class GLaMMConfig:
     sam: GroundingEncoderConfig = field(default_factory=GroundingEncoderConfig)
     select_layer: int = -2  # mm_vision_select_layer: the penultimate CLIP layer
     out_dim: int = 256  # text_hidden_fcs output = SAM prompt width
-
-
-def clip_resize_crop(image: Image.Image, size: int) -> np.ndarray:
-    """CLIPImageProcessor's resize + centre crop, without normalisation.
-
-    Shortest side -> ``size`` (long side ``int(size * long / short)``, PIL
-    bicubic), then a centre crop of ``size x size`` with the top-left corner at
-    ``((h - size) // 2, (w - size) // 2)``.
-
-    Returns:
-        (size, size, 3) uint8 RGB.
-    """
-    image = image.convert("RGB")
-    w, h = image.size
-    short, long = (w, h) if w <= h else (h, w)
-    new_short, new_long = size, int(size * long / short)
-    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    arr = np.asarray(image.resize((new_w, new_h), Image.Resampling.BICUBIC))
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    return arr[top : top + size, left : left + size].copy()  # writable, contiguous
 
 
 def _sync(device: torch.device) -> None:

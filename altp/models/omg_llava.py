@@ -42,12 +42,12 @@ from altp.models.omg.preprocess import (
     IMAGE_MEAN,
     IMAGE_SIZE,
     IMAGE_STD,
-    expand_to_square,
     masks_to_original,
     seg_hidden_states,
 )
 from altp.models.omg.tokenizer import OmgTokenIds, decode_answer, encode_gcg_prompt
 from altp.models.omg.visual import OmgLlavaVisual, VisualEncoding
+from altp.models.pixels import omg_square_pixels
 from eval.flops import LLMShape
 
 __all__ = ["OmgLlava"]
@@ -151,10 +151,7 @@ class OmgLlava(nn.Module):
     # -- stages --------------------------------------------------------------------------------
     def vision_image(self, image: Image.Image) -> np.ndarray:
         """(1024, 1024, 3) uint8: the mean-colour square padding, bicubic-resized, as OMG-Seg sees it."""
-        square = expand_to_square(image.convert("RGB"))
-        return np.asarray(
-            square.resize((IMAGE_SIZE, IMAGE_SIZE), resample=Image.Resampling.BICUBIC)
-        ).copy()
+        return omg_square_pixels(image, IMAGE_SIZE)
 
     def pixels(self, image: Image.Image) -> torch.Tensor:
         """(1, 3, 1024, 1024) float32 normalised with upstream's truncated CLIP statistics."""

@@ -22,38 +22,28 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from altp.models.pixels import OMG_IMAGE_SIZE, OMG_PAD_COLOUR, expand_to_square, omg_square_pixels
+
 __all__ = [
     "IMAGE_MEAN",
     "IMAGE_SIZE",
     "IMAGE_STD",
+    "PAD_COLOUR",
     "expand_to_square",
     "image_to_tensor",
     "masks_to_original",
     "seg_hidden_states",
 ]
 
-IMAGE_SIZE = 1024
+IMAGE_SIZE = OMG_IMAGE_SIZE
 IMAGE_MEAN = (0.4814, 0.4578, 0.4082)
 IMAGE_STD = (0.2686, 0.2613, 0.2757)
-PAD_COLOUR = tuple(int(m * 255) for m in IMAGE_MEAN)  # (122, 116, 104), as upstream truncates
-
-
-def expand_to_square(image: Image.Image, colour: tuple[int, ...] = PAD_COLOUR) -> Image.Image:
-    """Pad the shorter side with ``colour``, original centred (offset ``(side - size) // 2``)."""
-    w, h = image.size
-    if w == h:
-        return image
-    side = max(w, h)
-    out = Image.new(image.mode, (side, side), colour)
-    out.paste(image, ((side - w) // 2, (side - h) // 2))
-    return out
+PAD_COLOUR = OMG_PAD_COLOUR  # tuple(int(m * 255) for m in IMAGE_MEAN), as upstream truncates
 
 
 def image_to_tensor(image: Image.Image, *, size: int = IMAGE_SIZE) -> Tensor:
     """RGB image -> normalised ``(3, size, size)`` float32, as the GCG tool feeds OMG-Seg."""
-    square = expand_to_square(image.convert("RGB"))
-    resized = square.resize((size, size), resample=Image.Resampling.BICUBIC)
-    x = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    x = torch.from_numpy(omg_square_pixels(image, size).astype(np.float32) / 255.0).permute(2, 0, 1)
     mean = torch.tensor(IMAGE_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGE_STD).view(3, 1, 1)
     return (x - mean) / std

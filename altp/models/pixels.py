@@ -1,0 +1,59 @@
+"""The pixels each model family's vision tower sees, with numpy and PIL only.
+
+Kept free of torch and transformers so that tools which draw on these pixels
+(token maps, superpixel overlays) need not import a model. The model adapters
+use the same functions, so a drawing can never drift from what the model saw.
+
+* GLaMM: CLIP's resize of the shortest side to 336 + centre crop
+  (:func:`clip_resize_crop`); its 24 x 24 grid of 14 px patches tiles the crop.
+* OMG-LLaVA: pad to a square with the mean colour, bicubic resize to 1024
+  (:func:`omg_square_pixels`); its 16 x 16 pixel tokens tile that square.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["OMG_IMAGE_SIZE", "OMG_PAD_COLOUR", "clip_resize_crop", "expand_to_square", "omg_square_pixels"]
+
+OMG_IMAGE_SIZE = 1024
+# int(m * 255) of OMG-LLaVA's truncated CLIP mean (0.4814, 0.4578, 0.4082), as upstream truncates.
+OMG_PAD_COLOUR = (122, 116, 104)
+
+
+def clip_resize_crop(image: Image.Image, size: int) -> np.ndarray:
+    """CLIPImageProcessor's resize + centre crop, without normalisation.
+
+    Shortest side -> ``size`` (long side ``int(size * long / short)``, PIL
+    bicubic), then a centre crop of ``size x size`` with the top-left corner at
+    ``((h - size) // 2, (w - size) // 2)``.
+
+    Returns:
+        (size, size, 3) uint8 RGB.
+    """
+    image = image.convert("RGB")
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    arr = np.asarray(image.resize((new_w, new_h), Image.Resampling.BICUBIC))
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return arr[top : top + size, left : left + size].copy()  # writable, contiguous
+
+
+def expand_to_square(image: Image.Image, colour: tuple[int, ...] = OMG_PAD_COLOUR) -> Image.Image:
+    """Pad the shorter side with ``colour``, original centred (offset ``(side - size) // 2``)."""
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    out = Image.new(image.mode, (side, side), colour)
+    out.paste(image, ((side - w) // 2, (side - h) // 2))
+    return out
+
+
+def omg_square_pixels(image: Image.Image, size: int = OMG_IMAGE_SIZE) -> np.ndarray:
+    """(size, size, 3) uint8: the mean-colour square padding, bicubic-resized, as OMG-Seg sees it."""
+    square = expand_to_square(image.convert("RGB"))
+    return np.asarray(square.resize((size, size), resample=Image.Resampling.BICUBIC)).copy()
