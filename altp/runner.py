@@ -38,7 +38,7 @@ from eval.flops import flops_ratio
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run", "image_seed", "summarise", "print_metrics"]
+__all__ = ["run", "image_seed", "resolve_split", "summarise", "print_metrics"]
 
 
 def image_seed(base_seed: int, image_id: str) -> int:
@@ -46,7 +46,12 @@ def image_seed(base_seed: int, image_id: str) -> int:
     return (int(base_seed) * 1_000_003 + zlib.crc32(image_id.encode())) % (2**31)
 
 
-def _resolve_split(data_cfg: DictConfig) -> GrandfSplit:
+def resolve_split(data_cfg: DictConfig) -> GrandfSplit:
+    """The split a data config names; a generated split (``generate:``) is (re)built first.
+
+    Public so that tools reading a finished run (figures, reports) find the very
+    images and GT the run saw, regenerated bit-identically where needed.
+    """
     gt_dir, image_dir = Path(data_cfg.gt_dir), Path(data_cfg.image_dir)
     gen = data_cfg.get("generate")
     if gen is not None:
@@ -192,7 +197,7 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str, 
     pruner = instantiate(cfg.pruner)  # validates the pruner's own arguments
     _guard_resume(out_dir, cfg)
     try:
-        split = _resolve_split(cfg.data)
+        split = resolve_split(cfg.data)
     except (GrandfFormatError, FileNotFoundError) as err:
         raise UserError(str(err)) from err
     samples = list(split)

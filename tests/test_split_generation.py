@@ -32,7 +32,7 @@ def test_concurrent_jobs_generate_a_split_once(tmp_path: Path, monkeypatch):
 
     def job():
         try:
-            results.append(len(list(runner._resolve_split(cfg))))
+            results.append(len(list(runner.resolve_split(cfg))))
         except Exception as err:  # noqa: BLE001 - surfaced by the assertion below
             errors.append(err)
 
@@ -55,12 +55,12 @@ def test_split_from_an_older_generator_is_rebuilt(tmp_path: Path, monkeypatch):
         "gt_dir": str(tmp_path / "annotations"), "image_dir": str(tmp_path / "images"),
         "generate": {"n_images": 1, "seed": 0, "image_size_range": [64, 96], "objects_range": [1, 2]},
     })  # fmt: skip
-    runner._resolve_split(cfg)
-    runner._resolve_split(cfg)
+    runner.resolve_split(cfg)
+    runner.resolve_split(cfg)
     assert calls == [1]  # same parameters and generator: reused
     stamp = tmp_path / ".val_generate.json"
     old = json.loads(stamp.read_text())
     assert old["generator_version"] == synthetic.GENERATOR_VERSION
     stamp.write_text(json.dumps({**old, "generator_version": synthetic.GENERATOR_VERSION - 1}))
-    runner._resolve_split(cfg)
+    runner.resolve_split(cfg)
     assert calls == [1, 1]  # written by an older generator: rebuilt
