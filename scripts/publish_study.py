@@ -6,7 +6,9 @@ numbers with the config and version that made them -- to the same relative path
 under ``--out``. Per-image predictions and records stay in ``runs/`` (tens of MB)
 except a *CI slice*: the first ``--slice-images`` images of the cells named by
 ``--slice`` (``pruner:keep``) go to ``ci_slice/<name of --out>/<same path>/`` beside ``--out``
-(``results/shapes/ci_slice/glamm_shapes/...`` for the example below);
+(``results/shapes/ci_slice/glamm_shapes/...`` for the example below), with the cell's
+``fingerprint.json`` (model, pruner, keep, seed, data: what the report's gallery and the
+token figures need to redraw an image without the full ``run.json``);
 ``tests/test_committed_study.py`` reruns exactly those and fails on any difference.
 
 Example (after ``python run.py -m model=glamm_shapes data=shapes_val pruner=... keep=...``)::
@@ -49,6 +51,8 @@ def publish(runs: Path, out: Path, *, slice_cells: list[str], slice_images: int,
             (sl / sub).mkdir(parents=True, exist_ok=True)
             for image_id in ids:
                 shutil.copy2(run_dir / sub / f"{image_id}.json", sl / sub / f"{image_id}.json")
+        # Not metrics.json: the tables would count the slice as a second run of the cell.
+        shutil.copy2(run_dir / "fingerprint.json", sl / "fingerprint.json")
     return published
 
 
