@@ -36,6 +36,7 @@ __all__ = [
     "majority_patch_labels",
     "region_variance",
     "regions_from_labels",
+    "slic_labels",
 ]
 
 #: How the per-region pixel variance is measured (see :func:`region_variance`).
@@ -192,10 +193,22 @@ def compute_regions(
     Returns:
         A :class:`RegionMap`.
     """
+    labels = slic_labels(image, n_segments=n_segments, compactness=compactness, sigma=sigma)
+    return regions_from_labels(image, labels, grid, variance_mode=variance_mode)
+
+
+def slic_labels(
+    image: np.ndarray, *, n_segments: int = 10, compactness: float = 5.0, sigma: float = 1.0
+) -> np.ndarray:
+    """The (H, W) int SLIC label image :func:`compute_regions` maps onto the grid.
+
+    Public so that drawings of the regions (boundaries, per-region heat maps)
+    use the very labels the pruner used. Arguments as in :func:`compute_regions`.
+    """
     _check_image(image)
     if n_segments < 1:
         raise ValueError(f"n_segments must be >= 1, got {n_segments}")
-    labels = slic(
+    return slic(
         image,
         n_segments=int(n_segments),
         compactness=float(compactness),
@@ -203,7 +216,6 @@ def compute_regions(
         start_label=0,
         channel_axis=-1,
     )
-    return regions_from_labels(image, labels, grid, variance_mode=variance_mode)
 
 
 def regions_from_labels(
