@@ -1,0 +1,194 @@
+"""Study figures from run records: every metric against kept tokens, FLOPs and time.
+
+Reads the flat ``metrics.json`` files under a results folder (as the tables do:
+newest record per cell, default hyper-parameters only; :mod:`eval.run_records`)
+and draws, per model and data split (``<model>_<data>_*.png`` and ``.pdf``):
+
+* ``metrics``: METEOR, CIDEr, AP50, mIoU and recall against the mean number of
+  visual tokens kept after the first stage, one line per pruner, the unpruned
+  run as a dashed line;
+* ``pareto``: AP50, mIoU and recall against each recorded FLOPs ratio (keys
+  ``flops*``) and against measured time per image, with the Pareto front (no
+  other run is both cheaper and better) drawn in grey;
+* ``coverage``: object coverage against keep, when the records hold it.
+
+Example (what ``make figures`` runs)::
+
+    python -m altp.viz figures results --out results/figures
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from altp.viz.style import SYNTHETIC_LABEL, is_synthetic, pruner_colour, save
+from eval.run_records import RunRecord, find_runs, is_default, load_pruner_defaults, newest_per_cell
+
+__all__ = ["METRICS", "study_groups", "write_study_figures"]
+
+METRICS = (("meteor", "METEOR"), ("cider", "CIDEr"), ("ap50", "AP50"), ("miou", "mIoU"), ("recall", "Recall"))
+_GROUNDING = (("ap50", "AP50"), ("miou", "mIoU"), ("recall", "Recall"))
+_ORDER = ("none", "fastv", "pdrop", "random", "uniform", "ddc", "altp")
+_COST_LABELS = {
+    "flops_ratio": "remaining FLOPs, prefill (eq. 5), %",
+    "time_per_image_s": "measured time per image, s",
+}
+
+
+def study_groups(results: Path, conf_dir: Path | None = None) -> dict[tuple[str, str], list[RunRecord]]:
+    """(model, data) -> the newest default-setting run of each cell, for every group under ``results``."""
+    runs, _ = newest_per_cell(find_runs(results))
+    defaults = load_pruner_defaults(conf_dir) if conf_dir and Path(conf_dir).is_dir() else {}
+    groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+    for r in runs:
+        if is_default(r, defaults):
+            groups[(str(r.metrics["model"]), str(r.metrics["data"]))].append(r)
+    return dict(sorted(groups.items()))
+
+
+def _by_pruner(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
+    out: dict[str, list[RunRecord]] = defaultdict(list)
+    for r in runs:
+        out[str(r.metrics["pruner"])].append(r)
+    rank = lambda p: _ORDER.index(p) if p in _ORDER else len(_ORDER)  # noqa: E731
+    return {p: sorted(out[p], key=lambda r: float(r.metrics["keep"])) for p in sorted(out, key=lambda p: (rank(p), p))}
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _cost_keys(runs: list[RunRecord]) -> list[str]:
+    """Every FLOPs ratio the records hold (``flops*`` numeric keys), then time per image."""
+    flops = sorted({k for r in runs for k, v in r.metrics.items() if k.startswith("flops") and _num(v) is not None})
+    flops.sort(key=lambda k: k != "flops_ratio")
+    time = ["time_per_image_s"] if any(_num(r.metrics.get("time_per_image_s")) for r in runs) else []
+    return flops + time
+
+
+def _cost_label(key: str) -> str:
+    return _COST_LABELS.get(key, f"{key}, %" if key.startswith("flops") else key)
+
+
+def _footer(fig: Figure, model: str, data: str, runs: list[RunRecord]) -> None:
+    devices = sorted({f"{r.metrics.get('device')}/{r.metrics.get('dtype')}" for r in runs})
+    encoders = sorted({str(r.metrics.get("text_encoder")) for r in runs if r.metrics.get("text_encoder")})
+    note = f"{model} on {data}: {len(runs)} runs; device {', '.join(devices)}; recall text encoder {', '.join(encoders)}"
+    if is_synthetic(model, data):
+        note = f"{SYNTHETIC_LABEL}. {note}"
+    fig.text(0.5, 0.005, note, ha="center", va="bottom", fontsize=8, color="dimgrey")
+
+
+def _lines(ax: Axes, groups: dict[str, list[RunRecord]], x_key: str, y_key: str, scale_x: float = 1.0) -> None:
+    for pruner, rs in groups.items():
+        pts = [(_num(r.metrics.get(x_key)), _num(r.metrics.get(y_key))) for r in rs]
+        pts = [(x * scale_x, 100 * y) for x, y in pts if x is not None and y is not None]
+        if not pts:
+            continue
+        xs, ys = zip(*pts, strict=True)
+        if pruner == "none" and x_key == "mean_kept_tokens":
+            ax.axhline(ys[0], color=pruner_colour(pruner), ls="--", lw=1.2, label="none (unpruned)")
+            ax.plot(xs, ys, "*", color=pruner_colour(pruner), ms=10)
+        else:
+            marker = "*" if pruner == "none" else "o"
+            ax.plot(xs, ys, marker=marker, ms=9 if pruner == "none" else 5, color=pruner_colour(pruner),
+                    label="none (unpruned)" if pruner == "none" else pruner)
+
+
+def _pareto_front(ax: Axes, runs: list[RunRecord], x_key: str, y_key: str, scale_x: float) -> None:
+    pts = [(_num(r.metrics.get(x_key)), _num(r.metrics.get(y_key))) for r in runs]
+    # Cheapest first, the best of equal costs first: a point is on the front if it beats every
+    # cheaper one. Costs equal to 3 significant digits tie (PDrop's solved lambda matches
+    # FastV's FLOPs to 0.1 %, by design).
+    pts = sorted(((float(f"{x * scale_x:.3g}"), 100 * y) for x, y in pts if x is not None and y is not None),
+                 key=lambda p: (p[0], -p[1]))
+    front, best = [], -np.inf
+    for x, y in pts:
+        if y > best:
+            front.append((x, y))
+            best = y
+    if len(front) > 1:
+        xs, ys = zip(*front, strict=True)
+        ax.step(xs, ys, where="post", color="grey", lw=4, alpha=0.3, zorder=0, label="Pareto front")
+
+
+def metrics_figure(model: str, data: str, runs: list[RunRecord]) -> Figure:
+    groups = _by_pruner(runs)
+    fig = Figure(figsize=(4.0 * len(METRICS), 4.0), layout="constrained")
+    axes = fig.subplots(1, len(METRICS))
+    for ax, (key, name) in zip(axes, METRICS, strict=True):
+        _lines(ax, groups, "mean_kept_tokens", key)
+        ax.set_title(name)
+        ax.set_xlabel("visual tokens kept (mean, first stage)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("score x100")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=9)
+    fig.suptitle(f"{model} · {data}: metrics against kept tokens")
+    _footer(fig, model, data, runs)
+    fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))
+    return fig
+
+
+def pareto_figure(model: str, data: str, runs: list[RunRecord]) -> Figure | None:
+    costs = _cost_keys(runs)
+    if not costs:
+        return None
+    groups = _by_pruner(runs)
+    fig = Figure(figsize=(4.2 * len(_GROUNDING), 3.6 * len(costs)), layout="constrained")
+    axes = np.asarray(fig.subplots(len(costs), len(_GROUNDING), squeeze=False))
+    for row, cost in zip(axes, costs, strict=True):
+        scale = 100.0 if cost.startswith("flops") else 1.0
+        for ax, (key, name) in zip(row, _GROUNDING, strict=True):
+            _pareto_front(ax, runs, cost, key, scale)
+            _lines(ax, groups, cost, key, scale_x=scale)
+            ax.set_xlabel(_cost_label(cost))
+            ax.set_ylabel(f"{name} x100")
+            ax.grid(alpha=0.3)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside right upper", fontsize=9)
+    fig.suptitle(f"{model} · {data}: accuracy against cost (up and left is better)")
+    _footer(fig, model, data, runs)
+    fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))
+    return fig
+
+
+def coverage_figure(model: str, data: str, runs: list[RunRecord]) -> Figure | None:
+    keys = [k for k in ("object_coverage", "object_coverage_final") if any(_num(r.metrics.get(k)) for r in runs)]
+    if not keys:
+        return None
+    fig = Figure(figsize=(5.5, 4.0), layout="constrained")
+    ax = fig.subplots()
+    for pruner, rs in _by_pruner(runs).items():
+        for key, ls in zip(keys, ("-", ":"), strict=False):
+            pts = [(float(r.metrics["keep"]), _num(r.metrics.get(key))) for r in rs]
+            pts = [(x, y) for x, y in pts if y is not None]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, ls, marker="*" if pruner == "none" else "o", color=pruner_colour(pruner),
+                        label=pruner if key == keys[0] else None)
+    ax.set_xlabel("keep (fraction of visual tokens)")
+    ax.set_ylabel("object coverage" + (" (solid: first stage, dotted: final)" if len(keys) > 1 else ""))
+    ax.grid(alpha=0.3)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=9)
+    fig.suptitle(f"{model} · {data}: object coverage against keep", fontsize=11)
+    _footer(fig, model, data, runs)
+    fig.get_layout_engine().set(rect=(0, 0.06, 1, 0.94))
+    return fig
+
+
+def write_study_figures(results: Path, out_dir: Path, *, conf_dir: Path | None = None,
+                        formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
+    """Draw every figure for every (model, data) under ``results`` into ``out_dir``; returns the files."""
+    written = []
+    for (model, data), runs in study_groups(results, conf_dir).items():
+        figs = {"metrics": metrics_figure(model, data, runs), "pareto": pareto_figure(model, data, runs),
+                "coverage": coverage_figure(model, data, runs)}
+        for name, fig in figs.items():
+            if fig is not None:
+                written += save(fig, Path(out_dir) / f"{model}_{data}_{name}", formats=formats)
+    return written
