@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("run_dirs", nargs="+", type=Path, help="run directories (with records/ and predictions/)")
     tok.add_argument("--image", required=True, help="image id (a records/<id>.json stem)")
     tok.add_argument("--out", type=Path, required=True, help="output file (.png, .pdf, .svg)")
+    tok.add_argument("--dpi", type=int, default=110, help="resolution of a PNG (default 110)")
     fig = sub.add_parser("figures", help="study figures from the metrics.json files under RESULTS_DIR")
     fig.add_argument("results", type=Path, help="searched for metrics.json (paper/ and tables/ skipped)")
     fig.add_argument("--out", type=Path, default=Path("results/figures"))
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
             from altp.viz.tokens import write_token_figure
 
             runs = [load_run_dir(d) for d in args.run_dirs]
-            print(f"wrote {write_token_figure(runs, args.image, args.out)}")
+            print(f"wrote {write_token_figure(runs, args.image, args.out, dpi=args.dpi)}")
         else:
             from altp.viz.study import write_study_figures
 

@@ -79,7 +79,7 @@ def kept_token_rgb(image: np.ndarray, stages: np.ndarray, n_stages: int,
     alpha = DROPPED_RGBA[3]
     out[per_pixel == 0] *= 1.0 - alpha
     for s in range(1, n_stages):
-        tint = np.asarray(stage_rgb[s - 1], dtype=np.float64) * 255.0
+        tint = np.asarray(stage_rgb[s - 1][:3], dtype=np.float64) * 255.0
         sel = per_pixel == s
         out[sel] = 0.45 * out[sel] + 0.55 * tint
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)

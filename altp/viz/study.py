@@ -49,7 +49,9 @@ def study_groups(results: Path, conf_dir: Path | None = None) -> dict[tuple[str,
     for r in runs:
         if is_default(r, defaults):
             groups[(str(r.metrics["model"]), str(r.metrics["data"]))].append(r)
-    return dict(sorted(groups.items()))
+    split_rank = {"val": 0, "test": 1}  # val before test, as in the tables
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[1][0].family,
+                                                       split_rank.get(str(kv[1][0].metrics["split"]), 2), kv[0][1])))
 
 
 def _by_pruner(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:

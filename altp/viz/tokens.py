@@ -65,8 +65,8 @@ def _boundaries_rgba(labels: np.ndarray, colour: tuple[float, float, float], alp
     return rgba
 
 
-def draw_kept_tokens(ax: Axes, view: ImageView) -> None:
-    """The input with pruned tokens darkened (tinted by stage for several stages), legend below."""
+def draw_kept_tokens(ax: Axes, view: ImageView, legend_ax: Axes | None = None) -> None:
+    """The input with pruned tokens darkened (tinted by stage for several stages); legend in ``legend_ax``."""
     n = view.n_stages
     tints = stage_colours(n)
     ax.imshow(kept_token_rgb(view.pixels, view.stages, n, tints), interpolation="nearest")
@@ -93,7 +93,8 @@ def draw_kept_tokens(ax: Axes, view: ImageView) -> None:
     if view.coverage:
         handles.append(Patch(facecolor="none", edgecolor="none",
                              label="object coverage " + " > ".join(f"{c:.2f}" for c in view.coverage)))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize=7, frameon=False)
+    if legend_ax is not None:
+        legend_ax.legend(handles=handles, loc="upper center", fontsize=7, frameon=False)
 
 
 def _region_panel(ax: Axes, view: ImageView, which: str) -> None:
@@ -116,8 +117,8 @@ def _region_panel(ax: Axes, view: ImageView, which: str) -> None:
     ax.set_title(f"{title}, budget $T_k$", fontsize=9)
 
 
-def _masks_panel(ax: Axes, original: np.ndarray, masks: Sequence[np.ndarray], names: Sequence[str],
-                 caption: str, title: str) -> None:
+def _masks_panel(ax: Axes, text_ax: Axes, original: np.ndarray, masks: Sequence[np.ndarray],
+                 names: Sequence[str], caption: str, title: str) -> None:
     colours = mask_colours(len(masks))
     ax.imshow(mask_overlay(original, masks, colours))
     ax.set_title(title, fontsize=9)
@@ -126,9 +127,16 @@ def _masks_panel(ax: Axes, original: np.ndarray, masks: Sequence[np.ndarray], na
     if extra:
         handles.append(Patch(facecolor="none", edgecolor="red", label=f"{extra:+d} phrases without a mask"))
     text = textwrap.fill(caption or "(empty caption)", 44)
-    leg = ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize=7, frameon=False,
-                    title=text, title_fontsize=7)
+    leg = text_ax.legend(handles=handles, loc="upper center", fontsize=7, frameon=False, title=text,
+                         title_fontsize=7)
     leg._legend_box.align = "left"  # the caption reads as a paragraph
+
+
+def _text_lines(view: ImageView) -> int:
+    """Lines of text under the prediction and GT panels of one row (the longer of the two)."""
+    pred = len(textwrap.wrap(view.caption or "-", 44)) + len(view.phrases) + 1
+    gt = len(textwrap.wrap(view.gt_caption or "-", 44)) + len(view.gt_labels)
+    return max(pred, gt, view.n_stages + 2)
 
 
 def _blank(ax: Axes, text: str) -> None:
@@ -143,14 +151,19 @@ def token_figure(runs: Sequence[RunDir], image_id: str) -> Figure:
     has_weights = any(v.regions is not None and v.regions.weights is not None for v in views)
     cols = ["input", *(["density"] if has_regions else []), *(["weight"] if has_weights else []),
             "kept", "pred", "gt"]
-    fig = Figure(figsize=(3.1 * len(cols), 4.6 * len(views)), layout="constrained")
-    axes = np.asarray(fig.subplots(len(views), len(cols), squeeze=False))
-    for row, view in zip(axes, views, strict=True):
-        for ax in row:
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
+    # Each run: a row of square panels, then a row of text (captions, phrases, legends) under them.
+    heights = [h for v in views for h in (3.0, 0.2 + 0.14 * _text_lines(v))]
+    fig = Figure(figsize=(3.1 * len(cols), sum(heights) + 0.7), layout="constrained")
+    grid = np.asarray(fig.subplots(len(heights), len(cols), squeeze=False, gridspec_kw={"height_ratios": heights}))
+    for ax in grid.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    for text_ax in grid[1::2].ravel():
+        text_ax.set_axis_off()
+    for row, text_row, view in zip(grid[0::2], grid[1::2], views, strict=True):
+        texts = dict(zip(cols, text_row, strict=True))
         panel = dict(zip(cols, row, strict=True))
         reg = view.regions
         ax = panel["input"]
@@ -161,8 +174,8 @@ def token_figure(runs: Sequence[RunDir], image_id: str) -> Figure:
             ax.set_title(f"input, SLIC N={p.get('n_segments')} C={p.get('compactness')} "
                          f"σ={p.get('sigma')}: {len(reg.region_ids)} regions", fontsize=9)
             if reg.check:
-                ax.text(0.5, -0.02, textwrap.fill(reg.check, 44), color="red", fontsize=7, ha="center", va="top",
-                        transform=ax.transAxes)
+                texts["input"].text(0.5, 1.0, textwrap.fill(reg.check, 44), color="red", fontsize=7, ha="center",
+                                    va="top", transform=texts["input"].transAxes)
         else:
             ax.set_title(f"input ({view.geometry.input_size} px)", fontsize=9)
         ax.set_ylabel(f"{view.run.label}\n{view.run.model_name}", fontsize=10, fontweight="bold")
@@ -177,12 +190,12 @@ def token_figure(runs: Sequence[RunDir], image_id: str) -> Figure:
                        f"{view.run.pruner_name}: the same share in every region")
             else:
                 _region_panel(panel["weight"], view, "weight")
-        draw_kept_tokens(panel["kept"], view)
+        draw_kept_tokens(panel["kept"], view, texts["kept"])
         s = view.scores
         score = f"mIoU {s.miou:.2f} · {s.mask_hits}/{s.n_gt} GT masks at IoU≥0.5"
         title = f"FAILED: {textwrap.shorten(view.error, 60)}" if view.error else f"prediction\n{score}"
-        _masks_panel(panel["pred"], view.original, view.pred_masks, view.phrases, view.caption, title)
-        _masks_panel(panel["gt"], view.original, view.gt_masks, view.gt_labels, view.gt_caption,
+        _masks_panel(panel["pred"], texts["pred"], view.original, view.pred_masks, view.phrases, view.caption, title)
+        _masks_panel(panel["gt"], texts["gt"], view.original, view.gt_masks, view.gt_labels, view.gt_caption,
                      f"ground truth\n{len(view.gt_masks)} masks")
     run0 = views[0].run
     head = f"{image_id} · {run0.data.get('name')} · {views[0].geometry.input_note}"
@@ -192,10 +205,10 @@ def token_figure(runs: Sequence[RunDir], image_id: str) -> Figure:
     return fig
 
 
-def write_token_figure(runs: Sequence[RunDir], image_id: str, out: Path) -> Path:
+def write_token_figure(runs: Sequence[RunDir], image_id: str, out: Path, *, dpi: int = 110) -> Path:
     """Draw and save the figure (format from ``out``'s suffix, PNG by default)."""
     fig = token_figure(runs, image_id)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, metadata={"Software": None} if out.suffix in ("", ".png") else None)
+    fig.savefig(out, dpi=dpi, metadata={"Software": None} if out.suffix in ("", ".png") else None)
     return out
