@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-all study tables lint clean
+.PHONY: help setup demo test test-all study tables figures report lint clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,16 @@ study: $(STAMP) ## Rerun the shapes study (val, then test), publish its records 
 
 tables: $(STAMP) ## Rebuild the paper-shaped tables from run records under results/
 	$(PY) scripts/make_tables.py --results results --out results/tables
+
+# The README's token panel: three pruners of the CI slice on one val image (kept by publish_study).
+SLICE := results/shapes/ci_slice/glamm_shapes/shapes_val
+figures: $(STAMP) ## Draw the study figures (and the README's token panel) from run records into results/figures
+	$(PY) -m altp.viz figures results --out results/figures
+	$(PY) -m altp.viz tokens $(SLICE)/altp/keep0.1 $(SLICE)/fastv/keep0.1 $(SLICE)/pdrop/keep0.25 \
+		--image sa_24802756 --dpi 80 --out results/figures/tokens_glamm_shapes_shapes_val_sa_24802756.png
+
+report: $(STAMP) ## Build the shapes study's static HTML report into results/report/index.html
+	$(PY) -m altp.report results/shapes --out results/report
 
 lint: $(STAMP) ## Lint with ruff
 	$(VENV)/bin/ruff check altp baselines eval scripts tests run.py
