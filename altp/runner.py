@@ -34,7 +34,7 @@ from altp.data.grandf import GrandfFormatError, GrandfSplit, ImageLoadError, Sam
 from altp.predictions import write_prediction
 from altp.provenance import provenance, write_json_atomic
 from altp.pruning.base import validate_keep
-from eval.flops import flops_ratio
+from eval.flops import summarise_flops
 
 log = logging.getLogger(__name__)
 
@@ -152,15 +152,10 @@ def summarise(records: list[dict], *, llm_shape: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"n_images": len(records), "n_failed": len(records) - len(ok)}
     if not ok:
         return out
-    ratios, kept = [], []
-    for r in ok:
-        v = r["num_visual"]
-        stages = list(zip(r["stage_layers"], r["kept_per_stage"], strict=True))
-        ratios.append(flops_ratio(num_text=r["num_text_tokens"], num_visual=v, visual_kept=stages, shape=llm_shape))
-        kept.append(r["kept_per_stage"][0] if r["kept_per_stage"] else v)
+    kept = [r["kept_per_stage"][0] if r["kept_per_stage"] else r["num_visual"] for r in ok]
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    out.update(summarise_flops(ok, shape=llm_shape))  # the three FLOPs conventions of eval.flops
     out.update(
-        flops_ratio=mean(ratios),
         mean_kept_tokens=mean(kept),
         mean_new_tokens=mean([r["new_tokens"] for r in ok]),
         n_phrase_mask_mismatch=sum(r["n_phrases"] != r["n_masks"] for r in ok),

@@ -1,10 +1,23 @@
-"""Eq.-5 FLOPs: the paper's reported ratios, hand-summed multi-stage cases, model shapes."""
+"""Eq.-5 FLOPs in its three conventions (prompt, paper, generation): paper ratios, hand sums, shapes."""
 
 from __future__ import annotations
 
 import pytest
 
-from eval.flops import MODEL_SHAPES, LLMShape, flops_ratio, layer_flops, prefill_flops
+from eval.flops import (
+    FLOPS_CONVENTIONS,
+    MODEL_SHAPES,
+    PAPER_TEXT_TOKENS,
+    LLMShape,
+    decode_flops,
+    flops_ratio,
+    generation_flops,
+    layer_flops,
+    paper_flops_ratio,
+    prefill_flops,
+    summarise_flops,
+    uncached_generation_flops,
+)
 
 GLAMM = MODEL_SHAPES["glamm"]
 
@@ -96,3 +109,118 @@ def test_edge_cases() -> None:
 def test_bad_stages_raise(stages: list[tuple[int, int]]) -> None:
     with pytest.raises(ValueError, match="ascending"):
         prefill_flops(10, stages, TOY)
+
+
+# --------------------------------------------------------------------------- the three conventions
+# TOY: d=2, m=3, T=4. Prefill layer f(n) = 4n^2 + 28n; one decoded token at a layer whose
+# cache holds c entries costs f_step(c) = 4d^2 + 2cd + 2dm = 16 + 4c + 12 = 28 + 4c.
+
+
+def test_paper_convention_reproduces_the_printed_column() -> None:
+    """Paper convention: 32 text tokens whatever the prompt; 20 / 33 / 55 % at 57 / 144 / 288."""
+    assert PAPER_TEXT_TOKENS == 32
+    got = [
+        paper_flops_ratio(num_visual=576, visual_kept=[(2, k)], shape=GLAMM) for k in (57, 144, 288)
+    ]
+    assert [round(100 * r) for r in got] == [20, 33, 55]
+    # On the run's real GLaMM prompt (~70 text tokens) the prompt convention gives 24 / 37 / 57.
+    real = [
+        flops_ratio(num_text=70, num_visual=576, visual_kept=[(2, k)], shape=GLAMM)
+        for k in (57, 144, 288)
+    ]
+    assert [round(100 * r) for r in real] == [24, 37, 57]
+    # TOY by hand: n = 32 + 8 = 40 tokens, 32 + 2 = 34 from layer 1:
+    # f(40) = 6400 + 1120 = 7520, f(34) = 4624 + 952 = 5576; (7520 + 3 * 5576) / (4 * 7520).
+    assert paper_flops_ratio(num_visual=8, visual_kept=[(1, 2)], shape=TOY) == pytest.approx(
+        24248 / 30080
+    )
+
+
+def test_decode_steps_by_hand() -> None:
+    # Prefill of 2 text + 8 visual tokens, 2 visual kept from layer 1: caches [10, 4, 4, 4].
+    # 3 generated tokens = 2 decoding steps (the prefill yields the first token):
+    #   j=1: layer 0 sees 11 -> 28 + 44 = 72; layers 1-3 see 5 -> 3 * 48 = 144; sum 216
+    #   j=2: layer 0 sees 12 -> 76;           layers 1-3 see 6 -> 3 * 52 = 156; sum 232
+    assert decode_flops(cache_per_layer=[10, 4, 4, 4], new_tokens=3, shape=TOY) == 216 + 232
+    assert decode_flops(cache_per_layer=[10, 4, 4, 4], new_tokens=1, shape=TOY) == 0
+    assert decode_flops(cache_per_layer=[10, 4, 4, 4], new_tokens=0, shape=TOY) == 0
+    with pytest.raises(ValueError, match="4 entries"):
+        decode_flops(cache_per_layer=[10, 4], new_tokens=3, shape=TOY)
+
+
+def test_generation_convention_by_hand() -> None:
+    # Pruned: prefill 680 + 3 * 176 = 1208 (test_single_stage_hand_sum) + decoding 448 = 1656.
+    pruned = generation_flops(
+        num_text=2, num_visual=8, visual_kept=[(1, 2)], new_tokens=3, shape=TOY
+    )
+    assert pruned == 1656
+    # Unpruned, same 3 tokens: prefill 4 * 680 = 2720; decoding j=1: 4 * (28 + 44) = 288,
+    # j=2: 4 * (28 + 48) = 304; total 3312, so this generation costs exactly half.
+    full = generation_flops(num_text=2, num_visual=8, visual_kept=[], new_tokens=3, shape=TOY)
+    assert full == 3312 and pruned / full == 0.5
+    # One generated token is the prefill alone.
+    assert (
+        generation_flops(num_text=2, num_visual=8, visual_kept=[(1, 2)], new_tokens=1, shape=TOY)
+        == 1208
+    )
+
+
+def test_generation_on_glamm_shapes_against_integer_sums() -> None:
+    """Vicuna-7B shapes, 70 text tokens, 57 visual tokens from K=2, 100 new tokens, in integers."""
+    d, m = 4096, 11008
+
+    def f(n: int) -> int:
+        return 4 * n * d * d + 2 * n * n * d + 2 * n * d * m
+
+    def step(c: int) -> int:
+        return 4 * d * d + 2 * c * d + 2 * d * m
+
+    caches = [646, 646] + [127] * 30
+    want = sum(f(c) for c in caches) + sum(step(c + j) for j in range(1, 100) for c in caches)
+    got = generation_flops(
+        num_text=70, num_visual=576, visual_kept=[(2, 57)], new_tokens=100, shape=GLAMM
+    )
+    assert got == pytest.approx(want, rel=1e-12)
+    # Decoding is mostly weights (4d^2 + 2dm per token), which pruning does not shrink:
+    # the whole generation keeps more than the prefill alone.
+    prefill = flops_ratio(num_text=70, num_visual=576, visual_kept=[(2, 57)], shape=GLAMM)
+    full = generation_flops(
+        num_text=70, num_visual=576, visual_kept=[], new_tokens=100, shape=GLAMM
+    )
+    assert got / full > prefill
+
+
+def test_uncached_generation_by_hand() -> None:
+    # Pass 0: 10 tokens, 2 + 2 from layer 1: f(10) + 3 f(4) = 680 + 528 = 1208.
+    # Pass 1: 11 tokens (one generated), 2 + 1 + 3 from layer 1: f(11) + 3 f(6)
+    #       = (484 + 308) + 3 * (144 + 168) = 792 + 936 = 1728.
+    got = uncached_generation_flops(
+        num_text=2, num_visual=8, visual_kept_per_step=[[(1, 2)], [(1, 3)]], shape=TOY
+    )
+    assert got == 1208 + 1728
+
+
+def test_summarise_flops_writes_every_convention() -> None:
+    pruned = {
+        "num_text_tokens": 2,
+        "num_visual": 8,
+        "stage_layers": [1],
+        "kept_per_stage": [2],
+        "new_tokens": 3,
+    }
+    unpruned = {
+        "num_text_tokens": 2,
+        "num_visual": 8,
+        "stage_layers": [],
+        "kept_per_stage": [],
+        "new_tokens": 1,
+    }
+    out = summarise_flops([pruned, unpruned], shape=TOY)
+    assert set(out) == {c.key for c in FLOPS_CONVENTIONS.values()} | {"generation_tflops"}
+    assert out["flops_ratio"] == pytest.approx((1208 / 2720 + 1.0) / 2)
+    assert out["flops_ratio_paper"] == pytest.approx((24248 / 30080 + 1.0) / 2)
+    # Totals, not a mean of ratios: (1656 + 2720) / (3312 + 2720); 2720 = the unpruned prefill alone.
+    assert out["generation_flops_ratio"] == pytest.approx(4376 / 6032)
+    assert out["generation_tflops"] == pytest.approx(4376 / 2 / 1e12)
+    assert summarise_flops([], shape=TOY) == {}
+    assert FLOPS_CONVENTIONS["prompt"].key == "flops_ratio"  # old records stay readable

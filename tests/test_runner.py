@@ -79,6 +79,13 @@ def test_every_pruner_writes_valid_records(pruner: str, data_root: Path, tmp_pat
         assert metrics["mean_kept_tokens"] == (576 if pruner == "none" else 57)
     assert 0 < metrics["flops_ratio"] <= 1.0
     assert (metrics["flops_ratio"] == 1.0) == (pruner == "none")
+    # Every FLOPs convention is recorded; pruning lowers each, and the paper's 32 text tokens
+    # (fewer than the tiny prompt's) leave a smaller share than the real prompt does.
+    for key in ("flops_ratio_paper", "generation_flops_ratio"):
+        assert 0 < metrics[key] <= 1.0 and (metrics[key] == 1.0) == (pruner == "none")
+    assert metrics["generation_tflops"] > 0
+    if pruner != "none" and rec["num_text_tokens"] > 32:
+        assert metrics["flops_ratio_paper"] < metrics["flops_ratio"]
     if pruner != "none":
         # Every pruner costs what single-stage pruning to floor(keep * V) at K=2 costs (PDrop up
         # to its integer stage counts), as in the paper's FLOPs column.
