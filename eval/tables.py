@@ -12,9 +12,13 @@ without its ``_val`` / ``_test`` suffix, so val and test runs share a row:
   the pruner's default hyper-parameters (``conf/pruner/<name>.yaml``); columns
   val/test x METEOR CIDEr AP50 mIoU Recall, then remaining FLOPs;
 * ablation (Table 3): none / uniform / random / ddc / altp rows only;
-* sweep (Table 4): ALTP runs, one row per setting of the ``pruner.*`` keys that vary.
+* sweep (Table 4): ALTP runs, one row per setting of the ``pruner.*`` keys that vary;
+* with the paper's numbers (:mod:`eval.paper_tables`): the paper's Tables 1-4, each
+  paper row followed by our run of that cell.
 
-Metrics are shown x100 with one decimal. Several records of one cell (same
+Metrics are shown x100 with one decimal; the FLOPs column shows one declared
+convention of :data:`eval.flops.FLOPS_CONVENTIONS` (``flops=``, default
+:data:`DEFAULT_FLOPS`), named in each table's footnote. Several records of one cell (same
 model, data, split, pruner, keep and hyper-parameters): the newest wins, by
 ``finished_at`` (ISO time in metrics.json) when present, else the file's
 modification time, and the table's notes list the records set aside.
@@ -22,12 +26,12 @@ modification time, and the table's notes list the records set aside.
 
 from __future__ import annotations
 
-import csv
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from eval.flops import FLOPS_CONVENTIONS, FlopsConvention
+from eval.paper_tables import load_paper, paper_tables
 from eval.run_records import (
     RunRecord,
     find_runs,
@@ -39,14 +43,16 @@ from eval.run_records import (
 from eval.table_format import MISSING, Table, pct, to_csv, to_latex, to_markdown
 
 __all__ = [
+    "DEFAULT_FLOPS",
     "METRICS",
     "RunRecord",
     "Table",
     "build_tables",
     "find_runs",
+    "flops_convention",
     "load_pruner_defaults",
     "newest_per_cell",
-    "paper_comparison",
+    "paper_tables",
     "to_csv",
     "to_latex",
     "to_markdown",
@@ -66,6 +72,8 @@ _ABLATION = ("none", "uniform", "random", "ddc", "altp")
 _MAIN_NUMBER = {"glamm": "Table 1", "omg_llava": "Table 2"}
 _SYNTHETIC_WORDS = ("synthetic", "shapes", "tiny")
 _LABELS = ["Method", "Tokens", "keep"]
+# The paper's convention: our FLOPs column is then comparable with the paper's printed one.
+DEFAULT_FLOPS = "paper"
 
 Rows = list[tuple[list[str], dict[str, "RunRecord"]]]  # (row labels, run per split)
 
@@ -86,7 +94,13 @@ def _tokens(runs: list[RunRecord]) -> str:
 
 
 def _metric_table(
-    *, slug: str, title: str, label_cols: list[str], rows: Rows, splits: list[str]
+    *,
+    slug: str,
+    title: str,
+    label_cols: list[str],
+    rows: Rows,
+    splits: list[str],
+    flops: FlopsConvention,
 ) -> Table:
     """Row labels, then METEOR..Recall per split, then FLOPs (from val, else the first split)."""
     columns, groups = list(label_cols), [("", len(label_cols))]
@@ -95,7 +109,7 @@ def _metric_table(
         groups.append((split, len(METRICS)))
     columns.append("FLOPs")
     groups.append(("", 1))
-    body, notes = [], []
+    body, notes, missing_flops = [], [], 0
     for labels, by_split in rows:
         cells = list(labels)
         for split in splits:
@@ -107,13 +121,19 @@ def _metric_table(
                     f"{run.metrics.get('n_images')} images failed and score as empty predictions"
                 )
         flops_run = by_split.get("val") or next(iter(by_split.values()))
-        cells.append(pct(flops_run.metrics.get("flops_ratio")))
+        cells.append(pct(flops_run.metrics.get(flops.key)))
+        missing_flops += flops_run.metrics.get(flops.key) is None
         body.append(cells)
     encoders = sorted({str(r.metrics.get("text_encoder")) for _, b in rows for r in b.values()})
     notes.append(
-        "metrics x100; FLOPs = remaining prefill FLOPs (eq. 5), %; "
-        f"recall text encoder: {', '.join(encoders)}"
+        f"metrics x100; FLOPs = {flops.description}, % (metrics.json {flops.key}; "
+        f"scripts/make_tables.py --flops {flops.name}); recall text encoder: {', '.join(encoders)}"
     )
+    if missing_flops:
+        notes.append(
+            f"{missing_flops} row(s) have no {flops.key} (recorded before that convention "
+            "existed): rerun them, or pass --flops prompt"
+        )
     return Table(slug=slug, title=title, columns=columns, groups=groups, rows=body, notes=notes)
 
 
@@ -141,7 +161,11 @@ def _row_key(run: RunRecord, *, default: bool) -> tuple:
 
 
 def _model_tables(
-    model: str, family: str, mine: list[RunRecord], defaults: dict[str, dict[str, Any]]
+    model: str,
+    family: str,
+    mine: list[RunRecord],
+    defaults: dict[str, dict[str, Any]],
+    flops: FlopsConvention,
 ) -> list[Table]:
     splits = [s for s in SPLITS if any(r.metrics["split"] == s for r in mine)]
     splits += sorted({str(r.metrics["split"]) for r in mine} - set(SPLITS))
@@ -165,14 +189,15 @@ def _model_tables(
     number = _MAIN_NUMBER.get(model, "Main table")
     tables = [
         _metric_table(slug=f"main_{tag}", title=f"{number}: {where}", label_cols=_LABELS,
-                      rows=_group_rows(main, label), splits=splits)
+                      rows=_group_rows(main, label), splits=splits, flops=flops)
     ]  # fmt: skip
     ablation = [r for r in main if r.metrics["pruner"] in _ABLATION]
     names = {str(r.metrics["pruner"]) for r in ablation}
     if names & {"ddc", "altp"} and len(names) > 1:
         tables.append(
             _metric_table(slug=f"ablation_{tag}", title=f"Table 3 (component ablation): {where}",
-                          label_cols=_LABELS, rows=_group_rows(ablation, label), splits=splits)
+                          label_cols=_LABELS, rows=_group_rows(ablation, label), splits=splits,
+                          flops=flops)
         )  # fmt: skip
     sweep = [r for r in mine if r.metrics["pruner"] == "altp"]
     keys = sorted({k for r in sweep for k, _ in r.hparams})
@@ -189,13 +214,43 @@ def _model_tables(
 
         tables.append(
             _metric_table(slug=f"sweep_{tag}", title=f"Table 4 (ALTP hyper-parameters): {where}",
-                          label_cols=["keep", *varying], rows=_group_rows(sweep, sweep_label), splits=splits)
+                          label_cols=["keep", *varying], rows=_group_rows(sweep, sweep_label), splits=splits,
+                          flops=flops)
         )  # fmt: skip
     return tables
 
 
+def _duplicate_notes(
+    dropped: list[tuple[RunRecord, RunRecord]], mine: list[RunRecord]
+) -> list[str]:
+    """What newest-wins set aside, named against the record that won (not an intermediate one).
+
+    The unpruned model's copies (the run layout that gave pruner=none a directory per
+    keep) get one line per cell.
+    """
+    winner = {r.cell: r for r in mine}
+    notes, unpruned = [], {}
+    for old, _ in dropped:
+        new = winner.get(old.cell)
+        if new is None:
+            continue
+        if new.metrics.get("pruner") == "none":
+            unpruned.setdefault(new.path, []).append(old.path)
+        else:
+            notes.append(f"duplicate run of one cell: kept the newest, {new.path}, over {old.path}")
+    for new_path, old_paths in unpruned.items():
+        notes.append(
+            f"unpruned model recorded {1 + len(old_paths)} times (pruner=none ignores keep): "
+            f"kept the newest, {new_path}, over {', '.join(str(p) for p in old_paths)}"
+        )
+    return notes
+
+
 def build_tables(
-    runs: list[RunRecord], *, pruner_defaults: dict[str, dict[str, Any]] | None = None
+    runs: list[RunRecord],
+    *,
+    pruner_defaults: dict[str, dict[str, Any]] | None = None,
+    flops: str = DEFAULT_FLOPS,
 ) -> list[Table]:
     """Main, ablation and sweep tables for every (model, data family) in ``runs``.
 
@@ -205,82 +260,36 @@ def build_tables(
         pruner_defaults: per pruner, its default hyper-parameters (see
             :func:`load_pruner_defaults`); runs that differ go to the sweep table
             only. None treats every run as default.
+        flops: the FLOPs convention of the FLOPs column, a key of
+            :data:`eval.flops.FLOPS_CONVENTIONS`.
     """
+    convention = flops_convention(flops)
     runs, dropped = newest_per_cell(runs)
     tables = []
     for model, family in sorted({(str(r.metrics["model"]), r.family) for r in runs}):
         mine = [r for r in runs if str(r.metrics["model"]) == model and r.family == family]
-        model_tables = _model_tables(model, family, mine, pruner_defaults or {})
-        model_tables[0].notes += [
-            f"duplicate run of one cell: kept the newest, {new.path}, over {old.path}"
-            for old, new in dropped
-            if new in mine
-        ]
+        model_tables = _model_tables(model, family, mine, pruner_defaults or {}, convention)
+        model_tables[0].notes += _duplicate_notes(dropped, mine)
         tables += model_tables
     return tables
 
 
-# --------------------------------------------------------------------------- paper side-by-side
-
-
-def paper_comparison(
-    runs: list[RunRecord],
-    paper_csv: Path,
-    *,
-    pruner_defaults: dict[str, dict[str, Any]] | None = None,
-) -> Table:
-    """Our numbers next to the paper's (``paper_csv``: long format, one reported value a row).
-
-    ``paper_csv`` columns: model, data, split, pruner, keep, kept_tokens, metric, value, note.
-    Our value comes from the newest run with the same model, data family, split,
-    pruner and keep at the pruner's default hyper-parameters; ``—`` when there is none.
-    """
-    runs = [r for r in newest_per_cell(runs)[0] if is_default(r, pruner_defaults or {})]
-    with open(paper_csv, newline="", encoding="utf-8") as fh:
-        reported = list(csv.DictReader(fh))
-    if not reported:
-        raise ValueError(f"{paper_csv} has no rows")
-    rows = []
-    for row in reported:
-        ours = [
-            r
-            for r in runs
-            if str(r.metrics["model"]) == row["model"]
-            and r.family == row["data"]
-            and r.metrics["split"] == row["split"]
-            and r.metrics["pruner"] == row["pruner"]
-            and math.isclose(float(r.metrics["keep"]), float(row["keep"]))
-        ]
-        key = "flops_ratio" if row["metric"] == "flops" else row["metric"]
-        mine = max(ours, key=lambda r: r.finished).metrics.get(key) if ours else None
-        paper = float(row["value"])
-        delta = MISSING if mine is None else f"{100 * float(mine) - paper:+.1f}"
-        rows.append(
-            [
-                row["model"],
-                row["split"],
-                row["pruner"],
-                row["kept_tokens"],
-                row["metric"],
-                f"{paper:.1f}",
-                pct(mine),
-                delta,
-            ]
+def flops_convention(name: str) -> FlopsConvention:
+    """The FLOPs convention called ``name``; ValueError listing the valid ones otherwise."""
+    if name not in FLOPS_CONVENTIONS:
+        raise ValueError(
+            f"unknown FLOPs convention {name!r}; choose one of: {', '.join(FLOPS_CONVENTIONS)}"
         )
-    return Table(
-        slug="paper_comparison",
-        title="Paper (as reported) vs this harness",
-        columns=["Model", "Split", "Method", "Tokens", "Metric", "Paper", "Ours", "Ours - paper"],
-        groups=[("", 8)],
-        rows=rows,
-        notes=[
-            f"paper values copied from {paper_csv} (reported by the ALTP paper, not produced by this code); ours x100"
-        ],
-    )
+    return FLOPS_CONVENTIONS[name]
 
 
 def write_tables(
-    results: Path, out_dir: Path, *, conf_dir: Path | None = None, paper_csv: Path | None = None
+    results: Path,
+    out_dir: Path,
+    *,
+    conf_dir: Path | None = None,
+    paper_csv: Path | None = None,
+    flops: str = DEFAULT_FLOPS,
 ) -> list[Table]:
     """Build every table from ``results`` and write ``<slug>.{md,tex,csv}`` plus ``tables.md`` into ``out_dir``.
 
@@ -288,16 +297,19 @@ def write_tables(
         results: folder searched for run records (``paper/`` and ``tables/`` skipped).
         out_dir: where the tables go (created).
         conf_dir: Hydra config root whose ``pruner/*.yaml`` give default hyper-parameters.
-        paper_csv: the paper's reported numbers; adds the side-by-side table.
+        paper_csv: the paper's reported numbers (``results/paper/paper_tables.csv``);
+            adds the paper's Tables 1-4 with our runs beside them.
+        flops: the FLOPs convention shown (see :func:`build_tables`).
 
     Returns:
         The tables written, in file order of ``tables.md``.
     """
     runs = find_runs(results)
     defaults = load_pruner_defaults(conf_dir) if conf_dir else None
-    tables = build_tables(runs, pruner_defaults=defaults)
+    tables = build_tables(runs, pruner_defaults=defaults, flops=flops)
     if paper_csv is not None:
-        tables.append(paper_comparison(runs, paper_csv, pruner_defaults=defaults))
+        tables += paper_tables(runs, load_paper(paper_csv), pruner_defaults=defaults or {},
+                               flops=flops_convention(flops), source=paper_csv)  # fmt: skip
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for t in tables:

@@ -3,6 +3,14 @@
 Example (what ``make tables`` runs)::
 
     .venv/bin/python scripts/make_tables.py --results results --out results/tables
+
+Our tables, then the paper's Tables 1-4 (``--paper``) with our runs beside them.
+``--flops`` picks the FLOPs column's convention (eq. 5 in the paper's convention by
+default, so it compares with the paper's column; see eval/flops.py):
+
+    --flops paper       eq. 5, prefill, the paper's fixed 32 text tokens (metrics.json flops_ratio_paper)
+    --flops prompt      eq. 5, prefill, each run's own prompt (flops_ratio)
+    --flops generation  prefill + every KV-cached decoding step (generation_flops_ratio)
 """
 
 from __future__ import annotations
@@ -10,8 +18,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from eval.flops import FLOPS_CONVENTIONS
 from eval.table_format import to_markdown
-from eval.tables import write_tables
+from eval.tables import DEFAULT_FLOPS, write_tables
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,17 +38,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--paper",
         type=Path,
-        default=Path("results/paper/glamm_grandf.csv"),
-        help="the paper's reported numbers ('none' to skip the side-by-side)",
+        default=Path("results/paper/paper_tables.csv"),
+        help="the paper's reported numbers ('none' to skip the paper's tables)",
+    )
+    parser.add_argument(
+        "--flops",
+        choices=list(FLOPS_CONVENTIONS),
+        default=DEFAULT_FLOPS,
+        help=f"FLOPs convention of the FLOPs column (default {DEFAULT_FLOPS})",
     )
     args = parser.parse_args(argv)
     paper = None if str(args.paper) == "none" else args.paper
     if paper is not None and not paper.is_file():
         parser.error(f"--paper {paper} does not exist; pass --paper none to skip the comparison")
-    tables = write_tables(args.results, args.out, conf_dir=args.conf, paper_csv=paper)
+    tables = write_tables(
+        args.results, args.out, conf_dir=args.conf, paper_csv=paper, flops=args.flops
+    )
     for table in tables:
         print(to_markdown(table))
     n_main = sum(t.slug.startswith("main_") for t in tables)
+    print(f"FLOPs column: {FLOPS_CONVENTIONS[args.flops].description} (--flops {args.flops})")
     print(
         f"wrote {len(tables)} table(s) ({n_main} model/data set(s)) to {args.out} as .md, .tex and .csv"
     )

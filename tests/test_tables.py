@@ -1,4 +1,5 @@
-"""Tables from hand-made run records: cells, newest-wins, splits of rows, LaTeX/CSV shape, paper side-by-side."""
+"""Tables from hand-made run records: cells, newest-wins, splits of rows, LaTeX/CSV shape, FLOPs
+conventions, and the paper's Tables 1-4 beside our runs."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ from pathlib import Path
 
 import pytest
 
+from eval.paper_tables import load_paper, paper_tables
 from eval.table_format import MISSING, to_csv, to_latex, to_markdown
 from eval.tables import (
     build_tables,
     find_runs,
+    flops_convention,
     load_pruner_defaults,
-    paper_comparison,
     write_tables,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 ALTP_DEFAULT = {"pruner.layer": 2, "pruner.n_segments": 10, "pruner.alpha": 1.5}
 
@@ -30,6 +34,7 @@ def _metrics(
         "model": model, "pruner": pruner, "keep": keep, "data": f"{data}_{split}", "split": split,
         "meteor": base + 0.001, "cider": base + 0.002, "ap50": base + 0.003, "miou": base + 0.004,
         "recall": base + 0.005, "flops_ratio": 0.196 if keep < 1 else 1.0,
+        "flops_ratio_paper": 0.2 if keep < 1 else 1.0, "generation_flops_ratio": 0.61 if keep < 1 else 1.0,
         "mean_kept_tokens": 576 if keep == 1.0 else int(keep * 576), "n_images": 10, "n_failed": 0,
         "text_encoder": "minilm", **extra,
     }  # fmt: skip
@@ -139,7 +144,7 @@ def _row(table, *labels: str) -> dict[str, str]:
 def test_main_table_cells_and_newest_wins(results: Path, conf: Path) -> None:
     runs = find_runs(results)
     assert len(runs) == 10  # paper/ and tables/ skipped
-    tables = build_tables(runs, pruner_defaults=load_pruner_defaults(conf))
+    tables = build_tables(runs, pruner_defaults=load_pruner_defaults(conf), flops="prompt")
     main = _table(tables, "main_glamm_grandf")
     assert main.title.startswith("Table 1: glamm on grandf") and "synthetic" not in main.title
     fastv = _row(main, "fastv", "57", "0.1")
@@ -228,21 +233,6 @@ def test_csv_and_markdown(results: Path, conf: Path) -> None:
     assert all(line.count("|") == len(main.columns) + 1 for line in md[2 : 4 + len(main.rows)])
 
 
-def test_paper_comparison(results: Path, conf: Path, tmp_path: Path) -> None:
-    paper = tmp_path / "paper.csv"
-    paper.write_text(
-        "model,data,split,pruner,keep,kept_tokens,metric,value,note\n"
-        "glamm,grandf,val,altp,0.1,57,ap50,20.0,\n"
-        "glamm,grandf,val,altp,0.1,57,flops,20,\n"
-        "glamm,grandf,val,pdrop,0.1,57,ap50,15.1,\n"
-    )
-    table = paper_comparison(find_runs(results), paper, pruner_defaults=load_pruner_defaults(conf))
-    assert table.rows[0][-3:] == ["20.0", "20.3", "+0.3"]  # the default-alpha run, not the sweep's
-    assert table.rows[1][-3:] == ["20.0", "19.6", "-0.4"]
-    assert table.rows[2][-3:] == ["15.1", MISSING, MISSING]
-    assert "not produced by this code" in table.notes[0]
-
-
 def test_write_tables_and_errors(results: Path, conf: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     tables = write_tables(results, out, conf_dir=conf)
@@ -257,24 +247,233 @@ def test_write_tables_and_errors(results: Path, conf: Path, tmp_path: Path) -> N
         find_runs(results)
 
 
-def test_committed_paper_numbers_are_only_the_known_ones() -> None:
-    """results/paper holds exactly the headline numbers of REFERENCE.md, nothing invented."""
-    path = Path(__file__).resolve().parents[1] / "results/paper/glamm_grandf.csv"
-    rows = list(csv.DictReader(path.open()))
-    got = {(r["pruner"], r["keep"], r["metric"]): float(r["value"]) for r in rows}
-    want = {
-        ("none", "1.0", "ap50"): 30.8,
-        ("none", "1.0", "miou"): 66.3,
-        ("none", "1.0", "recall"): 41.8,
-    }
-    for pruner, vals in {
-        "fastv": (14.0, 48.1, 23.3),
-        "pdrop": (15.1, 49.7, 25.3),
-        "altp": (20.0, 55.5, 30.3),
-    }.items():
-        want.update(
-            {(pruner, "0.1", m): v for m, v in zip(("ap50", "miou", "recall"), vals, strict=True)}
-        )
-        want.update({(pruner, k, "flops"): f for k, f in (("0.1", 20), ("0.25", 33), ("0.5", 55))})
-    assert got == want and len(rows) == len(want)
-    assert {(r["model"], r["data"], r["split"]) for r in rows} == {("glamm", "grandf", "val")}
+# --------------------------------------------------------------------------- FLOPs conventions
+
+
+@pytest.mark.parametrize(
+    ("name", "shown", "key"),
+    [("prompt", "19.6", "flops_ratio"), ("paper", "20.0", "flops_ratio_paper"),
+     ("generation", "61.0", "generation_flops_ratio")],
+)  # fmt: skip
+def test_flops_column_follows_the_chosen_convention(
+    results: Path, conf: Path, name: str, shown: str, key: str
+) -> None:
+    tables = build_tables(
+        find_runs(results), pruner_defaults=load_pruner_defaults(conf), flops=name
+    )
+    main = _table(tables, "main_glamm_grandf")
+    assert _row(main, "fastv", "57", "0.1")["FLOPs"] == shown
+    assert _row(main, "none", "576", "1")["FLOPs"] == "100.0"
+    assert any(f"metrics.json {key}" in n and f"--flops {name}" in n for n in main.notes)
+
+
+def test_records_without_the_chosen_flops_key_are_named(results: Path, conf: Path) -> None:
+    old = _metrics("glamm", "grandf", "val", "uniform", 0.1, 0.1, **{"pruner.layer": 2})
+    del old["flops_ratio_paper"]
+    _write(results, "glamm/uniform_old", old)
+    main = _table(build_tables(find_runs(results), flops="paper"), "main_glamm_grandf")
+    assert _row(main, "uniform", "57", "0.1")["FLOPs"] == MISSING
+    assert any("1 row(s) have no flops_ratio_paper" in n for n in main.notes)
+    with pytest.raises(ValueError, match="choose one of: prompt, paper, generation"):
+        flops_convention("tokens")
+
+
+def test_unpruned_copies_of_the_old_layout_are_one_row(tmp_path: Path) -> None:
+    """pruner=none once per keep (the old run layout) reads as one row with one note."""
+    root = tmp_path / "results"
+    for i, keep_dir in enumerate(("keep0.1", "keep0.25", "keep0.5")):
+        stamp = f"2026-01-0{i + 1}T00:00:00+00:00"
+        _write(root, f"m/d_val/none/{keep_dir}",
+               _metrics("glamm", "grandf", "val", "none", 1.0, 0.3 + i / 100, finished_at=stamp))  # fmt: skip
+    main = _table(build_tables(find_runs(root)), "main_glamm_grandf")
+    assert len(main.rows) == 1 and _row(main, "none", "576", "1")["val AP50"] == "32.3"
+    (note,) = [n for n in main.notes if "unpruned" in n]
+    assert "3 times" in note and "keep0.5" in note.split("over")[0]
+    assert "keep0.1" in note and "keep0.25" in note
+
+
+# --------------------------------------------------------------------------- the paper's tables
+
+PAPER_HEADER = (
+    "table,model,split,method,kept_tokens,keep,superpixels_N,compactness_C,metric,value,note\n"
+)
+
+
+@pytest.fixture
+def paper_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "paper.csv"
+    path.write_text(
+        PAPER_HEADER + "1,glamm,val,none,576,1.0,,,ap50,30.8,upper bound\n"
+        "1,glamm,val,none,576,1.0,,,flops,100,\n"
+        "1,glamm,test,none,576,1.0,,,ap50,29.2,\n"
+        "1,glamm,val,fastv,57,0.1,,,ap50,14.0,\n"
+        "1,glamm,val,fastv,57,0.1,,,flops,20,\n"
+        "1,glamm,test,fastv,57,0.1,,,ap50,13.6,\n"
+        "1,glamm,val,pdrop,57,0.1,,,ap50,15.1,\n"
+        "1,glamm,val,altp,57,0.1,,,ap50,20.0,\n"
+        "2,omg_llava,val,altp,25,0.1,,,ap50,26.2,\n"
+        "3,glamm,val,ddc,57,0.1,,,recall,29.1,\n"
+        "4,glamm,val,altp,57,0.1,10,5,ap50,20.0,default\n"
+        "4,glamm,val,altp,57,0.1,3,5,ap50,17.1,N sweep\n"
+        "4,glamm,val,altp,57,0.1,10,3,ap50,20.2,C sweep\n"
+    )
+    return path
+
+
+def test_paper_tables_put_ours_under_each_paper_row(
+    results: Path, conf: Path, paper_csv: Path
+) -> None:
+    altp4 = {**ALTP_DEFAULT, "pruner.compactness": 5.0}
+    _write(
+        results,
+        "glamm/altp_n3",
+        _metrics("glamm", "grandf", "val", "altp", 0.1, 0.171, **{**altp4, "pruner.n_segments": 3}),
+    )
+    _write(
+        results,
+        "glamm/altp_c3",
+        _metrics(
+            "glamm", "grandf", "val", "altp", 0.1, 0.202, **{**altp4, "pruner.compactness": 3.0}
+        ),
+    )
+    _write(
+        results,
+        "glamm/altp_c5",  # the default setting as Table 4 names it, newer than glamm/altp
+        _metrics(
+            "glamm",
+            "grandf",
+            "val",
+            "altp",
+            0.1,
+            0.21,
+            **altp4,
+            finished_at="2027-01-01T00:00:00+00:00",
+        ),
+    )
+
+    tables = paper_tables(find_runs(results), load_paper(paper_csv), pruner_defaults=load_pruner_defaults(conf),
+                          flops=flops_convention("paper"), source=paper_csv)  # fmt: skip
+    assert [t.slug for t in tables] == [  # glamm_tiny on synthetic is a variant of glamm too
+        "paper_table1_glamm_grandf", "paper_table1_glamm_tiny_synthetic", "paper_table2",
+        "paper_table3_glamm_grandf", "paper_table3_glamm_tiny_synthetic",
+        "paper_table4_glamm_grandf", "paper_table4_glamm_tiny_synthetic",
+    ]  # fmt: skip
+    t1 = tables[0]
+    assert "paper (glamm on GranD-f) vs ours (glamm on grandf)" in t1.title
+    assert "SYNTHETIC" not in t1.title
+    assert t1.columns == ["Method", "Tokens", "Source", "AP50", "AP50", "FLOPs"]
+    assert t1.rows == [
+        ["none", "576", "paper", "30.8", "29.2", "100"],
+        ["none", "576", "ours", "30.3", "30.3", "100.0"],
+        ["fastv", "57", "paper", "14.0", "13.6", "20"],
+        ["fastv", "57", "ours", "14.3", "12.3", "20.0"],  # the newest val run
+        ["pdrop", "57", "paper", "15.1", MISSING, MISSING],
+        ["pdrop", MISSING, "ours", MISSING, MISSING, MISSING],
+        ["altp", "57", "paper", "20.0", MISSING, MISSING],
+        # Not the alpha=1.0 run; the newest default-setting run (the compactness=5.0 one).
+        ["altp", "57", "ours", "21.3", MISSING, "20.0"],
+    ]
+    assert any("flops_ratio_paper" in n and "--flops paper" in n for n in t1.notes)
+    assert any("not produced by this code" in n for n in t1.notes)
+    assert "paper's note: upper bound" in t1.notes
+
+    t2 = tables[2]
+    assert "no run of ours with omg_llava yet" in t2.title
+    assert t2.rows == [["altp", "25", "paper", "26.2"]]
+
+    t3 = tables[3]
+    assert t3.columns == ["Method", "Tokens", "Source", "Recall"]
+    assert t3.rows == [["ddc", "57", "paper", "29.1"], ["ddc", "57", "ours", "17.5"]]
+
+    t4 = tables[5]
+    assert t4.columns == ["Method", "Tokens", "N", "C", "Source", "AP50"]
+    assert [r[2:] for r in t4.rows] == [
+        ["10", "5", "paper", "20.0"], ["10", "5", "ours", "21.3"],
+        ["3", "5", "paper", "17.1"], ["3", "5", "ours", "17.4"],
+        ["10", "3", "paper", "20.2"], ["10", "3", "ours", "20.5"],
+    ]  # fmt: skip
+
+
+def test_synthetic_runs_sit_beside_the_paper_labelled(paper_csv: Path, tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    _write(root, "s/none", _metrics("glamm_shapes", "shapes", "val", "none", 1.0, 0.9))
+    tables = paper_tables(find_runs(root), load_paper(paper_csv), pruner_defaults={},
+                          flops=flops_convention("prompt"), source=paper_csv)  # fmt: skip
+    t1 = next(t for t in tables if t.slug == "paper_table1_glamm_shapes_shapes")
+    assert "SYNTHETIC" in t1.title and any("not the values" in n for n in t1.notes)
+    assert t1.rows[1] == ["none", "576", "ours", "90.3", MISSING, "100.0"]
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [(PAPER_HEADER, "no rows"), ("table,model\n1,glamm\n", "lacks column"),
+     (PAPER_HEADER + "1,glamm,val,none,576,1.0,,,ap50,high,\n", "line 2")],
+)  # fmt: skip
+def test_bad_paper_csv_is_named(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=needle):
+        load_paper(path)
+
+
+# --------------------------------------------------------------------------- the committed numbers
+
+PAPER = ROOT / "results" / "paper" / "paper_tables.csv"
+
+
+def _paper_values() -> dict[tuple, float]:
+    return {
+        (int(r["table"]), r["split"], r["method"], int(r["kept_tokens"]), r["superpixels_N"],
+         r["compactness_C"], r["metric"]): float(r["value"])
+        for r in load_paper(PAPER)
+    }  # fmt: skip
+
+
+def test_committed_paper_tables_are_complete() -> None:
+    rows = load_paper(PAPER)
+    values = _paper_values()
+    assert len(values) == len(rows)  # no value listed twice
+    by_table = {t: sum(int(r["table"]) == t for r in rows) for t in (1, 2, 3, 4)}
+    # Table 1: unpruned (5 metrics per split + one FLOPs) + 3 methods x 3 budgets x
+    # (5 metrics per split + FLOPs per split); 2: 5 rows x 3 metrics x 2 splits; 3: 6 x 3 x 2; 4: 6 x 3 x 2.
+    assert by_table == {1: 11 + 9 * 12, 2: 30, 3: 36, 4: 36}
+    for r in rows:  # keep is the ratio whose floor(keep * V) is the paper's token count
+        v = {"glamm": 576, "omg_llava": 256}[r["model"]]
+        assert int(float(r["keep"]) * v) == int(r["kept_tokens"]) or r["method"] == "none"
+    t4 = {(r["superpixels_N"], r["compactness_C"]) for r in rows if r["table"] == "4"}
+    assert t4 == {("3", "5"), ("7", "5"), ("10", "5"), ("15", "5"), ("10", "3"), ("10", "10")}
+    assert {r["method"] for r in rows if r["table"] == "3"} == {"ddc", "altp"}
+
+
+def test_committed_paper_headline_numbers() -> None:
+    """Spot values against the headline numbers the project was specified with."""
+    v = _paper_values()
+    for method, kept, (ap50, miou, recall) in [
+        ("none", 576, (30.8, 66.3, 41.8)), ("fastv", 57, (14.0, 48.1, 23.3)),
+        ("pdrop", 57, (15.1, 49.7, 25.3)), ("altp", 57, (20.0, 55.5, 30.3)),
+    ]:  # fmt: skip
+        got = tuple(v[(1, "val", method, kept, "", "", m)] for m in ("ap50", "miou", "recall"))
+        assert got == (ap50, miou, recall)
+    for kept, flops in ((57, 20), (144, 33), (288, 55)):
+        for method in ("fastv", "pdrop", "altp"):
+            assert v[(1, "val", method, kept, "", "", "flops")] == flops
+    # Table 4's default cell (N=10, C=5) repeats Table 1's ALTP at 57 tokens.
+    for split in ("val", "test"):
+        for m in ("ap50", "miou", "recall"):
+            assert v[(4, split, "altp", 57, "10", "5", m)] == v[(1, split, "altp", 57, "", "", m)]
+
+
+def test_make_tables_on_the_committed_study(tmp_path: Path) -> None:
+    """The committed records (old layout: none once per keep) fill the paper tables' ours rows."""
+    tables = write_tables(
+        ROOT / "results", tmp_path, conf_dir=ROOT / "conf", paper_csv=PAPER, flops="prompt"
+    )
+    slugs = [t.slug for t in tables]
+    for slug in ("paper_table1_glamm_shapes_shapes", "paper_table2", "paper_table3_glamm_shapes_shapes",
+                 "paper_table4_glamm_shapes_shapes"):  # fmt: skip
+        assert slug in slugs and (tmp_path / f"{slug}.md").is_file()
+    t1 = _table(tables, "paper_table1_glamm_shapes_shapes")
+    assert len(t1.rows) == 2 * 10 and all(MISSING not in r for r in t1.rows)
+    t4 = _table(tables, "paper_table4_glamm_shapes_shapes")
+    ours = {tuple(r[2:4]): r for r in t4.rows if r[4] == "ours"}
+    assert MISSING not in ours[("10", "5")] and ours[("3", "5")][5] == MISSING
