@@ -34,6 +34,7 @@ from altp.data.grandf import GrandfFormatError, GrandfSplit, ImageLoadError, Sam
 from altp.predictions import write_prediction
 from altp.provenance import provenance, write_json_atomic
 from altp.pruning.base import validate_keep
+from altp.run_dir import effective_keep, locked
 from eval.flops import summarise_flops
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ _FINGERPRINT_KEYS = ("model", "pruner", "keep", "seed")
 def _fingerprint(cfg: DictConfig) -> dict[str, Any]:
     """The config that determines predictions (scoring options excluded)."""
     fp = {k: OmegaConf.to_container(cfg, resolve=True).get(k) for k in _FINGERPRINT_KEYS}
+    fp["keep"] = effective_keep(cfg.pruner, cfg.keep)  # pruner=none at any keep is one run
     fp["data"] = {"name": cfg.data.name, "split": cfg.data.split}
     return fp
 
@@ -171,10 +173,19 @@ def summarise(records: list[dict], *, llm_shape: Any) -> dict[str, Any]:
 def run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str, Any]:
     """Run inference, score, and write the run records; returns the flat metrics.
 
+    The run holds a lock on its directory throughout (:func:`altp.run_dir.locked`): a
+    second job given the same directory (``pruner=none`` at several keeps of one sweep)
+    waits, then finds every image done and only scores.
+
     Args:
         cfg: the composed Hydra config (see conf/config.yaml).
         choices: config-group choices (model/pruner/data names) for the records.
     """
+    with locked(Path(cfg.out_dir)):
+        return _run(cfg, choices=choices)
+
+
+def _run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str, Any]:
     from hydra.utils import instantiate
 
     choices = dict(choices or {})
@@ -223,7 +234,7 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str, 
     metrics: dict[str, Any] = {
         "model": choices.get("model", ""),
         "pruner": choices.get("pruner", "none" if pruner is None else pruner.name),
-        "keep": 1.0 if pruner is None else float(cfg.keep),
+        "keep": effective_keep(cfg.pruner, cfg.keep),
         "data": cfg.data.name,
         "split": cfg.data.split,
     }
