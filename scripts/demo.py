@@ -23,6 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from altp.run_dir import default_cell
+from eval.flops import FLOPS_CONVENTIONS
+
+# The convention make tables shows by default (comparable with the paper's FLOPs column).
+FLOPS = FLOPS_CONVENTIONS["paper"]
+
 ROOT = Path(__file__).resolve().parents[1]
 PRUNERS = ("none", "fastv", "pdrop", "ddc", "altp", "random", "uniform")
 _COLUMNS = (  # (metrics.json key, header, format of the shown value)
@@ -31,7 +37,7 @@ _COLUMNS = (  # (metrics.json key, header, format of the shown value)
     ("ap50", "AP50", "{:.1f}", 100),
     ("miou", "mIoU", "{:.1f}", 100),
     ("recall", "Recall", "{:.1f}", 100),
-    ("flops_ratio", "FLOPs %", "{:.1f}", 100),
+    (FLOPS.key, "FLOPs %", "{:.1f}", 100),
     ("mean_kept_tokens", "kept tok", "{:.0f}", 1),
     ("time_per_image_s", "s / img", "{:.2f}", 1),
 )
@@ -55,7 +61,8 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="one run directory per pruner")
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"),
+                        help="one run directory per pruner and keep (<pruner>/keep<k>; none/keep1.0)")
     parser.add_argument("--keep", type=float, default=0.1)
     parser.add_argument("--pruners", nargs="+", default=list(PRUNERS))
     parser.add_argument("--max-images", type=int, default=50, help="first N images of shapes val")
@@ -65,21 +72,27 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parser.parse_args(argv)
 
     out = args.out.resolve()
+    if "'" in str(out):
+        parser.error(f"--out {out} contains a quote; Hydra's override grammar cannot take it")
+    # The project's run-directory names under --out (altp/run_dir.py): <pruner>/keep<k>, and the
+    # unpruned model once in none/keep1.0, so demos at several keeps share its run. The quotes let
+    # Hydra's override grammar keep the nested interpolation for OmegaConf.
     cmd = [
         sys.executable, str(ROOT / "run.py"), "-m",
         f"model={args.model}", f"data={args.data}", f"pruner={','.join(args.pruners)}", f"keep={args.keep}",
-        f"max_images={args.max_images}", f"out_dir={out}/keep{args.keep}/${{hydra:runtime.choices.pruner}}",
+        f"max_images={args.max_images}", f"out_dir='{out}/${{run_cell:${{pruner}}}}'",
     ]  # fmt: skip
     if args.jobs > 1:  # one thread per job: tiny models gain nothing from more, and 2 jobs fill 2 cores
         cmd += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}"]
     print("$ " + " ".join(cmd[1:]), flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True)
-    rows = [json.loads((out / f"keep{args.keep}" / p / "metrics.json").read_text()) for p in args.pruners]
+    rows = [json.loads((out / default_cell(p, args.keep) / "metrics.json").read_text()) for p in args.pruners]
     print()
     print(f"{args.model} on the first {args.max_images} images of {args.data} -- a SYNTHETIC benchmark and a")
     print("small model trained here (altp/models/assets/shapes/TRAINING.md), not GranD-f:")
     print(format_rows(rows))
+    print(f"FLOPs % = {FLOPS.description} (metrics.json {FLOPS.key})")
     print(f"\nrun records under {out}; total {time.perf_counter() - t0:.0f} s")
     return rows
 

@@ -3,9 +3,11 @@
 For every run directory under ``--runs`` (one per cell, holding ``metrics.json``)
 this copies ``metrics.json``, ``run.json`` and ``fingerprint.json`` -- the
 numbers with the config and version that made them -- to the same relative path
-under ``--out``. Per-image predictions and records stay in ``runs/`` (tens of MB)
+under ``--out`` (``<data>/<pruner>/keep<k>``; the unpruned model once, in
+``none/keep1.0``; runs made before that layout hold it once per keep, and are
+published as they are). Per-image predictions and records stay in ``runs/`` (tens of MB)
 except a *CI slice*: the first ``--slice-images`` images of the cells named by
-``--slice`` (``pruner:keep``) go to ``ci_slice/<name of --out>/<same path>/`` beside ``--out``
+``--slice`` (``pruner:keep`` as metrics.json records it) go to ``ci_slice/<name of --out>/<same path>/`` beside ``--out``
 (``results/shapes/ci_slice/glamm_shapes/...`` for the example below), with the cell's
 ``fingerprint.json`` (model, pruner, keep, seed, data: what the report's gallery and the
 token figures need to redraw an image without the full ``run.json``);
@@ -23,13 +25,14 @@ import json
 import shutil
 from pathlib import Path
 
-DEFAULT_SLICE = ("none:0.1", "fastv:0.1", "pdrop:0.25", "ddc:0.5", "altp:0.1", "random:0.25", "uniform:0.5")
+# pruner:keep as recorded in metrics.json (the unpruned model records keep 1.0).
+DEFAULT_SLICE = ("none:1.0", "fastv:0.1", "pdrop:0.25", "ddc:0.5", "altp:0.1", "random:0.25", "uniform:0.5")
 
 
 def publish(runs: Path, out: Path, *, slice_cells: list[str], slice_images: int,
             slice_data: list[str]) -> list[Path]:
     """Copy the run records; returns the published run directories (under ``out``)."""
-    published = []
+    published, sliced = [], set()
     wanted = {(c.split(":")[0], float(c.split(":")[1])) for c in slice_cells}
     for metrics_path in sorted(runs.rglob("metrics.json")):
         run_dir = metrics_path.parent
@@ -42,9 +45,12 @@ def publish(runs: Path, out: Path, *, slice_cells: list[str], slice_images: int,
         published.append(dest)
         metrics = json.loads(metrics_path.read_text())
         run = json.loads((run_dir / "run.json").read_text())
-        # The config's keep, not metrics' (an unpruned run reports keep 1.0).
-        if metrics["data"] not in slice_data or (metrics["pruner"], float(run["config"]["keep"])) not in wanted:
+        cell = (metrics["data"], metrics["pruner"], float(metrics["keep"]))
+        # Runs made before pruner=none had one directory hold it once per keep (none/keep0.1,
+        # none/keep0.25, ...): the first in path order stands for the cell.
+        if metrics["data"] not in slice_data or cell[1:] not in wanted or cell in sliced:
             continue
+        sliced.add(cell)
         ids = [r["image_id"] for r in run["per_image"]][:slice_images]
         sl = out.parent / "ci_slice" / out.name / rel
         for sub in ("predictions", "records"):
