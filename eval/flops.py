@@ -222,10 +222,10 @@ def uncached_generation_flops(
 
     Forward pass j (j = 0 for the prompt, then one per decoding step) recomputes the
     whole sequence of ``num_text + num_visual + j`` tokens under its own pruning
-    ``visual_kept_per_step[j]`` (FastV's upstream ``use_cache=False`` generate). Not
-    derived from run records: records hold one selection per image, so a run in that
-    mode would have to record its per-step kept counts for :func:`summarise_flops` to
-    use this.
+    ``visual_kept_per_step[j]`` (FastV's upstream ``use_cache=False`` generate). The
+    records of a run in that mode hold one selection's counts, which every step repeats
+    (only which tokens are kept changes), and the number of selections
+    (``extras.reselect_steps``); :func:`summarise_flops` passes those here.
 
     Args:
         num_text: non-visual prompt tokens; generated tokens are added per step.
@@ -285,6 +285,11 @@ def summarise_flops(records: Sequence[dict], *, shape: LLMShape) -> dict[str, fl
 
     Each record needs ``num_text_tokens``, ``num_visual``, ``stage_layers``,
     ``kept_per_stage`` (visual tokens kept from each stage layer on) and ``new_tokens``.
+    A record whose ``extras`` has ``reselect_steps`` comes from a generation that
+    re-selected at every step without a KV cache (``pruner=fastv pruner.reselect=per_step``):
+    its generation FLOPs are :func:`uncached_generation_flops` over that many forward
+    passes, still compared with the unpruned model's cached generation (the user's
+    alternative), so that ratio can exceed 1.
 
     Returns:
         ``flops_ratio`` and ``flops_ratio_paper`` (means over images of the per-image
@@ -311,7 +316,16 @@ def summarise_flops(records: Sequence[dict], *, shape: LLMShape) -> dict[str, fl
             "new_tokens": r["new_tokens"],
             "shape": shape,
         }
-        pruned += generation_flops(visual_kept=stages, **common)
+        steps = (r.get("extras") or {}).get("reselect_steps")
+        if steps is None:
+            pruned += generation_flops(visual_kept=stages, **common)
+        else:
+            pruned += uncached_generation_flops(
+                num_text=r["num_text_tokens"],
+                num_visual=v,
+                visual_kept_per_step=[stages] * steps,
+                shape=shape,
+            )
         full += generation_flops(visual_kept=[], **common)
     return {
         "flops_ratio": sum(prompt) / len(prompt),

@@ -224,3 +224,15 @@ def test_summarise_flops_writes_every_convention() -> None:
     assert out["generation_tflops"] == pytest.approx(4376 / 2 / 1e12)
     assert summarise_flops([], shape=TOY) == {}
     assert FLOPS_CONVENTIONS["prompt"].key == "flops_ratio"  # old records stay readable
+
+
+def test_summarise_flops_counts_per_step_reselection_without_cache() -> None:
+    """A record of FastV's per-step mode (extras.reselect_steps) pays a full pruned pass per token."""
+    rec = {"num_text_tokens": 2, "num_visual": 8, "stage_layers": [1], "kept_per_stage": [2],
+           "new_tokens": 2, "extras": {"reselect_steps": 2}}  # fmt: skip
+    # Pass 0: f(10) + 3 f(4) = 1208. Pass 1: 11 tokens, 2 + 1 + 2 = 5 from layer 1:
+    # f(11) + 3 f(5) = 792 + 3 * (100 + 140) = 1512. The reference stays the unpruned model's
+    # cached generation of 2 tokens: 2720 + 4 * (28 + 4 * 11) = 3008.
+    out = summarise_flops([rec], shape=TOY)
+    assert out["generation_flops_ratio"] == pytest.approx((1208 + 1512) / 3008)
+    assert out["flops_ratio"] == pytest.approx(1208 / 2720)  # prefill conventions unchanged
