@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
@@ -40,9 +41,9 @@ def test_cell_path_names_what_differs_from_the_defaults() -> None:
     pdrop = {"name": "pdrop", "keep": 0.5, "layers": [8, 16, 24], "lambda_": 0.5, "match_layer": 2}
     assert cell_path(pdrop) == "pdrop/keep0.5_lambda_0.5_layers8-16-24"
     # A key the pruner's config does not have is named too (+pruner.extra=...).
-    assert cell_path({"name": "fastv", "keep": 0.1, "layer": 2, "extra": "a/b"}) == (
-        "fastv/keep0.1_extraa-b"
-    )
+    fastv = {**yaml.safe_load((CONF / "pruner" / "fastv.yaml").read_text()), "keep": 0.1}
+    assert cell_path(fastv) == "fastv/keep0.1"
+    assert cell_path({**fastv, "extra": "a/b"}) == "fastv/keep0.1_extraa-b"
     # The unpruned model has no keep: one directory whatever the sweep passes.
     assert cell_path({"name": "none"}) == "none/keep1.0"
     assert effective_keep({"name": "none"}, 0.25) == 1.0
