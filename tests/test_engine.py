@@ -203,6 +203,7 @@ def test_unpruned_record_lists_every_token():
     assert (
         rec.kept_tokens == [list(range(V))] * 2 and rec.kept_per_stage == [] and rec.hparams == {}
     )
+    assert rec.kept_tokens_per_stage == [[], []]  # no stage, nothing per stage
 
 
 # -- misuse --------------------------------------------------------------------------------------------

@@ -87,6 +87,7 @@ def test_every_stage_keeps_the_top_k_of_the_stage_layers_own_attention(layers, l
     want_ids, _, want_logits = _oracle(tiny_lm("eager", layers=LAYERS), x, rec.stage_layers, counts)
     assert [s.tolist() for s in seen] == [w.tolist() for w in want_ids]
     assert rec.kept_tokens == want_ids[0].tolist()
+    assert rec.kept_tokens_per_stage == [[w[b].tolist() for w in want_ids] for b in range(2)]
     assert rec.extras == [{"lambda": lam}] * 2  # the runner reads the solved lambda from here
     torch.testing.assert_close(got, want_logits, rtol=1e-4, atol=1e-5)
 

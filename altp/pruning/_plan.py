@@ -106,6 +106,7 @@ class PrunePlan:
     num_current: int = field(init=False)
     num_prompt_current: int = field(init=False)
     first_kept: torch.Tensor | None = field(init=False, default=None)
+    kept_by_stage: list[torch.Tensor] = field(init=False, default_factory=list)
     extras: list[dict[str, Any]] = field(init=False)
     timers: list[_Timer] = field(init=False, default_factory=list)
 
@@ -201,6 +202,7 @@ class PrunePlan:
         self.visual_ids = torch.gather(self.visual_ids, 1, idx)
         if st.index == 0:
             self.first_kept = self.visual_ids
+        self.kept_by_stage.append(self.visual_ids)
         self.num_current = st.stage.n_keep
         self.num_prompt_current = n - v + st.stage.n_keep
         if st.stage.renumber_positions:
@@ -218,6 +220,9 @@ class PrunePlan:
         kept = self.first_kept if self.first_kept is not None else self.visual_ids
         return PruneRecord(
             kept_tokens=kept.tolist(),
+            kept_tokens_per_stage=[
+                [ids[b].tolist() for ids in self.kept_by_stage] for b in range(self.batch)
+            ],
             kept_per_stage=[s.n_keep for s in self.stages],
             stage_layers=[s.layer for s in self.stages],
             extras=self.extras,

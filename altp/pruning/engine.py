@@ -67,6 +67,9 @@ class PruneRecord:
     Attributes:
         kept_tokens: per batch element, original visual indices (0..V-1) kept
             after the FIRST stage, ascending (all V when unpruned).
+        kept_tokens_per_stage: per batch element, per stage, the original visual
+            indices (0..V-1) kept after that stage, ascending ([] per element when
+            unpruned).
         kept_per_stage: visual tokens left after each stage.
         stage_layers: the decoder layer of each stage.
         extras: per batch element, :attr:`Selection.extras` of every stage merged;
@@ -76,7 +79,8 @@ class PruneRecord:
             (visual tokens kept at least once), see :class:`KeptSetLog`.
         select_ms: wall time of the prefill's scoring + selection (per-step
             re-selections are inside ``decode_ms``).
-        hparams: ``pruner.hparams()`` (e.g. PDrop's solved lambda); {} unpruned.
+        hparams: ``pruner.hparams()`` (its constructor arguments); {} unpruned.
+            Values solved per image (PDrop's lambda) are in ``extras``.
     """
 
     kept_tokens: list[list[int]]
@@ -85,6 +89,7 @@ class PruneRecord:
     extras: list[dict[str, Any]]
     select_ms: float
     hparams: dict[str, Any] = field(default_factory=dict)
+    kept_tokens_per_stage: list[list[list[int]]] = field(default_factory=list)
 
 
 @dataclass
