@@ -77,6 +77,14 @@ def test_vision_image_is_the_encoder_input(model: OmgLlava, image: Image.Image) 
 
 
 @torch.inference_mode()
+def test_token_grid_fraction_is_the_pixel_token_grid_of_the_padded_square(model: OmgLlava) -> None:
+    # 800 x 425: padded to 800 px, image rows [187, 612) of the square; a token row is 50 px,
+    # so row 3 spans original rows [-37, 13) (13 of 50 in the image) and row 8 lies inside.
+    frac = model.token_grid_fraction(np.ones((425, 800), dtype=bool))
+    assert frac.shape == model.grid == (16, 16)
+    assert frac[3, 5] == pytest.approx(13 / 50) and frac[8, 8] == 1.0 and frac[0, 0] == 0.0
+
+
 def test_prompt_layout(model: OmgLlava, image: Image.Image) -> None:
     ids, tok = model.token_ids, model.tokenizer
     assert model.prefix_ids == [

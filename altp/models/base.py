@@ -131,6 +131,16 @@ class GCGModel(Protocol):
         """(H, W, 3) uint8: exactly the pixels the vision tower sees (for Pruner.prepare)."""
         ...
 
+    def token_grid_fraction(self, mask: np.ndarray) -> np.ndarray:
+        """(rows, cols) float64 in [0, 1]: how much of each visual token's patch ``mask`` covers.
+
+        ``mask`` is (H, W) bool at the original image size; it goes through exactly the
+        resize / crop / padding of :meth:`vision_image`, and entry ``[r, c]`` is the
+        covered fraction of the area token ``r * cols + c`` stands for (padding and
+        cropped-away image parts count as uncovered; see :mod:`altp.models.patch_grid`).
+        """
+        ...
+
     def predict(
         self,
         image: Image.Image,

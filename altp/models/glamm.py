@@ -39,7 +39,8 @@ from transformers import (
 )
 
 from altp.models.base import GCGPrediction, restore_rope_fp32, rope_fp32_masters
-from altp.models.pixels import clip_resize_crop
+from altp.models.patch_grid import rect_area_fractions
+from altp.models.pixels import clip_geometry, clip_resize_crop
 from altp.models.sam import GroundingEncoder, GroundingEncoderConfig
 from altp.models.tokenizer import GLaMMTokenIds, gcg_prompt, parse_gcg_output, tokenize_with_image
 from eval.flops import LLMShape
@@ -145,6 +146,22 @@ class GLaMM(nn.Module):
     def vision_image(self, image: Image.Image) -> np.ndarray:
         """(336, 336, 3) uint8: the pixels CLIP sees (after resize + crop, before normalising)."""
         return clip_resize_crop(image, self.clip_size)
+
+    def token_grid_fraction(self, mask: np.ndarray) -> np.ndarray:
+        """(rows, cols) float64: the fraction of each visual token's patch that ``mask`` covers.
+
+        ``mask`` is (H, W) bool at the original image size. Token ``(r, c)`` sees the
+        ``14 x 14`` px patch ``[14 r, 14 r + 14) x [14 c, 14 c + 14)`` of the 336 px centre
+        crop; that square is mapped back through the crop offset and the shortest-side
+        resize of :func:`clip_resize_crop` (:mod:`altp.models.patch_grid`). Parts of the
+        image cut off by the crop belong to no token.
+        """
+        h, w = np.shape(mask)
+        new_w, new_h, top, left = clip_geometry(w, h, self.clip_size)
+        rows, cols = self.grid
+        y = (top + np.arange(rows + 1) * (self.clip_size / rows)) * (h / new_h)
+        x = (left + np.arange(cols + 1) * (self.clip_size / cols)) * (w / new_w)
+        return rect_area_fractions(mask, y, x)
 
     def clip_pixels(self, image: Image.Image) -> torch.Tensor:
         """(1, 3, S, S) normalised CLIP input in the model's dtype."""

@@ -47,6 +47,7 @@ from altp.models.omg.preprocess import (
 )
 from altp.models.omg.tokenizer import OmgTokenIds, decode_answer, encode_gcg_prompt
 from altp.models.omg.visual import OmgLlavaVisual, VisualEncoding
+from altp.models.patch_grid import rect_area_fractions
 from altp.models.pixels import omg_square_pixels
 from eval.flops import LLMShape
 
@@ -152,6 +153,23 @@ class OmgLlava(nn.Module):
     def vision_image(self, image: Image.Image) -> np.ndarray:
         """(1024, 1024, 3) uint8: the mean-colour square padding, bicubic-resized, as OMG-Seg sees it."""
         return omg_square_pixels(image, IMAGE_SIZE)
+
+    def token_grid_fraction(self, mask: np.ndarray) -> np.ndarray:
+        """(16, 16) float64: the fraction of each pixel token's patch that ``mask`` covers.
+
+        ``mask`` is (H, W) bool at the original image size. The image is padded to a
+        ``S x S`` square (``S = max(H, W)``, original at offset ``(S - size) // 2``) and
+        resized to 1024; pixel token ``(r, c)`` (ConvNeXt stride 32, then a 2x2 pixel
+        shuffle) covers the ``64 x 64`` px patch ``[64 r, 64 r + 64) x [64 c, 64 c + 64)``,
+        i.e. ``S / 16`` px of the square (:mod:`altp.models.patch_grid`). Padding counts
+        as not covered, so a patch half in the padding is at most half covered.
+        """
+        h, w = np.shape(mask)
+        side = max(h, w)
+        rows, cols = self.grid
+        y = np.arange(rows + 1) * (side / rows) - (side - h) // 2
+        x = np.arange(cols + 1) * (side / cols) - (side - w) // 2
+        return rect_area_fractions(mask, y, x)
 
     def pixels(self, image: Image.Image) -> torch.Tensor:
         """(1, 3, 1024, 1024) float32 normalised with upstream's truncated CLIP statistics."""

@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-__all__ = ["OMG_IMAGE_SIZE", "OMG_PAD_COLOUR", "clip_resize_crop", "expand_to_square", "omg_square_pixels"]
+__all__ = ["OMG_IMAGE_SIZE", "OMG_PAD_COLOUR", "clip_geometry", "clip_resize_crop", "expand_to_square",
+           "omg_square_pixels"]
 
 OMG_IMAGE_SIZE = 1024
 # int(m * 255) of OMG-LLaVA's truncated CLIP mean (0.4814, 0.4578, 0.4082), as upstream truncates.
@@ -33,13 +34,20 @@ def clip_resize_crop(image: Image.Image, size: int) -> np.ndarray:
         (size, size, 3) uint8 RGB.
     """
     image = image.convert("RGB")
-    w, h = image.size
-    short, long = (w, h) if w <= h else (h, w)
-    new_short, new_long = size, int(size * long / short)
-    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    new_w, new_h, top, left = clip_geometry(image.width, image.height, size)
     arr = np.asarray(image.resize((new_w, new_h), Image.Resampling.BICUBIC))
-    top, left = (new_h - size) // 2, (new_w - size) // 2
     return arr[top : top + size, left : left + size].copy()  # writable, contiguous
+
+
+def clip_geometry(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """``(new_w, new_h, top, left)`` of :func:`clip_resize_crop` on a ``width x height`` image.
+
+    The resized image is ``new_w x new_h``; the crop's top-left corner is ``(top, left)`` in it.
+    """
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    return new_w, new_h, (new_h - size) // 2, (new_w - size) // 2
 
 
 def expand_to_square(image: Image.Image, colour: tuple[int, ...] = OMG_PAD_COLOUR) -> Image.Image:
