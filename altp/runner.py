@@ -4,7 +4,7 @@ One run directory holds everything a table needs::
 
     out_dir/
       predictions/<image_id>.json   GLaMM's per-image format (scored by eval.gcg)
-      records/<image_id>.json       kept tokens per stage, region budgets, timings, errors
+      records/<image_id>.json       kept tokens per stage, object coverage, extras, timings, errors
       metrics.json                  flat: metrics, FLOPs ratio, kept tokens, timing, provenance
       run.json                      resolved config, git sha, package versions, device, per-image timings
 
@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from altp.coverage import decode_gt_masks, image_object_coverage, summarise_coverage
 from altp.data.grandf import GrandfFormatError, GrandfSplit, ImageLoadError, Sample
 from altp.predictions import write_prediction
 from altp.provenance import provenance, write_json_atomic
@@ -124,6 +125,7 @@ def _predict_one(model: Any, pruner: Any, split: GrandfSplit, sample: Sample, se
         prep_ms = (time.perf_counter() - tp) * 1e3
     out = model.predict(image, pruner=pruner, prep=prep, seed=seed)
     rec = out.record
+    per_stage = rec.kept_tokens_per_stage[0] if rec.kept_tokens_per_stage else []
     record = {
         "image_id": sample.image_id,
         "error": None,
@@ -131,6 +133,8 @@ def _predict_one(model: Any, pruner: Any, split: GrandfSplit, sample: Sample, se
         "kept_per_stage": list(rec.kept_per_stage),
         "stage_layers": list(rec.stage_layers),
         "extras": rec.extras[0] if rec.extras else {},
+        "kept_tokens_per_stage": per_stage,
+        **image_object_coverage(model, decode_gt_masks(split.annotations.masks[sample.image_id]), per_stage),
         "num_visual": out.num_visual,
         "num_text_tokens": out.num_text_tokens,
         "new_tokens": out.new_tokens,
@@ -145,7 +149,8 @@ def _predict_one(model: Any, pruner: Any, split: GrandfSplit, sample: Sample, se
 
 def _failed_record(sample: Sample, err: BaseException) -> dict:
     return {"image_id": sample.image_id, "error": f"{type(err).__name__}: {err}", "kept_tokens": None,
-            "kept_per_stage": [], "stage_layers": [], "extras": {}, "timings": {}}
+            "kept_per_stage": [], "stage_layers": [], "extras": {}, "kept_tokens_per_stage": [],
+            "object_coverage": [], "timings": {}}
 
 
 def summarise(records: list[dict], *, llm_shape: Any) -> dict[str, Any]:
@@ -167,6 +172,7 @@ def summarise(records: list[dict], *, llm_shape: Any) -> dict[str, Any]:
         vals = [r["timings"][key] for r in ok if key in r["timings"]]
         if vals:
             out[key] = mean(vals)
+    out.update(summarise_coverage(ok))
     return out
 
 

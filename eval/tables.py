@@ -10,7 +10,8 @@ without its ``_val`` / ``_test`` suffix, so val and test runs share a row:
 
 * main (Table 1 for ``glamm``, Table 2 for ``omg_llava``): rows pruner x keep at
   the pruner's default hyper-parameters (``conf/pruner/<name>.yaml``); columns
-  val/test x METEOR CIDEr AP50 mIoU Recall, then remaining FLOPs;
+  val/test x METEOR CIDEr AP50 mIoU Recall, then remaining FLOPs, then object
+  coverage (``ObjCov``, :mod:`altp.coverage`) when a run of the table records it;
 * ablation (Table 3): none / uniform / random / ddc / altp rows only;
 * sweep (Table 4): ALTP runs, one row per setting of the ``pruner.*`` keys that vary;
 * with the paper's numbers (:mod:`eval.paper_tables`): the paper's Tables 1-4, each
@@ -108,7 +109,12 @@ def _metric_table(
         columns += [name for _, name in METRICS]
         groups.append((split, len(METRICS)))
     columns.append("FLOPs")
-    groups.append(("", 1))
+    coverage = any(
+        r.metrics.get("object_coverage") is not None for _, b in rows for r in b.values()
+    )
+    if coverage:
+        columns.append("ObjCov")
+    groups.append(("", 1 + coverage))
     body, notes, missing_flops = [], [], 0
     for labels, by_split in rows:
         cells = list(labels)
@@ -123,6 +129,8 @@ def _metric_table(
         flops_run = by_split.get("val") or next(iter(by_split.values()))
         cells.append(pct(flops_run.metrics.get(flops.key)))
         missing_flops += flops_run.metrics.get(flops.key) is None
+        if coverage:
+            cells.append(pct(flops_run.metrics.get("object_coverage")))
         body.append(cells)
     encoders = sorted({str(r.metrics.get("text_encoder")) for _, b in rows for r in b.values()})
     notes.append(
@@ -133,6 +141,11 @@ def _metric_table(
         notes.append(
             f"{missing_flops} row(s) have no {flops.key} (recorded before that convention "
             "existed): rerun them, or pass --flops prompt"
+        )
+    if coverage:
+        notes.append(
+            "ObjCov = GT object patches kept at the first pruning stage, mean over objects then "
+            "images, % from the val run like FLOPs (per-stage values in metrics.json); unpruned = 100"
         )
     return Table(slug=slug, title=title, columns=columns, groups=groups, rows=body, notes=notes)
 
