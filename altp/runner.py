@@ -13,6 +13,13 @@ image counts as done exactly when its prediction file exists; rerunning the same
 command skips done images and a killed run resumes where it stopped. Per-image
 seeds derive from the base seed and the image id, never from iteration order,
 so a resumed run writes the same bytes as an uninterrupted one.
+
+metrics.json is a function of the config and the records alone: pruner
+hyper-parameters (``pruner.<key>``) are the pruner config group's values as
+the user set them (``pruner.lambda_: null`` stays null), and what a pruner
+solves per image (PDrop's lambda, its stage counts) lives in the records and
+is aggregated generically (``extras.<key>.mean|min|max``, ``stage_schedules``),
+so a fully resumed run writes the same metrics as a fresh one.
 """
 
 from __future__ import annotations
@@ -153,6 +160,38 @@ def _failed_record(sample: Sample, err: BaseException) -> dict:
             "object_coverage": [], "timings": {}}
 
 
+def _pruner_config(cfg: DictConfig) -> dict[str, Any]:
+    """The pruner config group's hyper-parameters as the user set them (no target, name or keep)."""
+    group = OmegaConf.to_container(cfg.pruner, resolve=True)
+    return {k: v for k, v in group.items() if not k.startswith("_") and k not in ("name", "keep")}
+
+
+def _solved_summary(ok: list[dict]) -> dict[str, Any]:
+    """What pruners decided per image, aggregated without knowing any pruner.
+
+    ``extras.<key>.mean|min|max`` for every numeric scalar in the records' extras
+    (PDrop's solved lambda, OMG-LLaVA's question index, ...), and
+    ``stage_schedules``: the distinct (stage_layers, kept_per_stage) with their
+    image counts, most frequent first.
+    """
+    out: dict[str, Any] = {}
+    values: dict[str, list[float]] = {}
+    for r in ok:
+        for k, v in r.get("extras", {}).items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                values.setdefault(k, []).append(v)
+    for k in sorted(values):
+        vs = values[k]
+        out.update({f"extras.{k}.mean": sum(vs) / len(vs), f"extras.{k}.min": min(vs), f"extras.{k}.max": max(vs)})
+    counts: dict[tuple, int] = {}
+    for r in ok:
+        key = (tuple(r["stage_layers"]), tuple(r["kept_per_stage"]))
+        counts[key] = counts.get(key, 0) + 1
+    out["stage_schedules"] = [{"stage_layers": list(lay), "kept_per_stage": list(kept), "n_images": n}
+                              for (lay, kept), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return out
+
+
 def summarise(records: list[dict], *, llm_shape: Any) -> dict[str, Any]:
     """Aggregate per-image records into the flat numbers of metrics.json."""
     ok = [r for r in records if r.get("error") is None]
@@ -173,6 +212,7 @@ def summarise(records: list[dict], *, llm_shape: Any) -> dict[str, Any]:
         if vals:
             out[key] = mean(vals)
     out.update(summarise_coverage(ok))
+    out.update(_solved_summary(ok))
     return out
 
 
@@ -252,9 +292,8 @@ def _run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str,
         metrics.update({k: scores[k] for k in ("meteor", "cider", "ap50", "miou", "recall")})
         metrics["text_encoder"] = scores.get("text_encoder", cfg.text_encoder)
     metrics.update(summarise(records, llm_shape=model.llm_shape))
-    hp = {} if pruner is None else pruner.hparams()
-    solved = [r["extras"].get("lambda") for r in records if r.get("extras")]
-    metrics.update({f"pruner.{k}": v for k, v in hp.items() if k != "keep"})
+    hp = _pruner_config(cfg)
+    metrics.update({f"pruner.{k}": v for k, v in hp.items()})
     prov = provenance(device=str(model.device), dtype=str(model.dtype).removeprefix("torch."))
     metrics.update({k: prov[k] for k in ("git_sha", "version", "device", "dtype")})
     # Tables resolve duplicate cells by this stamp (file mtimes do not survive a clone).
@@ -266,7 +305,6 @@ def _run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str,
         "choices": choices,
         "provenance": prov,
         "pruner_hparams": hp,
-        "solved_lambda": solved[0] if solved else None,
         "per_image": [{"image_id": r["image_id"], "error": r.get("error"), **r.get("timings", {})} for r in records],
     })
     return metrics

@@ -124,7 +124,9 @@ class PyramidDropPruner(Pruner):
             raise ValueError(f"lambda_ must be in (0, 1], got {lambda_!r}")
         self.stage_layers_given = None if layers is None else [int(x) for x in layers]
         self.lambda_ = None if lambda_ is None else float(lambda_)
-        self._solved: dict[str, Any] = {}
+        # The lambda of the schedule being run: the engine calls schedule() then select() within
+        # one prefill, and select() reports it per image in the extras (hparams() never reads it).
+        self._lambda_in_use: float | None = None
 
     def stage_layers(self, num_layers: int) -> list[int]:
         """The stage layers for a decoder of ``num_layers`` layers."""
@@ -154,12 +156,7 @@ class PyramidDropPruner(Pruner):
         if self.lambda_ is None and math.isclose(lam, 1.0, abs_tol=1e-9):
             # keep=1.0 solves to lambda 1 up to float round-off: drop nothing.
             counts = [info.num_visual] * len(layers)
-        self._solved = {
-            "lambda": lam,
-            "layers": layers,
-            "kept_per_stage": counts,
-            "lambda_solved": self.lambda_ is None,
-        }
+        self._lambda_in_use = lam
         return [
             PruneStage(layer=lay, n_keep=c, score_layer=lay, renumber_positions=True)
             for lay, c in zip(layers, counts, strict=True)
@@ -171,17 +168,16 @@ class PyramidDropPruner(Pruner):
                 "PDrop needs ctx.scores (the engine provides them when score_layer is set)"
             )
         top = ctx.scores.topk(ctx.n_keep, dim=1).indices  # (B, n_keep)
-        # The runner stores per-image extras; the solved lambda belongs with each image's record.
-        extras = (
-            ({"lambda": self._solved.get("lambda")},) * ctx.batch_size if ctx.stage == 0 else ()
-        )
+        # Lambda is solved per sequence (its text length enters the FLOPs match), so it belongs
+        # with each image's record; stage layers and counts are in the record already.
+        extras = ({"lambda": self._lambda_in_use},) * ctx.batch_size if ctx.stage == 0 else ()
         return Selection(indices=top.sort(dim=1).values, extras=extras)
 
     def hparams(self) -> dict[str, Any]:
+        """The constructor arguments (what the config set); per-image solved values are in the extras."""
         return {
             "keep": self.keep,
             "match_layer": self.layer,
-            "layers_arg": self.stage_layers_given,
+            "layers": self.stage_layers_given,
             "lambda_": self.lambda_,
-            **self._solved,
         }

@@ -49,13 +49,9 @@ class RunRecord:
 
     @property
     def hparams(self) -> tuple[tuple[str, Any], ...]:
-        return tuple(
-            sorted(
-                (k[len("pruner.") :], _hashable(v))
-                for k, v in self.metrics.items()
-                if k.startswith("pruner.")
-            )
-        )
+        """The ``pruner.<key>`` values (the pruner config group's), sorted by key."""
+        hp = {k[len("pruner.") :]: v for k, v in self.metrics.items() if k.startswith("pruner.")}
+        return tuple(sorted((k, _hashable(v)) for k, v in _config_hparams(hp).items()))
 
     @property
     def cell(self) -> tuple:
@@ -68,6 +64,20 @@ class RunRecord:
             float(m.get("keep", 1.0)),
             self.hparams,
         )
+
+
+# Before metrics.json took hyper-parameters from the config, PDrop wrote its constructor's
+# `layers` as `layers_arg` and its last image's solved values next to them.
+_LEGACY_PDROP_SOLVED = ("lambda", "layers", "kept_per_stage", "lambda_solved")
+
+
+def _config_hparams(hp: dict[str, Any]) -> dict[str, Any]:
+    """``hp`` as the config names it, also for records written by older versions (same cell)."""
+    if "layers_arg" not in hp:
+        return hp
+    old = {k: v for k, v in hp.items() if k not in _LEGACY_PDROP_SOLVED}
+    old["layers"] = old.pop("layers_arg")
+    return old
 
 
 def _hashable(v: Any) -> Any:
@@ -122,7 +132,11 @@ def newest_per_cell(
 
 
 def load_pruner_defaults(conf_dir: Path) -> dict[str, dict[str, Any]]:
-    """Default hyper-parameters per pruner from ``conf_dir/pruner/*.yaml`` (interpolations and nulls skipped)."""
+    """Default hyper-parameters per pruner from ``conf_dir/pruner/*.yaml`` (interpolations skipped).
+
+    A null default (PDrop's ``lambda_: null``) is a setting like any other: a run
+    that sets it is not at the default.
+    """
     out: dict[str, dict[str, Any]] = {}
     for path in sorted((Path(conf_dir) / "pruner").glob("*.yaml")):
         cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -131,7 +145,6 @@ def load_pruner_defaults(conf_dir: Path) -> dict[str, dict[str, Any]]:
             for k, v in cfg.items()
             if not k.startswith("_")
             and k not in ("name", "keep")
-            and v is not None
             and not (isinstance(v, str) and "${" in v)
         }
     return out

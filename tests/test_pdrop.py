@@ -79,7 +79,7 @@ def test_every_stage_keeps_the_top_k_of_the_stage_layers_own_attention(layers, l
     got, rec = PruningEngine(lm=tiny_lm("sdpa", layers=LAYERS), pruner=pruner).prefill(
         inputs_embeds=x, visual_start=PREFIX, num_visual=V, grid=GRID
     )
-    lam = rec.hparams["lambda"]
+    lam = rec.extras[0]["lambda"]
     counts = [int(V * lam ** (s + 1)) for s in range(len(rec.stage_layers))]
     assert rec.kept_per_stage == counts
     if layers is None:
@@ -172,8 +172,8 @@ def test_solved_lambda_matches_single_stage_flops(keep, layers):
     info = _info()
     p = PyramidDropPruner(keep=keep, layers=layers)
     stages = p.schedule(info)
-    lam = p.hparams()["lambda"]
-    assert 0 < lam < 1 and p.hparams()["lambda_solved"]
+    lam = solve_lambda(keep=keep, layers=[s.layer for s in stages], info=info)
+    assert 0 < lam < 1 and "lambda" not in p.hparams()  # solved per sequence, never a hyper-parameter
     shape = MODEL_SHAPES["glamm"]
     n = info.num_text + info.num_visual
     single = prefill_flops(n, [(2, info.num_text + int(keep * 576))], shape)
