@@ -39,11 +39,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from altp.coverage import decode_gt_masks, image_object_coverage, summarise_coverage
 from altp.data.grandf import GrandfFormatError, GrandfSplit, ImageLoadError, Sample
+from altp.flops import summarise_flops
 from altp.predictions import write_prediction
 from altp.provenance import provenance, write_json_atomic
 from altp.pruning.base import validate_keep
 from altp.run_dir import effective_keep, locked
-from eval.flops import summarise_flops
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def summarise(records: list[dict], *, llm_shape: Any) -> dict[str, Any]:
         return out
     kept = [r["kept_per_stage"][0] if r["kept_per_stage"] else r["num_visual"] for r in ok]
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    out.update(summarise_flops(ok, shape=llm_shape))  # the three FLOPs conventions of eval.flops
+    out.update(summarise_flops(ok, shape=llm_shape))  # the three FLOPs conventions of altp.flops
     out.update(
         mean_kept_tokens=mean(kept),
         mean_new_tokens=mean([r["new_tokens"] for r in ok]),

@@ -17,7 +17,7 @@ Mirrors upstream ``Cooperx521/PyramidDrop`` (``llava/model/modeling_llama_pdrop.
 
 Equal-FLOPs comparison (this project, not upstream): for ``keep=r`` and no
 explicit ``lambda_``, lambda is solved so that the multi-stage eq.-5 FLOPs
-(:mod:`eval.flops`, real text/visual counts from :class:`ScheduleInfo`) equal
+(:mod:`altp.flops`, real text/visual counts from :class:`ScheduleInfo`) equal
 single-stage pruning to ``floor(r * V)`` at layer ``match_layer`` (FastV's
 K=2). Upstream's [8, 16, 24] leaves the first 8 of 32 layers unpruned, which
 alone costs more than FastV's budget at r = 0.1 with GLaMM's prompt, so that
@@ -37,6 +37,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from altp.flops import LLMShape, prefill_flops
 from altp.pruning.base import (
     PruneContext,
     Pruner,
@@ -46,7 +47,6 @@ from altp.pruning.base import (
     kept_count,
     register_pruner,
 )
-from eval.flops import LLMShape, prefill_flops
 
 __all__ = ["PyramidDropPruner", "solve_lambda"]
 

@@ -14,7 +14,7 @@ pruner, keep (the csv's ``keep``: ``floor(keep * V)`` = the paper's token count)
 hyper-parameters: the pruner's defaults (``conf/pruner/<name>.yaml``), except the
 ones the row names (Table 4: ``n_segments`` = N, ``compactness`` = C), which the run
 must have recorded with that value. Our FLOPs column shows one declared convention
-(:data:`eval.flops.FLOPS_CONVENTIONS`), said in the footnote; the paper's is its
+(:data:`altp.flops.FLOPS_CONVENTIONS`), said in the footnote; the paper's is its
 printed remaining-FLOPs column.
 """
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval.flops import FlopsConvention
+from altp.flops import FlopsConvention
 from eval.run_records import RunRecord, newest_per_cell
 from eval.table_format import MISSING, Table, pct
 

@@ -18,7 +18,7 @@ without its ``_val`` / ``_test`` suffix, so val and test runs share a row:
   paper row followed by our run of that cell.
 
 Metrics are shown x100 with one decimal; the FLOPs column shows one declared
-convention of :data:`eval.flops.FLOPS_CONVENTIONS` (``flops=``, default
+convention of :data:`altp.flops.FLOPS_CONVENTIONS` (``flops=``, default
 :data:`DEFAULT_FLOPS`), named in each table's footnote. Several records of one cell (same
 model, data, split, pruner, keep and hyper-parameters): the newest wins, by
 ``finished_at`` (ISO time in metrics.json) when present, else the file's
@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from eval.flops import FLOPS_CONVENTIONS, FlopsConvention
+from altp.flops import FLOPS_CONVENTIONS, FlopsConvention
 from eval.paper_tables import load_paper, paper_tables
 from eval.run_records import (
     RunRecord,
@@ -274,7 +274,7 @@ def build_tables(
             :func:`load_pruner_defaults`); runs that differ go to the sweep table
             only. None treats every run as default.
         flops: the FLOPs convention of the FLOPs column, a key of
-            :data:`eval.flops.FLOPS_CONVENTIONS`.
+            :data:`altp.flops.FLOPS_CONVENTIONS`.
     """
     convention = flops_convention(flops)
     runs, dropped = newest_per_cell(runs)

@@ -8,7 +8,7 @@ the median of the per-pair ratios over ``--runs`` pairs, the pruner's
 selection work (``overhead_ms``, median of ``PruneRecord.select_ms``)
 included. ``prep_ms`` is the median of ``pruner.prepare`` on a synthetic
 336x336 image (superpixels; done at image load, off the critical path).
-``flops_ratio`` is eq. 5 (:func:`eval.flops.flops_ratio`) for the same
+``flops_ratio`` is eq. 5 (:func:`altp.flops.flops_ratio`) for the same
 token counts and stages.
 
 Text token count: LLaMA's SentencePiece tokenizer is not available offline,
@@ -33,10 +33,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from altp.flops import LLMShape, flops_ratio  # noqa: E402
 from altp.models.tokenizer import gcg_prompt  # noqa: E402
 from altp.pruning import available_pruners, build_pruner  # noqa: E402
 from altp.pruning.engine import PruningEngine  # noqa: E402
-from eval.flops import LLMShape, flops_ratio  # noqa: E402
 
 GRID = (24, 24)
 V = GRID[0] * GRID[1]

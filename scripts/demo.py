@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from altp.flops import FLOPS_CONVENTIONS
 from altp.run_dir import default_cell
-from eval.flops import FLOPS_CONVENTIONS
 
 # The convention make tables shows by default (comparable with the paper's FLOPs column).
 FLOPS = FLOPS_CONVENTIONS["paper"]

@@ -6,7 +6,7 @@ Example (what ``make tables`` runs)::
 
 Our tables, then the paper's Tables 1-4 (``--paper``) with our runs beside them.
 ``--flops`` picks the FLOPs column's convention (eq. 5 in the paper's convention by
-default, so it compares with the paper's column; see eval/flops.py):
+default, so it compares with the paper's column; see altp/flops.py):
 
     --flops paper       eq. 5, prefill, the paper's fixed 32 text tokens (metrics.json flops_ratio_paper)
     --flops prompt      eq. 5, prefill, each run's own prompt (flops_ratio)
@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from eval.flops import FLOPS_CONVENTIONS
+from altp.flops import FLOPS_CONVENTIONS
 from eval.table_format import to_markdown
 from eval.tables import DEFAULT_FLOPS, write_tables
 

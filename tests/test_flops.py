@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eval.flops import (
+from altp.flops import (
     FLOPS_CONVENTIONS,
     MODEL_SHAPES,
     PAPER_TEXT_TOKENS,

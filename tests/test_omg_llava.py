@@ -19,6 +19,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import LlamaForCausalLM
 
+from altp.flops import MODEL_SHAPES, LLMShape, flops_ratio
 from altp.models.base import MissingCheckpointError
 from altp.models.omg.internlm2_chat import GCG_QUESTIONS, llama_config_from_internlm2
 from altp.models.omg.official_weights import write_official_layouts
@@ -30,7 +31,6 @@ from altp.models.omg_llava_convert import build_omg_llava
 from altp.models.omg_llava_tiny import TINY_INTERNLM2_CONFIG, build_omg_llava_tiny, tiny_class_embed
 from altp.pruning import build_pruner
 from altp.runner import run
-from eval.flops import MODEL_SHAPES, LLMShape, flops_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "<p>red circle</p>[SEG] on the left."

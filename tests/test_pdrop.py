@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from altp.flops import MODEL_SHAPES, LLMShape, prefill_flops
 from altp.pruning import ScheduleInfo, kept_count
 from altp.pruning.engine import PruningEngine
 from baselines.pyramid_drop import PyramidDropPruner, solve_lambda
-from eval.flops import MODEL_SHAPES, LLMShape, prefill_flops
 from tests.test_engine import GRID, PREFIX, V, prompt, stock_layers, tiny_lm
 
 LAYERS = 6

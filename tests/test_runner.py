@@ -16,8 +16,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from altp.cli import UserError
+from altp.flops import LLMShape, flops_ratio
 from altp.runner import run
-from eval.flops import LLMShape, flops_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES = 4

@@ -21,9 +21,9 @@ import torch
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from PIL import Image
 
+    from altp.flops import LLMShape
     from altp.pruning.base import Pruner
     from altp.pruning.engine import PruneRecord
-    from eval.flops import LLMShape
 
 __all__ = ["GCGModel", "GCGPrediction", "MissingCheckpointError", "parse_dtype", "restore_rope_fp32",
            "rope_fp32_masters"]

@@ -38,12 +38,12 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from altp.flops import LLMShape
 from altp.models.base import GCGPrediction, restore_rope_fp32, rope_fp32_masters
 from altp.models.patch_grid import rect_area_fractions
 from altp.models.pixels import clip_geometry, clip_resize_crop
 from altp.models.sam import GroundingEncoder, GroundingEncoderConfig
 from altp.models.tokenizer import GLaMMTokenIds, gcg_prompt, parse_gcg_output, tokenize_with_image
-from eval.flops import LLMShape
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "GLaMM", "GLaMMConfig", "clip_resize_crop"]
 

@@ -35,6 +35,7 @@ from PIL import Image
 from torch import nn
 from transformers import LlamaForCausalLM
 
+from altp.flops import LLMShape
 from altp.models.base import GCGPrediction, restore_rope_fp32, rope_fp32_masters
 from altp.models.omg.gcg_output import parse_gcg_text
 from altp.models.omg.internlm2_chat import GCG_QUESTIONS
@@ -49,7 +50,6 @@ from altp.models.omg.tokenizer import OmgTokenIds, decode_answer, encode_gcg_pro
 from altp.models.omg.visual import OmgLlavaVisual, VisualEncoding
 from altp.models.patch_grid import rect_area_fractions
 from altp.models.pixels import omg_square_pixels
-from eval.flops import LLMShape
 
 __all__ = ["OmgLlava"]
 
