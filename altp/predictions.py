@@ -31,6 +31,7 @@ __all__ = [
     "OFFICIAL_KEYS",
     "encode_mask",
     "decode_mask",
+    "to_rle",
     "prediction_path",
     "write_prediction",
     "read_prediction",
@@ -82,6 +83,17 @@ def decode_mask(rle: dict[str, Any]) -> np.ndarray:
     elif isinstance(counts, str):
         rle = {"size": rle["size"], "counts": counts.encode("ascii")}
     return mask_utils.decode(rle).astype(bool)
+
+
+def to_rle(segmentation: dict[str, Any]) -> dict[str, Any]:
+    """Normalise an RLE dict for pycocotools: bytes counts (str is encoded, lists compressed)."""
+    counts = segmentation["counts"]
+    h, w = (int(s) for s in segmentation["size"])
+    if isinstance(counts, list):
+        return mask_utils.frPyObjects(segmentation, h, w)
+    if isinstance(counts, str):
+        return {"size": [h, w], "counts": counts.encode("ascii")}
+    return {"size": [h, w], "counts": counts}
 
 
 def prediction_path(pred_dir: Path, image_id: str) -> Path:

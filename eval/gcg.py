@@ -33,9 +33,9 @@ import numpy as np
 from pycocoevalcap.meteor.meteor import Meteor
 
 from altp.data.grandf import GrandfAnnotations, GrandfFormatError
-from altp.predictions import PredictionFormatError, prediction_path, read_prediction
+from altp.predictions import PredictionFormatError, prediction_path, read_prediction, to_rle
 from eval.captions import cider_score, meteor_score, tokenize_pairs
-from eval.masks import ap50, greedy_miou, iou_matrix, to_rle
+from eval.masks import ap50, greedy_miou, iou_matrix
 from eval.recall import match_image
 from eval.text_encoders import (
     DEFAULT_ENCODER,

@@ -22,27 +22,16 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-__all__ = ["to_rle", "iou_matrix", "greedy_miou", "ap50"]
+__all__ = ["iou_matrix", "greedy_miou", "ap50"]
 
 Rle = dict[str, Any]
-
-
-def to_rle(segmentation: Rle) -> Rle:
-    """Normalise an RLE dict for pycocotools: bytes counts (str is encoded, lists compressed)."""
-    counts = segmentation["counts"]
-    h, w = (int(s) for s in segmentation["size"])
-    if isinstance(counts, list):
-        return mask_utils.frPyObjects(segmentation, h, w)
-    if isinstance(counts, str):
-        return {"size": [h, w], "counts": counts.encode("ascii")}
-    return {"size": [h, w], "counts": counts}
 
 
 def iou_matrix(pred: Sequence[Rle], gt: Sequence[Rle]) -> np.ndarray:
     """IoU of every predicted mask with every GT mask.
 
     Args:
-        pred: ``P`` RLEs (from :func:`to_rle`).
+        pred: ``P`` RLEs (from :func:`altp.predictions.to_rle`).
         gt: ``G`` RLEs of the same image size.
 
     Returns:

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from eval.masks import Rle, greedy_miou, iou_matrix, to_rle
+from altp.predictions import to_rle
+from eval.masks import Rle, greedy_miou, iou_matrix
 from eval.recall import match_image
 
 __all__ = ["ImageScores", "image_scores"]
