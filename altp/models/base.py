@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
     from altp.flops import LLMShape
     from altp.pruning.base import Pruner
-    from altp.pruning.engine import PruneRecord
+    from altp.pruning.records import PruneRecord
 
 __all__ = ["GCGModel", "GCGPrediction", "MissingCheckpointError", "parse_dtype", "restore_rope_fp32",
            "rope_fp32_masters"]

@@ -1,4 +1,4 @@
-"""Pruning interface and engine."""
+"""The pruner interface and the record of what pruning did (the engine is :mod:`altp.pruning.engine`)."""
 
 from altp.pruning.base import (
     PruneContext,
@@ -12,9 +12,11 @@ from altp.pruning.base import (
     register_pruner,
     validate_keep,
 )
+from altp.pruning.records import PruneRecord
 
 __all__ = [
     "PruneContext",
+    "PruneRecord",
     "PruneStage",
     "Pruner",
     "ScheduleInfo",

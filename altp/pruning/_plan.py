@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from altp.pruning.base import Pruner, PruneStage, Selection
+from altp.pruning.records import PruneRecord
 
 __all__ = ["KeptSetLog", "PrunePlan", "StageState"]
 
@@ -214,9 +215,7 @@ class PrunePlan:
         base = self.num_prompt if layer == 0 else self.states[layer].decode_base
         return torch.tensor([[base + j]], device=self.device)
 
-    def record(self, pruner: Pruner | None) -> Any:
-        from altp.pruning.engine import PruneRecord  # the record type lives with the public API
-
+    def record(self, pruner: Pruner | None) -> PruneRecord:
         kept = self.first_kept if self.first_kept is not None else self.visual_ids
         return PruneRecord(
             kept_tokens=kept.tolist(),

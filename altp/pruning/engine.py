@@ -44,7 +44,7 @@ generated tokens through all layers):
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -54,42 +54,11 @@ from transformers import DynamicCache
 from altp.pruning._plan import KeptSetLog, PrunePlan, StageState
 from altp.pruning._scores import last_row_attention
 from altp.pruning.base import PruneContext, Pruner, PruneStage, ScheduleInfo
+from altp.pruning.records import PruneRecord
 
-__all__ = ["GenerateOutput", "PruneRecord", "PruningEngine"]
+__all__ = ["GenerateOutput", "PruningEngine"]
 
 _SUPPORTED_ATTN = ("sdpa", "eager")
-
-
-@dataclass
-class PruneRecord:
-    """What pruning did to one prefill (stored with the predictions).
-
-    Attributes:
-        kept_tokens: per batch element, original visual indices (0..V-1) kept
-            after the FIRST stage, ascending (all V when unpruned).
-        kept_tokens_per_stage: per batch element, per stage, the original visual
-            indices (0..V-1) kept after that stage, ascending ([] per element when
-            unpruned).
-        kept_per_stage: visual tokens left after each stage.
-        stage_layers: the decoder layer of each stage.
-        extras: per batch element, :attr:`Selection.extras` of every stage merged;
-            with a pruner that re-selects per step also ``reselect_steps``
-            (selections made, prefill included), ``reselect_distinct_sets``
-            (distinct first-stage kept sets among them) and ``reselect_union``
-            (visual tokens kept at least once), see :class:`KeptSetLog`.
-        select_ms: wall time of the prefill's scoring + selection (per-step
-            re-selections are inside ``decode_ms``).
-        hparams: ``pruner.hparams()`` (its constructor arguments); {} unpruned.
-            Values solved per image (PDrop's lambda) are in ``extras``.
-    """
-
-    kept_tokens: list[list[int]]
-    kept_per_stage: list[int]
-    stage_layers: list[int]
-    extras: list[dict[str, Any]]
-    select_ms: float
-    hparams: dict[str, Any] = field(default_factory=dict)
-    kept_tokens_per_stage: list[list[list[int]]] = field(default_factory=list)
 
 
 @dataclass
