@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+import altp.pruners  # noqa: F401  (registers the built-in pruners conf/pruner/*.yaml build)
 from altp.coverage import decode_gt_masks, image_object_coverage, summarise_coverage
 from altp.data.grandf import GrandfFormatError, GrandfSplit, ImageLoadError, Sample
 from altp.flops import summarise_flops

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from altp.flops import LLMShape, flops_ratio  # noqa: E402
 from altp.models.tokenizer import gcg_prompt  # noqa: E402
-from altp.pruning import available_pruners, build_pruner  # noqa: E402
+from altp.pruners import available_pruners, build_pruner  # noqa: E402
 from altp.pruning.engine import PruningEngine  # noqa: E402
 
 GRID = (24, 24)

@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from altp.pruning import PruneContext, Pruner, Selection, available_pruners, build_pruner
+from altp.pruners import available_pruners, build_pruner
+from altp.pruning import PruneContext, Pruner, Selection
 from altp.pruning.engine import PruningEngine
 
 PREFIX, GRID, SUFFIX = 5, (4, 4), 7

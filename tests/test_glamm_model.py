@@ -222,7 +222,7 @@ def test_cached_and_uncached_decoding_agree_unpruned(tiny, image):
 @pytest.mark.skipif(not HAVE_ENGINE, reason="needs altp.pruning.engine (pruning)")
 @pytest.mark.parametrize("name", ["fastv", "pdrop", "altp"])
 def test_cached_and_uncached_decoding_agree_pruned(tiny, image, name):
-    from altp.pruning import available_pruners, build_pruner
+    from altp.pruners import available_pruners, build_pruner
 
     if name not in available_pruners():
         pytest.skip(f"pruner {name} not registered yet")
@@ -265,7 +265,7 @@ def test_visual_tokens_are_penultimate_clip_layer_without_cls(tiny, image):
 
 @pytest.mark.skipif(not HAVE_ENGINE, reason="needs altp.pruning.engine (pruning)")
 def test_pruned_predict_keeps_floor_keep_times_576_and_still_grounds(scripted):
-    from altp.pruning import build_pruner
+    from altp.pruners import build_pruner
 
     pruner = build_pruner("fastv", keep=0.1)
     img = Image.fromarray(np.random.default_rng(5).integers(0, 256, (48, 64, 3), dtype=np.uint8))

@@ -29,7 +29,7 @@ from altp.models.omg.visual import OMG_LLAVA_TINY, OmgLlavaVisual
 from altp.models.omg_llava import OmgLlava
 from altp.models.omg_llava_convert import build_omg_llava
 from altp.models.omg_llava_tiny import TINY_INTERNLM2_CONFIG, build_omg_llava_tiny, tiny_class_embed
-from altp.pruning import build_pruner
+from altp.pruners import build_pruner
 from altp.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]

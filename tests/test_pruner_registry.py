@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from altp.pruning import Pruner, available_pruners, build_pruner, register_pruner
+from altp.pruners import available_pruners, build_pruner
+from altp.pruning import Pruner, register_pruner
 from baselines import FastVPruner, PyramidDropPruner, RandomPruner, UniformPruner
 
 ALL = ["altp", "ddc", "fastv", "none", "pdrop", "random", "uniform"]

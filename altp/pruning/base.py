@@ -26,6 +26,7 @@ Index conventions used throughout:
 from __future__ import annotations
 
 import math
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -245,7 +246,11 @@ class Pruner(ABC):
         return {"keep": self.keep, "layer": self.layer}
 
 
+# Filled by @register_pruner as pruner modules are imported. This interface never imports a
+# pruner: the built-in ones register when the catalogue altp.pruners imports them (the runner,
+# the scripts and the tests import it), a user's pruner when its own module is imported.
 _REGISTRY: dict[str, type[Pruner]] = {}
+_CATALOGUE = "altp.pruners"
 
 
 def register_pruner(name: str) -> Callable[[type[Pruner]], type[Pruner]]:
@@ -261,27 +266,26 @@ def register_pruner(name: str) -> Callable[[type[Pruner]], type[Pruner]]:
     return deco
 
 
-def _import_builtin_pruners() -> None:
-    # Importing the modules runs their @register_pruner decorators.
-    import altp.methods  # noqa: F401
-    import baselines  # noqa: F401
-
-
 def available_pruners() -> list[str]:
-    """Names of all registered pruners, sorted (``none`` means no pruning)."""
-    _import_builtin_pruners()
+    """Names of the registered pruners, sorted (``none`` means no pruning).
+
+    The built-in pruners are registered once :mod:`altp.pruners` has been imported.
+    """
     return sorted(["none", *_REGISTRY])
 
 
 def build_pruner(name: str, **kwargs: Any) -> Pruner | None:
     """Build a registered pruner by name; ``"none"`` returns None.
 
+    The target of every ``conf/pruner/*.yaml``. Knows the pruners registered so far:
+    the runner imports :mod:`altp.pruners` first, which registers the built-in ones.
+
     Raises:
         ValueError: unknown name, listing the valid ones.
     """
-    _import_builtin_pruners()
     if name == "none":
         return None
     if name not in _REGISTRY:
-        raise ValueError(f"unknown pruner {name!r}; choose one of: {', '.join(available_pruners())}")
+        hint = "" if _CATALOGUE in sys.modules else f" (import {_CATALOGUE} to register the built-in pruners)"
+        raise ValueError(f"unknown pruner {name!r}; choose one of: {', '.join(available_pruners())}{hint}")
     return _REGISTRY[name](**kwargs)
