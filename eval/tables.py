@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from altp.flops import FLOPS_CONVENTIONS, FlopsConvention
+from altp.pruner_order import pruner_rank
 from eval.paper_tables import load_paper, paper_tables
 from eval.run_records import (
     RunRecord,
@@ -68,7 +69,6 @@ METRICS = (
     ("recall", "Recall"),
 )
 SPLITS = ("val", "test")
-_PRUNER_ORDER = ("none", "fastv", "pdrop", "random", "uniform", "ddc", "altp")
 _ABLATION = ("none", "uniform", "random", "ddc", "altp")
 _MAIN_NUMBER = {"glamm": "Table 1", "omg_llava": "Table 2"}
 _SYNTHETIC_WORDS = ("synthetic", "shapes", "tiny")
@@ -169,8 +169,7 @@ def _row_key(run: RunRecord, *, default: bool) -> tuple:
     record (val and test side by side); other settings get rows of their own.
     """
     pruner, keep = str(run.metrics["pruner"]), float(run.metrics["keep"])
-    rank = _PRUNER_ORDER.index(pruner) if pruner in _PRUNER_ORDER else len(_PRUNER_ORDER)
-    return (pruner != "none", -keep, rank, pruner, "" if default else repr(run.hparams))
+    return (pruner != "none", -keep, pruner_rank(pruner), pruner, "" if default else repr(run.hparams))
 
 
 def _model_tables(

@@ -27,11 +27,11 @@ from omegaconf import OmegaConf
 
 from altp.data.grandf import GrandfSplit
 from altp.predictions import read_prediction
+from altp.pruner_order import pruner_rank
 
 __all__ = ["RunDir", "find_run_dirs", "kept_per_stage_lists", "load_run_dir", "load_split"]
 
 _CONF = Path(__file__).resolve().parents[2] / "conf"
-_PRUNER_ORDER = ("none", "fastv", "pdrop", "random", "uniform", "ddc", "altp")
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,7 @@ class RunDir:
     @property
     def sort_key(self) -> tuple:
         name = self.pruner_name
-        rank = _PRUNER_ORDER.index(name) if name in _PRUNER_ORDER else len(_PRUNER_ORDER)
-        return (name != "none", -self.keep, rank, name, str(self.path))
+        return (name != "none", -self.keep, pruner_rank(name), name, str(self.path))
 
     @cached_property
     def image_ids(self) -> list[str]:

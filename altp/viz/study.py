@@ -27,6 +27,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from altp.pruner_order import in_display_order
 from altp.viz.style import SYNTHETIC_LABEL, is_synthetic, pruner_colour, save
 from eval.run_records import RunRecord, find_runs, is_default, load_pruner_defaults, newest_per_cell
 
@@ -34,7 +35,6 @@ __all__ = ["METRICS", "study_groups", "write_study_figures"]
 
 METRICS = (("meteor", "METEOR"), ("cider", "CIDEr"), ("ap50", "AP50"), ("miou", "mIoU"), ("recall", "Recall"))
 _GROUNDING = (("ap50", "AP50"), ("miou", "mIoU"), ("recall", "Recall"))
-_ORDER = ("none", "fastv", "pdrop", "random", "uniform", "ddc", "altp")
 _COST_LABELS = {
     "flops_ratio": "remaining FLOPs, prefill (eq. 5), %",
     "time_per_image_s": "measured time per image, s",
@@ -58,8 +58,7 @@ def _by_pruner(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
     out: dict[str, list[RunRecord]] = defaultdict(list)
     for r in runs:
         out[str(r.metrics["pruner"])].append(r)
-    rank = lambda p: _ORDER.index(p) if p in _ORDER else len(_ORDER)  # noqa: E731
-    return {p: sorted(out[p], key=lambda r: float(r.metrics["keep"])) for p in sorted(out, key=lambda p: (rank(p), p))}
+    return {p: sorted(out[p], key=lambda r: float(r.metrics["keep"])) for p in in_display_order(out)}
 
 
 def _num(v: Any) -> float | None:

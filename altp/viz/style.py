@@ -11,14 +11,15 @@ from pathlib import Path
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from altp.pruner_order import PRUNER_ORDER
+
 __all__ = ["SYNTHETIC_LABEL", "is_synthetic", "pruner_colour", "save"]
 
 SYNTHETIC_LABEL = "SYNTHETIC benchmark / small model (not GranD-f)"
 _SYNTHETIC_WORDS = ("synthetic", "shapes", "tiny")  # the rule eval.tables labels its tables by
-# The paper's method order, each with a fixed tab10 colour so every figure agrees.
-_ORDER = ("none", "fastv", "pdrop", "random", "uniform", "ddc", "altp")
+# Each pruner of the display order (unpruned first) has a fixed tab10 colour so every figure agrees.
 _TAB10 = colormaps["tab10"]
-_COLOURS = {"none": (0.2, 0.2, 0.2, 1.0), **{name: _TAB10(i) for i, name in enumerate(_ORDER[1:])}}
+_COLOURS = {"none": (0.2, 0.2, 0.2, 1.0), **{name: _TAB10(i) for i, name in enumerate(PRUNER_ORDER[1:])}}
 
 
 def is_synthetic(*names: str) -> bool:
