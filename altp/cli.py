@@ -11,21 +11,14 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
+from altp.configs import config_options
 from altp.pruning.base import validate_keep
 
 __all__ = ["UserError", "check_overrides", "one_line_errors"]
 
-_CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
 class UserError(Exception):
     """A mistake in the command, config or inputs; printed as one line without a traceback."""
-
-
-def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (_CONF / group).glob("*.yaml"))
 
 
 def check_overrides(argv: list[str]) -> None:
@@ -39,7 +32,7 @@ def check_overrides(argv: list[str]) -> None:
         key, value = arg.split("=", 1)
         values = [v.strip() for v in value.split(",")] if not value.startswith(("[", "range(")) else []
         if key in ("model", "pruner", "data"):
-            valid = _options(key)
+            valid = config_options(key)
             for v in values:
                 if v not in valid:
                     _die(f"unknown {key} {v!r}; choose one of: {', '.join(valid)}")

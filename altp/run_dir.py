@@ -40,10 +40,11 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from altp.configs import conf_dir, config_options
+
 __all__ = ["RESOLVER", "cell_path", "default_cell", "effective_keep", "locked", "register_resolver"]
 
 RESOLVER = "run_cell"
-_CONF = Path(__file__).resolve().parents[1] / "conf"
 _NOT_HPARAMS = ("_target_", "name", "keep")
 _UNSAFE = re.compile(r"[^A-Za-z0-9.+-]")  # anything else in a value would be a path or shell hazard
 _LOCK_NAME = ".run.lock"
@@ -53,9 +54,9 @@ log = logging.getLogger(__name__)
 
 @functools.cache
 def _pruner_yaml(name: str) -> dict[str, Any]:
-    path = _CONF / "pruner" / f"{name}.yaml"
+    path = conf_dir() / "pruner" / f"{name}.yaml"
     if not path.is_file():
-        valid = sorted(p.stem for p in (_CONF / "pruner").glob("*.yaml"))
+        valid = config_options("pruner")
         raise ValueError(f"no pruner config {path}; pruner.name must be one of: {', '.join(valid)}")
     return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from altp.configs import conf_dir
 from altp.flops import FLOPS_CONVENTIONS
 from eval.table_format import to_markdown
 from eval.tables import DEFAULT_FLOPS, write_tables
@@ -32,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--conf",
         type=Path,
-        default=Path("conf"),
-        help="Hydra config root; pruner/*.yaml give the default hyper-parameters",
+        default=None,
+        help="Hydra config root; pruner/*.yaml give the default hyper-parameters "
+        "(default: the package's conf/)",
     )
     parser.add_argument(
         "--paper",
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if paper is not None and not paper.is_file():
         parser.error(f"--paper {paper} does not exist; pass --paper none to skip the comparison")
     tables = write_tables(
-        args.results, args.out, conf_dir=args.conf, paper_csv=paper, flops=args.flops
+        args.results, args.out, conf_dir=args.conf or conf_dir(), paper_csv=paper, flops=args.flops
     )
     for table in tables:
         print(to_markdown(table))

@@ -6,12 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from altp.configs import conf_dir
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m altp.report", description="Build a study's static HTML report.")
     ap.add_argument("results", type=Path, help="folder with metrics.json files and/or run directories")
     ap.add_argument("--out", type=Path, required=True, help="report folder (index.html goes there)")
-    ap.add_argument("--conf", type=Path, default=Path("conf"), help="Hydra config root (pruner defaults)")
+    ap.add_argument("--conf", type=Path, default=None,
+                    help="Hydra config root (pruner defaults); default: the package's conf/")
     ap.add_argument("--text-encoder", default="auto",
                     help="per-image recall encoder: auto (the runs' own), minilm, bert-base-uncased, a folder, or none")
     ap.add_argument("--max-images", type=int, default=50, help="gallery images per model and data (0: all)")
@@ -23,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     from altp.report.build import build_report
 
     try:
-        index = build_report(args.results, args.out, conf_dir=args.conf,
+        index = build_report(args.results, args.out, conf_dir=args.conf or conf_dir(),
                              text_encoder=None if args.text_encoder == "none" else args.text_encoder,
                              max_images=args.max_images or None)
     except (FileNotFoundError, KeyError, ValueError) as err:

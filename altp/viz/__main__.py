@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from altp.configs import conf_dir
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m altp.viz", description=__doc__.splitlines()[0])
@@ -18,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     fig = sub.add_parser("figures", help="study figures from the metrics.json files under RESULTS_DIR")
     fig.add_argument("results", type=Path, help="searched for metrics.json (paper/ and tables/ skipped)")
     fig.add_argument("--out", type=Path, default=Path("results/figures"))
-    fig.add_argument("--conf", type=Path, default=Path("conf"), help="Hydra config root (pruner defaults)")
+    fig.add_argument("--conf", type=Path, default=None,
+                     help="Hydra config root (pruner defaults); default: the package's conf/")
     args = ap.parse_args(argv)
     try:
         if args.command == "tokens":
@@ -30,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from altp.viz.study import write_study_figures
 
-            paths = write_study_figures(args.results, args.out, conf_dir=args.conf)
+            paths = write_study_figures(args.results, args.out, conf_dir=args.conf or conf_dir())
             print(f"wrote {len(paths)} figure file(s) to {args.out}")
             if not paths:
                 print(f"no run records under {args.results}: run experiments first (python run.py ...)")

@@ -25,13 +25,13 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from altp.configs import conf_dir
 from altp.data.grandf import GrandfSplit
 from altp.predictions import read_prediction
 from altp.pruner_order import pruner_rank
 
 __all__ = ["RunDir", "find_run_dirs", "kept_per_stage_lists", "load_run_dir", "load_split"]
 
-_CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def _load(path: Path) -> RunDir:
                       data=dict(cfg["data"]), keep=_keep(cfg), text_encoder=cfg.get("text_encoder"))
     if (path / "fingerprint.json").is_file():
         fp = _read(path / "fingerprint.json")
-        data_yaml = _CONF / "data" / f"{fp['data']['name']}.yaml"
+        data_yaml = conf_dir() / "data" / f"{fp['data']['name']}.yaml"
         if not data_yaml.is_file():
             raise FileNotFoundError(f"{path}/fingerprint.json names data {fp['data']['name']!r} but {data_yaml} does not exist")
         data = OmegaConf.to_container(OmegaConf.load(data_yaml), resolve=True)
