@@ -29,11 +29,13 @@ test: $(STAMP) ## Run the test suite (slow tests skipped)
 test-all: $(STAMP) ## Run every test, slow ones included
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
-# The committed shapes study on val and on test, two one-thread jobs at a time: 6 pruners x 3 keeps
-# plus the unpruned model, which ignores keep and runs once per split in none/keep1.0 (its three
-# sweep jobs share that directory: one runs, the others wait on its lock, then only score; keep is
-# the outer loop so those three jobs are seven apart and rarely wait).
-STUDY_GRID := model=glamm_shapes keep=0.1,0.25,0.5 pruner=none,fastv,pdrop,ddc,altp,random,uniform \
+# Every pruner of the config group conf/pruner/ (= the registry, tests/test_pruner_registry.py).
+PRUNERS := $(shell ls conf/pruner/*.yaml | sed 's|.*/||; s|\.yaml$$||' | paste -sd, -)
+# The committed shapes study on val and on test, two one-thread jobs at a time: every pruner x 3
+# keeps, the unpruned model included, which ignores keep and runs once per split in none/keep1.0
+# (its three sweep jobs share that directory: one runs, the others wait on its lock, then only
+# score; keep is the outer loop so those three jobs are a whole pruner list apart and rarely wait).
+STUDY_GRID := model=glamm_shapes keep=0.1,0.25,0.5 pruner=$(PRUNERS) \
 	hydra/launcher=joblib hydra.launcher.n_jobs=2
 study: $(STAMP) ## Rerun the shapes study (val, then test), publish its records to results/shapes, rebuild tables
 	$(PY) run.py -m data=shapes_val $(STUDY_GRID)

@@ -3,7 +3,7 @@
 Runs ``run.py`` as a Hydra multirun -- the same command a user types -- on the
 synthetic shapes val split (generated on first use), then prints one comparison
 table built from the runs' ``metrics.json``. ``make demo`` runs it with the
-defaults (unpruned + six pruners at keep 0.1 on the first 50 val images).
+defaults (unpruned + every pruner at keep 0.1 on the first 50 val images).
 
 SYNTHETIC benchmark and a small model trained here (altp/models/assets/shapes):
 these numbers say how the pruners compare on that benchmark, not on GranD-f.
@@ -23,14 +23,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from altp.configs import config_options
 from altp.flops import FLOPS_CONVENTIONS
+from altp.pruner_order import in_display_order
 from altp.run_dir import default_cell
 
 # The convention make tables shows by default (comparable with the paper's FLOPs column).
 FLOPS = FLOPS_CONVENTIONS["paper"]
 
 ROOT = Path(__file__).resolve().parents[1]
-PRUNERS = ("none", "fastv", "pdrop", "ddc", "altp", "random", "uniform")
 _COLUMNS = (  # (metrics.json key, header, format of the shown value)
     ("meteor", "METEOR", "{:.1f}", 100),
     ("cider", "CIDEr", "{:.1f}", 100),
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"),
                         help="one run directory per pruner and keep (<pruner>/keep<k>; none/keep1.0)")
     parser.add_argument("--keep", type=float, default=0.1)
-    parser.add_argument("--pruners", nargs="+", default=list(PRUNERS))
+    parser.add_argument("--pruners", nargs="+", default=in_display_order(config_options("pruner")),
+                        help="default: every pruner of conf/pruner/ (the registry), in the tables' order")
     parser.add_argument("--max-images", type=int, default=50, help="first N images of shapes val")
     parser.add_argument("--model", default="glamm_shapes")
     parser.add_argument("--data", default="shapes_val")

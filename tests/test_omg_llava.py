@@ -19,6 +19,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import LlamaForCausalLM
 
+from altp.configs import config_options
 from altp.flops import MODEL_SHAPES, LLMShape, flops_ratio
 from altp.models.base import MissingCheckpointError
 from altp.models.omg.internlm2_chat import GCG_QUESTIONS, llama_config_from_internlm2
@@ -34,7 +35,7 @@ from altp.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "<p>red circle</p>[SEG] on the left."
-PRUNERS = ["none", "fastv", "pdrop", "ddc", "altp", "random", "uniform"]
+PRUNERS = config_options("pruner")  # every pruner a run can name (the registry, tests/test_pruner_registry.py)
 
 
 @pytest.fixture(scope="module")

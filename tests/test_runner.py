@@ -16,12 +16,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from altp.cli import UserError
+from altp.configs import config_options
 from altp.flops import LLMShape, flops_ratio
 from altp.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES = 4
-PRUNERS = ["none", "fastv", "pdrop", "ddc", "altp", "random", "uniform"]
+PRUNERS = config_options("pruner")  # every pruner a run can name (the registry, tests/test_pruner_registry.py)
 
 
 def _cfg(data_root: Path, out_dir: Path, *overrides: str):
