@@ -27,6 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from altp._device import synchronize  # noqa: E402
 from altp.models.glamm import GLaMM  # noqa: E402
 from altp.models.glamm_tiny import build_glamm_tiny  # noqa: E402
 
@@ -36,11 +37,6 @@ def _next_token(model: GLaMM, hidden_last: torch.Tensor) -> torch.Tensor:
     logits = model.llm.lm_head(hidden_last).float()
     logits[:, model.token_ids.eos] = float("-inf")  # force exactly --new-tokens steps
     return logits.argmax(-1, keepdim=True)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.inference_mode()
@@ -56,7 +52,7 @@ def decode_uncached(model: GLaMM, image: Image.Image, new_tokens: int) -> tuple[
             seq = torch.cat([seq, emb(torch.tensor([tokens], device=model.device))], dim=1)
         hidden = model.llm.model(inputs_embeds=seq, use_cache=False).last_hidden_state
         tokens.append(int(_next_token(model, hidden[:, -1])))
-    _sync(model.device)
+    synchronize(model.device)
     return tokens, time.perf_counter() - t0
 
 
@@ -75,7 +71,7 @@ def decode_cached(model: GLaMM, image: Image.Image, new_tokens: int) -> tuple[li
         past = out.past_key_values
         tok = _next_token(model, out.last_hidden_state[:, -1])
         tokens.append(int(tok))
-    _sync(model.device)
+    synchronize(model.device)
     return tokens, time.perf_counter() - t0
 
 
@@ -91,7 +87,7 @@ def decode_engine(model: GLaMM, image: Image.Image, new_tokens: int, pruner=None
     out = PruningEngine(lm=model.llm, pruner=pruner).generate(
         inputs_embeds=seq, visual_start=len(model.prefix_ids), num_visual=model.num_visual, grid=model.grid,
         prep=[None], max_new_tokens=new_tokens, eos_token_id=None, use_cache=True, seed=0)  # no EOS: full length
-    _sync(model.device)
+    synchronize(model.device)
     return out.tokens[0].tolist(), time.perf_counter() - t0
 
 

@@ -9,7 +9,8 @@ Layers, bottom first (a module may import its own group and any lower layer; gro
 layer are independent of each other):
 
 0. formats and shared numbers: predictions, GT data, run-directory naming, configs'
-   location, provenance, the FLOPs model (eq. 5), the display order of pruner names
+   location, provenance, the FLOPs model (eq. 5), the display order of pruner names,
+   the device-sync helper
 1. the pruner interface: :mod:`altp.pruning.base` and the record of what pruning did
 2. pruner building blocks (SLIC regions, budgets) | the engine
 3. pruners (altp.methods, baselines) | model adapters (above the engine)
@@ -37,7 +38,7 @@ PACKAGES = ("altp", "baselines", "eval")
 LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"formats and shared numbers": (
         "altp", "altp.configs", "altp.run_dir", "altp.provenance", "altp.flops", "altp.pruner_order",
-        "altp.predictions", "altp.data",
+        "altp.predictions", "altp.data", "altp._device",
     )},
     {"pruner interface": ("altp.pruning", "altp.pruning.base", "altp.pruning.records")},
     {"pruner building blocks": ("altp.superpixels", "altp.budgets"),

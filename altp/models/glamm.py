@@ -38,6 +38,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from altp._device import synchronize
 from altp.flops import LLMShape
 from altp.models.base import GCGPrediction, restore_rope_fp32, rope_fp32_masters
 from altp.models.patch_grid import rect_area_fractions
@@ -70,11 +71,6 @@ class GLaMMConfig:
     sam: GroundingEncoderConfig = field(default_factory=GroundingEncoderConfig)
     select_layer: int = -2  # mm_vision_select_layer: the penultimate CLIP layer
     out_dim: int = 256  # text_hidden_fcs output = SAM prompt width
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class GLaMM(nn.Module):
@@ -236,7 +232,7 @@ class GLaMM(nn.Module):
         t0 = time.perf_counter()
         visual = self.encode_image(self.clip_pixels(image))
         embeds = self.build_inputs_embeds(visual)
-        _sync(dev)
+        synchronize(dev)
         t1 = time.perf_counter()
         out = PruningEngine(lm=self.llm, pruner=pruner).generate(
             inputs_embeds=embeds, visual_start=len(self.prefix_ids), num_visual=self.num_visual, grid=self.grid,
@@ -245,10 +241,10 @@ class GLaMM(nn.Module):
         )
         tokens = out.tokens[0]  # (T,)
         seg_states = out.step_hidden[0][tokens == self.token_ids.seg]  # (N, D): the state that produced [SEG]
-        _sync(dev)
+        synchronize(dev)
         t2 = time.perf_counter()
         masks = self.masks_from_states(image, seg_states)
-        _sync(dev)
+        synchronize(dev)
         t3 = time.perf_counter()
         text = self.tokenizer.decode(tokens.tolist(), skip_special_tokens=False)
         caption, phrases = parse_gcg_output(text)

@@ -35,6 +35,7 @@ from PIL import Image
 from torch import nn
 from transformers import LlamaForCausalLM
 
+from altp._device import synchronize
 from altp.flops import LLMShape
 from altp.models.base import GCGPrediction, restore_rope_fp32, rope_fp32_masters
 from altp.models.omg.gcg_output import parse_gcg_text
@@ -52,11 +53,6 @@ from altp.models.patch_grid import rect_area_fractions
 from altp.models.pixels import omg_square_pixels
 
 __all__ = ["OmgLlava"]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @dataclass(frozen=True)
@@ -239,7 +235,7 @@ class OmgLlava(nn.Module):
         dev = self.device
         t0 = time.perf_counter()
         encoding = self.visual.encode(self.pixels(image))
-        _sync(dev)
+        synchronize(dev)
         t1 = time.perf_counter()
         engine = PruningEngine(lm=self.llm, pruner=pruner)
         ids = self.token_ids
@@ -257,10 +253,10 @@ class OmgLlava(nn.Module):
             if states.shape[0]:
                 break
         last = attempts[-1]
-        _sync(dev)
+        synchronize(dev)
         t2 = time.perf_counter()
         masks = self.masks_from_states(image, encoding, last.seg_states)
-        _sync(dev)
+        synchronize(dev)
         t3 = time.perf_counter()
         caption, phrases = parse_gcg_text(decode_answer(self.tokenizer, last.tokens.tolist()))
         n_objects = int(encoding.tokens.object_tokens[0].shape[0])

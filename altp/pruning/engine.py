@@ -51,6 +51,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from altp._device import synchronize
 from altp.pruning._plan import KeptSetLog, PrunePlan, StageState
 from altp.pruning._scores import last_row_attention
 from altp.pruning.base import PruneContext, Pruner, PruneStage, ScheduleInfo
@@ -80,11 +81,6 @@ class GenerateOutput:
     record: PruneRecord
     prefill_ms: float
     decode_ms: float
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class PruningEngine:
@@ -161,7 +157,7 @@ class PruningEngine:
             device=inputs_embeds.device,
         )
         dev = inputs_embeds.device
-        _sync(dev)
+        synchronize(dev)
         t0 = time.perf_counter()
         plan = self._plan(inputs_embeds, visual_start, num_visual, grid, prep, seed)
         cache = DynamicCache(config=self.lm.config) if use_cache else None
@@ -172,7 +168,7 @@ class PruningEngine:
         if reselect and plan.first_kept is not None:
             log = KeptSetLog(plan.batch)
             log.add(plan.first_kept)
-        _sync(dev)
+        synchronize(dev)
         t1 = time.perf_counter()
         embed = self.lm.get_input_embeddings()
         toks, states = [tok], [h_last]
@@ -200,7 +196,7 @@ class PruningEngine:
             toks.append(tok)
             states.append(h_last)
             done = done | torch.isin(tok, eos)
-        _sync(dev)
+        synchronize(dev)
         t2 = time.perf_counter()
         record = plan.record(self.pruner)
         if log is not None:
