@@ -44,7 +44,13 @@ from altp.models.base import GCGPrediction, restore_rope_fp32, rope_fp32_masters
 from altp.models.patch_grid import rect_area_fractions
 from altp.models.pixels import clip_geometry, clip_resize_crop
 from altp.models.sam import GroundingEncoder, GroundingEncoderConfig
-from altp.models.tokenizer import GLaMMTokenIds, gcg_prompt, parse_gcg_output, tokenize_with_image
+from altp.models.tokenizer import (
+    GLAMM_ADDED_TOKENS,
+    GLaMMTokenIds,
+    gcg_prompt,
+    parse_gcg_output,
+    tokenize_with_image,
+)
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "GLaMM", "GLaMMConfig", "clip_resize_crop"]
 
@@ -101,9 +107,10 @@ class GLaMM(nn.Module):
         self.max_new_tokens = int(max_new_tokens)
         clip_cfg = CLIPVisionConfig(**config.clip)
         llm_cfg = LlamaConfig(**config.llm)
-        if token_ids.base_vocab + 7 > llm_cfg.vocab_size:
+        rows_needed = token_ids.base_vocab + len(GLAMM_ADDED_TOKENS)  # one embedding row per added token
+        if rows_needed > llm_cfg.vocab_size:
             raise ValueError(
-                f"tokenizer ids reach {token_ids.base_vocab + 7} but the LLM has {llm_cfg.vocab_size} embedding rows; "
+                f"tokenizer ids reach {rows_needed} but the LLM has {llm_cfg.vocab_size} embedding rows; "
                 "use the tokenizer files that came with the checkpoint (tokenizer_dir=null)"
             )
         self.vision_tower = CLIPVisionModel(clip_cfg)
