@@ -22,9 +22,8 @@ as soon as tokens are dropped).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,9 +37,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from altp._device import synchronize
 from altp.flops import LLMShape
 from altp.models.base import GCGPrediction, restore_rope_fp32, rope_fp32_masters
+from altp.models.generate import generate_and_decode
 from altp.models.patch_grid import rect_area_fractions
 from altp.models.pixels import clip_geometry, clip_resize_crop
 from altp.models.sam import GroundingEncoder, GroundingEncoderConfig
@@ -51,6 +50,9 @@ from altp.models.tokenizer import (
     parse_gcg_output,
     tokenize_with_image,
 )
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from altp.pruning.base import Pruner
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "GLaMM", "GLaMMConfig", "clip_resize_crop"]
 
@@ -210,7 +212,7 @@ class GLaMM(nn.Module):
         self,
         image: Image.Image,
         *,
-        pruner: Any | None,
+        pruner: Pruner | None,
         prep: Any,
         max_new_tokens: int | None = None,
         seed: int = 0,
@@ -232,33 +234,18 @@ class GLaMM(nn.Module):
                 cache, not upstream FastV's per-step re-ranking). True forces the
                 cache (an error with a per-step pruner).
         """
-        from altp.pruning.engine import PruningEngine
-
         image = image.convert("RGB")
-        dev = self.device
-        t0 = time.perf_counter()
-        visual = self.encode_image(self.clip_pixels(image))
-        embeds = self.build_inputs_embeds(visual)
-        synchronize(dev)
-        t1 = time.perf_counter()
-        out = PruningEngine(lm=self.llm, pruner=pruner).generate(
-            inputs_embeds=embeds, visual_start=len(self.prefix_ids), num_visual=self.num_visual, grid=self.grid,
-            prep=[prep], max_new_tokens=int(max_new_tokens or self.max_new_tokens),
-            eos_token_id=self.token_ids.eos, use_cache=use_cache, seed=seed,
-        )
-        tokens = out.tokens[0]  # (T,)
-        seg_states = out.step_hidden[0][tokens == self.token_ids.seg]  # (N, D): the state that produced [SEG]
-        synchronize(dev)
-        t2 = time.perf_counter()
-        masks = self.masks_from_states(image, seg_states)
-        synchronize(dev)
-        t3 = time.perf_counter()
-        text = self.tokenizer.decode(tokens.tolist(), skip_special_tokens=False)
-        caption, phrases = parse_gcg_output(text)
-        return GCGPrediction(
-            caption=caption, phrases=phrases, masks=masks, record=out.record,
-            num_text_tokens=self.num_text_tokens, num_visual=self.num_visual, new_tokens=int(tokens.numel()),
-            timings={"vision_ms": (t1 - t0) * 1e3, "prefill_ms": float(out.prefill_ms),
-                     "decode_ms": float(out.decode_ms), "mask_ms": (t3 - t2) * 1e3,
-                     "total_ms": (time.perf_counter() - t0) * 1e3},
-        )
+        ids = self.token_ids
+        decoded = generate_and_decode(
+            lm=self.llm, pruner=pruner, device=self.device,
+            # The prompt is built with the image encoding, so vision_ms covers both.
+            encode=lambda: self.build_inputs_embeds(self.encode_image(self.clip_pixels(image))),
+            prompt=lambda embeds, _question: embeds,
+            seg_states=lambda hidden, tokens: hidden[tokens == ids.seg],  # the states that produced [SEG]
+            masks=lambda _embeds, states: self.masks_from_states(image, states),
+            parse=lambda tokens: parse_gcg_output(self.tokenizer.decode(tokens, skip_special_tokens=False)),
+            visual_start=len(self.prefix_ids), num_visual=self.num_visual, grid=self.grid, prep=prep,
+            max_new_tokens=int(max_new_tokens or self.max_new_tokens), eos_token_id=ids.eos,
+            use_cache=use_cache, seed=seed,
+        )  # fmt: skip
+        return decoded.prediction(num_text_tokens=self.num_text_tokens, num_visual=self.num_visual)

@@ -25,9 +25,7 @@ the sixth the last answer stands (upstream's loop).
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,9 +33,9 @@ from PIL import Image
 from torch import nn
 from transformers import LlamaForCausalLM
 
-from altp._device import synchronize
 from altp.flops import LLMShape
 from altp.models.base import GCGPrediction, restore_rope_fp32, rope_fp32_masters
+from altp.models.generate import generate_and_decode
 from altp.models.omg.gcg_output import parse_gcg_text
 from altp.models.omg.internlm2_chat import GCG_QUESTIONS
 from altp.models.omg.preprocess import (
@@ -52,17 +50,10 @@ from altp.models.omg.visual import OmgLlavaVisual, VisualEncoding
 from altp.models.patch_grid import rect_area_fractions
 from altp.models.pixels import omg_square_pixels
 
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from altp.pruning.base import Pruner
+
 __all__ = ["OmgLlava"]
-
-
-@dataclass(frozen=True)
-class _Attempt:
-    """One question's generation."""
-
-    question: int
-    tokens: torch.Tensor  # (T,) generated ids
-    seg_states: torch.Tensor  # (N_seg, D) states of the fed-back [SEG] tokens
-    out: Any  # the engine's GenerateOutput
 
 
 class OmgLlava(nn.Module):
@@ -203,7 +194,7 @@ class OmgLlava(nn.Module):
         self,
         image: Image.Image,
         *,
-        pruner: Any | None,
+        pruner: Pruner | None,
         prep: Any,
         max_new_tokens: int | None = None,
         seed: int = 0,
@@ -229,46 +220,25 @@ class OmgLlava(nn.Module):
         ``separator_tokens`` (1); ``num_text_tokens`` counts both, since they are
         in every layer's sequence.
         """
-        from altp.pruning.engine import PruningEngine
-
         image = image.convert("RGB")
-        dev = self.device
-        t0 = time.perf_counter()
-        encoding = self.visual.encode(self.pixels(image))
-        synchronize(dev)
-        t1 = time.perf_counter()
-        engine = PruningEngine(lm=self.llm, pruner=pruner)
         ids = self.token_ids
-        attempts: list[_Attempt] = []
-        for q in range(len(GCG_QUESTIONS)):
-            out = engine.generate(
-                inputs_embeds=self.build_inputs_embeds(encoding, q), visual_start=len(self.prefix_ids),
-                num_visual=self.num_visual, grid=self.grid, prep=[prep],
-                max_new_tokens=int(max_new_tokens or self.max_new_tokens),
-                eos_token_id=list(ids.stop_ids), use_cache=use_cache, seed=seed,
-            )  # fmt: skip
-            tokens = out.tokens[0]  # (T,)
-            states = seg_hidden_states(out.step_hidden[0], tokens, seg_token_id=ids.seg)
-            attempts.append(_Attempt(question=q, tokens=tokens, seg_states=states, out=out))
-            if states.shape[0]:
-                break
-        last = attempts[-1]
-        synchronize(dev)
-        t2 = time.perf_counter()
-        masks = self.masks_from_states(image, encoding, last.seg_states)
-        synchronize(dev)
-        t3 = time.perf_counter()
-        caption, phrases = parse_gcg_text(decode_answer(self.tokenizer, last.tokens.tolist()))
-        n_objects = int(encoding.tokens.object_tokens[0].shape[0])
-        record = last.out.record
-        record.extras[0].update(question=last.question, questions_tried=len(attempts), object_tokens=n_objects,
-                                separator_tokens=1, llm_weights=self.llm_weights)  # fmt: skip
-        return GCGPrediction(
-            caption=caption, phrases=phrases, masks=masks, record=record,
-            num_text_tokens=len(self.prefix_ids) + len(self.suffix_ids[last.question]) + 1 + n_objects,
-            num_visual=self.num_visual, new_tokens=int(last.tokens.numel()),
-            timings={"vision_ms": (t1 - t0) * 1e3,
-                     "prefill_ms": sum(float(a.out.prefill_ms) for a in attempts),
-                     "decode_ms": sum(float(a.out.decode_ms) for a in attempts), "mask_ms": (t3 - t2) * 1e3,
-                     "total_ms": (time.perf_counter() - t0) * 1e3},
+        decoded = generate_and_decode(
+            lm=self.llm, pruner=pruner, device=self.device,
+            encode=lambda: self.visual.encode(self.pixels(image)),
+            prompt=lambda encoding, question: self.build_inputs_embeds(encoding, question),
+            num_questions=len(GCG_QUESTIONS),
+            seg_states=lambda hidden, tokens: seg_hidden_states(hidden, tokens, seg_token_id=ids.seg),
+            masks=lambda encoding, states: self.masks_from_states(image, encoding, states),
+            parse=lambda tokens: parse_gcg_text(decode_answer(self.tokenizer, tokens)),
+            visual_start=len(self.prefix_ids), num_visual=self.num_visual, grid=self.grid, prep=prep,
+            max_new_tokens=int(max_new_tokens or self.max_new_tokens), eos_token_id=list(ids.stop_ids),
+            use_cache=use_cache, seed=seed,
         )  # fmt: skip
+        q = decoded.answer.question
+        n_objects = int(decoded.encoding.tokens.object_tokens[0].shape[0])
+        decoded.answer.out.record.extras[0].update(
+            question=q, questions_tried=len(decoded.answers), object_tokens=n_objects, separator_tokens=1,
+            llm_weights=self.llm_weights,
+        )  # fmt: skip
+        num_text = len(self.prefix_ids) + len(self.suffix_ids[q]) + 1 + n_objects  # + separator + objects
+        return decoded.prediction(num_text_tokens=num_text, num_visual=self.num_visual)
