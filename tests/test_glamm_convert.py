@@ -11,11 +11,10 @@ import torch
 from PIL import Image
 
 from altp.models.base import MissingCheckpointError
+from altp.models.checkpoint_files import CheckpointMismatchError, read_state_dict
 from altp.models.glamm_convert import (
-    CheckpointMismatchError,
     build_glamm,
     official_key,
-    read_state_dict,
     write_official_checkpoint,
 )
 from altp.models.glamm_tiny import build_glamm_tiny

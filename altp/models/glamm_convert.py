@@ -26,21 +26,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers.initialization import no_init_weights
 
-from altp.models.base import MissingCheckpointError, parse_dtype
+from altp.models.base import parse_dtype
+from altp.models.checkpoint_files import (
+    CheckpointMismatchError,
+    read_json,
+    read_state_dict,
+    weight_files,
+)
 from altp.models.glamm import GLaMM, GLaMMConfig
 from altp.models.sam import GroundingEncoderConfig
 from altp.models.tokenizer import load_glamm_tokenizer
 
 __all__ = [
-    "CheckpointMismatchError",
     "build_glamm",
     "clip_key",
     "load_official_weights",
     "official_key",
-    "read_state_dict",
     "write_official_checkpoint",
 ]
 
@@ -50,10 +54,6 @@ _IGNORED_GLAMM = re.compile(r"^model\.region_encoder\.")
 _INV_FREQ = re.compile(r"^model\.layers\.(\d+)\.self_attn\.rotary_emb\.inv_freq$")
 # CLIPModel keys that CLIPVisionModel does not use.
 _IGNORED_CLIP = re.compile(r"^(text_model\.|text_projection\.|visual_projection\.|logit_scale$|vision_model\.embeddings\.position_ids$)")
-
-
-class CheckpointMismatchError(ValueError):
-    """The checkpoint's keys or shapes do not match the model."""
 
 
 def _sub(pattern: str, repl: str | Callable[[re.Match[str]], str]) -> tuple[re.Pattern[str], Any]:
@@ -121,42 +121,6 @@ def clip_key(key: str) -> str:
     if not key.startswith("vision_tower."):
         raise KeyError(f"{key!r} is not a vision_tower key")
     return "vision_model." + key.removeprefix("vision_tower.")
-
-
-# -- reading -------------------------------------------------------------------------------------
-def _weight_files(folder: Path, repo: str) -> list[Path]:
-    """Every weights file of a HF folder, safetensors first; MissingCheckpointError if none."""
-    get = f"huggingface-cli download {repo} --local-dir {folder}"
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = folder / index_name
-        if index.exists():
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            for n in names:
-                if not (folder / n).exists():
-                    raise MissingCheckpointError(missing=str(folder / n), how_to_get=get)
-            return [folder / n for n in names]
-    for single in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / single).exists():
-            return [folder / single]
-    shards = sorted(folder.glob("pytorch_model-*-of-*.bin"))
-    if shards:
-        return shards
-    raise MissingCheckpointError(missing=str(folder / "pytorch_model.bin.index.json"), how_to_get=get)
-
-
-def read_state_dict(folder: str | Path, *, repo: str = GLAMM_REPO) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint folder, without unpickling code (safetensors or ``weights_only``)."""
-    out: dict[str, torch.Tensor] = {}
-    for f in _weight_files(Path(folder), repo):
-        if f.suffix == ".safetensors":
-            part = load_file(str(f))
-        else:
-            part = torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
-        dup = out.keys() & part.keys()
-        if dup:
-            raise CheckpointMismatchError(f"{f} repeats keys of an earlier shard: {sorted(dup)[:5]}")
-        out.update(part)
-    return out
 
 
 # -- checking and loading ------------------------------------------------------------------------
@@ -287,12 +251,6 @@ _CLIP_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_at
                 "patch_size", "hidden_act", "layer_norm_eps", "projection_dim", "num_channels")
 
 
-def _read_json(path: Path, repo: str) -> dict[str, Any]:
-    if not path.exists():
-        raise MissingCheckpointError(missing=str(path), how_to_get=f"huggingface-cli download {repo} --local-dir {path.parent}")
-    return json.loads(path.read_text())
-
-
 def build_glamm(
     *,
     checkpoint_dir: str,
@@ -322,10 +280,10 @@ def build_glamm(
     """
     torch_dtype = parse_dtype(dtype)  # a bad name fails before any file is read
     ckpt, clip = Path(checkpoint_dir), Path(clip_dir)
-    glamm_cfg = _read_json(ckpt / "config.json", GLAMM_REPO)
-    clip_cfg = _read_json(clip / "config.json", CLIP_REPO)
-    _weight_files(ckpt, GLAMM_REPO)  # fail on missing shards before the slow model build
-    _weight_files(clip, CLIP_REPO)
+    glamm_cfg = read_json(ckpt / "config.json", GLAMM_REPO)
+    clip_cfg = read_json(clip / "config.json", CLIP_REPO)
+    weight_files(ckpt, GLAMM_REPO)  # fail on missing shards before the slow model build
+    weight_files(clip, CLIP_REPO)
     vision = clip_cfg.get("vision_config", clip_cfg)
     sam_cfg = sam if isinstance(sam, GroundingEncoderConfig) else GroundingEncoderConfig(**(sam or {}))
     config = GLaMMConfig(

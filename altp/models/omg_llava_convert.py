@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from transformers import LlamaForCausalLM
 
-from altp.models.base import MissingCheckpointError, parse_dtype
+from altp.models.base import parse_dtype
+from altp.models.checkpoint_files import read_state_dict, require
 from altp.models.omg.tokenizer import load_internlm2_tokenizer
 from altp.models.omg.visual import OMG_LLAVA_7B, OmgLlavaVisual, OmgVisualConfig
 from altp.models.omg_llava import OmgLlava
@@ -46,17 +47,6 @@ OFFICIAL_LLM_WEIGHTS = (
     "InternLM2-chat-7B with the finetuned LoRA merged into the {dtype} base; upstream runs the "
     "LoRA on a 4-bit NF4 (bitsandbytes, double quant, fp16 compute) base"
 )
-
-
-def _require(path: Path, repo: str, file: str = "") -> Path:
-    """``path`` if it exists, else a one-line MissingCheckpointError with the download command."""
-    if not path.exists():
-        what = f"{repo} {file}".strip()
-        raise MissingCheckpointError(
-            missing=str(path),
-            how_to_get=f"huggingface-cli download {what} --local-dir {path.parent}",
-        )
-    return path
 
 
 def _read_pth(path: Path, *, trust_pickle: bool) -> Any:
@@ -108,20 +98,19 @@ def build_omg_llava(
         ConversionError: an unmapped or missing key in any file (upstream loads
             with ``strict=False`` and would silently drop it).
     """
-    from altp.models.glamm_convert import read_state_dict
     from altp.models.omg.official_weights import llama_from_official, load_official_visual
 
     torch_dtype = parse_dtype(dtype)
     folder = Path(internlm2_dir)
     for name in ("config.json", "tokenizer.model"):
-        _require(folder / name, INTERNLM2_REPO)
+        require(folder / name, INTERNLM2_REPO)
     files = {
-        "omg_seg": _require(Path(omg_seg_ckpt), OMG_LLAVA_REPO, "omg_seg_convl.pth"),
-        "finetuned": _require(Path(finetuned_ckpt), OMG_LLAVA_REPO, "finetuned_gcg.pth"),
-        "class_embed": _require(
+        "omg_seg": require(Path(omg_seg_ckpt), OMG_LLAVA_REPO, "omg_seg_convl.pth"),
+        "finetuned": require(Path(finetuned_ckpt), OMG_LLAVA_REPO, "finetuned_gcg.pth"),
+        "class_embed": require(
             Path(class_embed), OMG_LLAVA_REPO, "convnext_large_d_320_CocoPanopticOVDataset.pth"
         ),
-        "convnext": _require(Path(convnext_ckpt), CONVNEXT_REPO, "open_clip_pytorch_model.bin"),
+        "convnext": require(Path(convnext_ckpt), CONVNEXT_REPO, "open_clip_pytorch_model.bin"),
     }
     tok, ids = load_internlm2_tokenizer(folder)
     internlm2_config = json.loads((folder / "config.json").read_text())
