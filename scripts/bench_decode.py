@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from altp._device import synchronize  # noqa: E402
 from altp.models.glamm import GLaMM  # noqa: E402
-from altp.models.glamm_tiny import build_glamm_tiny  # noqa: E402
+from altp.models.glamm_build import build_glamm_tiny  # noqa: E402
 
 
 def _next_token(model: GLaMM, hidden_last: torch.Tensor) -> torch.Tensor:

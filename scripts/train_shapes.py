@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from altp.data.synthetic import GENERATOR_VERSION  # noqa: E402
-from altp.models.glamm import GLaMM  # noqa: E402
-from altp.models.glamm_shapes import config_to_dict, shapes_config  # noqa: E402
+from altp.models.glamm import GLaMM, config_to_dict  # noqa: E402
+from altp.models.glamm_build import shapes_config  # noqa: E402
 from altp.models.tokenizer import TINY_TOKENIZER_DIR, load_glamm_tokenizer  # noqa: E402
 from altp.train.loop import TrainConfig, make_optimizer, make_probe, seed_everything, train  # noqa: E402
 

@@ -179,8 +179,8 @@ def test_official_folder_with_bf16_rope_builds_with_upstream_prompt_ids(tmp_path
     .bin shards with bf16 rotary_emb.inv_freq, the slow-tokenizer files; tokenizer_dir defaults to it."""
     import torch
 
-    from altp.models.glamm_convert import build_glamm, write_official_checkpoint
-    from altp.models.glamm_tiny import build_glamm_tiny
+    from altp.models.glamm_build import build_glamm, build_glamm_tiny
+    from altp.models.glamm_convert import write_official_checkpoint
 
     tiny = build_glamm_tiny(seed=3, num_layers=2)
     ckpt, clip = tmp_path / "GLaMM-GCG", tmp_path / "clip"

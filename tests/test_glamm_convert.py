@@ -12,12 +12,8 @@ from PIL import Image
 
 from altp.models.base import MissingCheckpointError
 from altp.models.checkpoint_files import CheckpointMismatchError, read_state_dict
-from altp.models.glamm_convert import (
-    build_glamm,
-    official_key,
-    write_official_checkpoint,
-)
-from altp.models.glamm_tiny import build_glamm_tiny
+from altp.models.glamm_build import build_glamm, build_glamm_tiny
+from altp.models.glamm_convert import official_key, write_official_checkpoint
 from altp.models.tokenizer import TINY_TOKENIZER_DIR
 
 REGION = {"model.region_encoder.mlvl_fuse.input_conv.0.weight": torch.ones(4, 6, 1, 1),

@@ -14,7 +14,7 @@ from PIL import Image
 
 from altp.models.base import GCGModel, GCGPrediction
 from altp.models.glamm import clip_resize_crop
-from altp.models.glamm_tiny import build_glamm_tiny
+from altp.models.glamm_build import build_glamm_tiny
 from altp.models.sam import postprocess_masks
 
 try:

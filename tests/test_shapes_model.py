@@ -12,12 +12,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from altp.models.glamm_shapes import (
-    SHAPES_DIR,
-    MissingShapesWeightsError,
-    build_glamm_shapes,
-    config_to_dict,
-)
+from altp.models.glamm import config_to_dict
+from altp.models.glamm_build import SHAPES_DIR, MissingShapesWeightsError, build_glamm_shapes
 from altp.models.tokenizer import TINY_TOKENIZER_DIR
 from tests.test_train_step import _toy_model
 

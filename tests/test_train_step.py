@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from altp.models.glamm import GLaMM
-from altp.models.glamm_shapes import shapes_config
+from altp.models.glamm_build import shapes_config
 from altp.models.tokenizer import TINY_TOKENIZER_DIR, load_glamm_tokenizer
 from altp.train.loop import TrainConfig, make_optimizer, train_step
 from altp.train.losses import answer_states, dice_loss, forward_losses, seg_queries

@@ -17,8 +17,8 @@ from altp.models.base import GCGModel, GCGPrediction, MissingCheckpointError
 __all__ = ["GCGModel", "GCGPrediction", "MissingCheckpointError", "build_glamm", "build_glamm_tiny"]
 
 _LAZY = {
-    "build_glamm": "altp.models.glamm_convert",
-    "build_glamm_tiny": "altp.models.glamm_tiny",
+    "build_glamm": "altp.models.glamm_build",
+    "build_glamm_tiny": "altp.models.glamm_build",
 }
 
 

@@ -22,7 +22,7 @@ as soon as tokens are dropped).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -54,7 +54,7 @@ from altp.models.tokenizer import (
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from altp.pruning.base import Pruner
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "GLaMM", "GLaMMConfig", "clip_resize_crop"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "GLaMM", "GLaMMConfig", "clip_resize_crop", "config_from_dict", "config_to_dict"]
 
 # openai/clip-vit-large-patch14-336 preprocessor_config.json
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -79,6 +79,21 @@ class GLaMMConfig:
     sam: GroundingEncoderConfig = field(default_factory=GroundingEncoderConfig)
     select_layer: int = -2  # mm_vision_select_layer: the penultimate CLIP layer
     out_dim: int = 256  # text_hidden_fcs output = SAM prompt width
+
+
+def config_to_dict(config: GLaMMConfig) -> dict[str, Any]:
+    """JSON-ready sizes (the ``config.json`` written next to trained weights)."""
+    d = asdict(config)
+    d["sam"]["global_attn_indexes"] = list(d["sam"]["global_attn_indexes"])
+    return d
+
+
+def config_from_dict(d: dict[str, Any]) -> GLaMMConfig:
+    """Inverse of :func:`config_to_dict`."""
+    sam = dict(d["sam"])
+    sam["global_attn_indexes"] = tuple(sam["global_attn_indexes"])
+    return GLaMMConfig(clip=dict(d["clip"]), llm=dict(d["llm"]), sam=GroundingEncoderConfig(**sam),
+                       select_layer=int(d["select_layer"]), out_dim=int(d["out_dim"]))
 
 
 class GLaMM(nn.Module):

@@ -1,4 +1,7 @@
-"""Load the official GLaMM-GCG checkpoint (and CLIP) into :class:`GLaMM`; write that layout back.
+"""Read the official GLaMM-GCG checkpoint (and CLIP) into :class:`GLaMM`; write that layout back.
+
+The builder is :func:`altp.models.glamm_build.build_glamm`; this module gives it the
+sizes of a download (:func:`official_config`) and its weights (:func:`load_official_weights`).
 
 Official layout (``MBZUAI/GLaMM-GCG``, saved by groundingLMM's ``GLaMMForCausalLM``):
 ``model.embed_tokens``, ``model.layers.*``, ``model.norm``, ``lm_head``,
@@ -27,9 +30,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
-from transformers.initialization import no_init_weights
 
-from altp.models.base import parse_dtype
 from altp.models.checkpoint_files import (
     CheckpointMismatchError,
     read_json,
@@ -38,12 +39,13 @@ from altp.models.checkpoint_files import (
 )
 from altp.models.glamm import GLaMM, GLaMMConfig
 from altp.models.sam import GroundingEncoderConfig
-from altp.models.tokenizer import load_glamm_tokenizer
 
 __all__ = [
-    "build_glamm",
+    "CLIP_REPO",
+    "GLAMM_REPO",
     "clip_key",
     "load_official_weights",
+    "official_config",
     "official_key",
     "write_official_checkpoint",
 ]
@@ -243,7 +245,7 @@ def write_official_checkpoint(
     (clip / "config.json").write_text(json.dumps({"model_type": "clip", "vision_config": dict(model.config.clip)}, indent=1))
 
 
-# -- the builder ---------------------------------------------------------------------------------
+# -- the sizes of an official download --------------------------------------------------------
 _LLAMA_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                  "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "rope_theta", "hidden_act",
                  "tie_word_embeddings")
@@ -251,57 +253,30 @@ _CLIP_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_at
                 "patch_size", "hidden_act", "layer_norm_eps", "projection_dim", "num_channels")
 
 
-def build_glamm(
-    *,
-    checkpoint_dir: str,
-    clip_dir: str,
-    tokenizer_dir: str | None = None,
-    dtype: str = "bfloat16",
-    device: str = "cuda",
-    max_new_tokens: int = 512,
-    sam: GroundingEncoderConfig | dict[str, Any] | None = None,
-) -> GLaMM:
-    """GLaMM-GCG with the official weights.
+def official_config(checkpoint_dir: str | Path, clip_dir: str | Path, *, sam: GroundingEncoderConfig) -> GLaMMConfig:
+    """The sizes of an official download, from each folder's ``config.json``.
+
+    Every weights file is checked to exist here, before the slow model build.
 
     Args:
-        checkpoint_dir: a download of ``MBZUAI/GLaMM-GCG`` (config.json + shards).
+        checkpoint_dir: a download of ``MBZUAI/GLaMM-GCG``.
         clip_dir: a download of ``openai/clip-vit-large-patch14-336``.
-        tokenizer_dir: defaults to ``checkpoint_dir``.
-        dtype: ``bfloat16`` (upstream), ``float16`` or ``float32``.
-        device: ``cuda``, ``cuda:i`` or ``cpu``.
-        max_new_tokens: generation length (upstream: 512).
-        sam: SAM sizes; default ViT-H as upstream hard-codes (the checkpoint
-            stores no SAM config). Tests pass a tiny one.
+        sam: SAM's sizes (the checkpoint stores none).
 
     Raises:
-        MissingCheckpointError: a file is absent (one-line message with the
-            download command).
-        CheckpointMismatchError: keys or shapes do not match.
+        MissingCheckpointError: a config or weights file is absent (one-line message
+            with the download command).
     """
-    torch_dtype = parse_dtype(dtype)  # a bad name fails before any file is read
     ckpt, clip = Path(checkpoint_dir), Path(clip_dir)
     glamm_cfg = read_json(ckpt / "config.json", GLAMM_REPO)
     clip_cfg = read_json(clip / "config.json", CLIP_REPO)
     weight_files(ckpt, GLAMM_REPO)  # fail on missing shards before the slow model build
     weight_files(clip, CLIP_REPO)
     vision = clip_cfg.get("vision_config", clip_cfg)
-    sam_cfg = sam if isinstance(sam, GroundingEncoderConfig) else GroundingEncoderConfig(**(sam or {}))
-    config = GLaMMConfig(
+    return GLaMMConfig(
         clip={k: vision[k] for k in _CLIP_FIELDS if k in vision},
         llm={k: glamm_cfg[k] for k in _LLAMA_FIELDS if k in glamm_cfg},
-        sam=sam_cfg,
+        sam=sam,
         select_layer=int(glamm_cfg.get("mm_vision_select_layer", -2)),
         out_dim=int(glamm_cfg.get("out_dim", 256)),
     )
-    tok, ids = load_glamm_tokenizer(tokenizer_dir or ckpt)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch_dtype)  # build in the target dtype: 7B in fp32 would double peak memory
-    try:
-        # Every parameter is overwritten by the strict load below, so skip the random init
-        # (minutes for 7B on CPU); buffers (RoPE, CLIP position ids) are built in __init__.
-        with torch.device(device), no_init_weights():
-            model = GLaMM(config=config, tokenizer=tok, token_ids=ids, name="glamm", max_new_tokens=max_new_tokens)
-    finally:
-        torch.set_default_dtype(previous)
-    load_official_weights(model, ckpt, clip)
-    return model.to(device=torch.device(device), dtype=torch_dtype).eval()

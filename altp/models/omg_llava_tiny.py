@@ -8,7 +8,7 @@ apply unchanged); only widths shrink (:data:`~altp.models.omg.visual.OMG_LLAVA_T
 a 64-wide Llama). The LLM config goes through
 :func:`~altp.models.omg.internlm2_chat.llama_config_from_internlm2` from an
 InternLM2-style dict, as the official one does. Weights are drawn from one
-seeded generator in name order (:func:`altp.models.glamm_tiny.randomize_`).
+seeded generator in name order (:func:`altp.models.random_weights.randomize_`).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import torch
 from transformers import LlamaForCausalLM
 
 from altp.models.base import parse_dtype
-from altp.models.glamm_tiny import randomize_
 from altp.models.omg.internlm2_chat import llama_config_from_internlm2
 from altp.models.omg.tokenizer import OMG_TINY_TOKENIZER_DIR, load_internlm2_tokenizer
 from altp.models.omg.visual import OMG_LLAVA_TINY, OmgLlavaVisual
 from altp.models.omg_llava import OmgLlava
+from altp.models.random_weights import randomize_
 
 __all__ = ["TINY_INTERNLM2_CONFIG", "build_omg_llava_tiny", "script_", "tiny_class_embed"]
 
@@ -101,7 +101,7 @@ def script_(
 ) -> None:
     """Wire a bigram chain into a random model so greedy decoding emits ``script`` then ``<|im_end|>``.
 
-    As :func:`altp.models.glamm_tiny.script_`: for each step ``a -> b`` of
+    As :func:`altp.models.glamm_build.script_`: for each step ``a -> b`` of
     ``[last prompt token, *tokens(script), <|im_end|>]`` the output row of ``b``
     becomes ``logit_scale * e_a / |e_a|`` and ``e_a`` is scaled by
     ``embed_scale`` (4, not GLaMM's 3: the 256 + 1 + N visual tokens perturb the

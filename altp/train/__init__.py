@@ -1,5 +1,5 @@
 """Training the embedded shapes GLaMM: in-memory samples, GLaMM's losses, the loop.
 
 Entry point: ``scripts/train_shapes.py``; the trained model is loaded with
-:func:`altp.models.glamm_shapes.build_glamm_shapes`.
+:func:`altp.models.glamm_build.build_glamm_shapes`.
 """

@@ -60,8 +60,12 @@ class RunDir:
 
     @property
     def model_name(self) -> str:
-        """The builder's module name (``glamm_shapes`` for ``altp.models.glamm_shapes.build_...``)."""
-        return str(self.model.get("_target_", "model")).split(".")[-2]
+        """The model's registry name: its builder's name without ``build_``.
+
+        ``glamm_shapes`` for ``altp.models.glamm_build.build_glamm_shapes`` and for
+        ``altp.models.glamm_shapes.build_glamm_shapes`` (the builder's module in older runs).
+        """
+        return str(self.model.get("_target_", "model")).rsplit(".", 1)[-1].removeprefix("build_")
 
     @property
     def label(self) -> str:
