@@ -28,8 +28,12 @@ from altp.models.omg.preprocess import image_to_tensor
 from altp.models.omg.tokenizer import OMG_TINY_TOKENIZER_DIR, load_internlm2_tokenizer
 from altp.models.omg.visual import OMG_LLAVA_TINY, OmgLlavaVisual
 from altp.models.omg_llava import OmgLlava
-from altp.models.omg_llava_convert import build_omg_llava
-from altp.models.omg_llava_tiny import TINY_INTERNLM2_CONFIG, build_omg_llava_tiny, tiny_class_embed
+from altp.models.omg_llava_build import (
+    TINY_INTERNLM2_CONFIG,
+    build_omg_llava,
+    build_omg_llava_tiny,
+    tiny_class_embed,
+)
 from altp.pruners import build_pruner
 from altp.runner import run
 
@@ -305,7 +309,7 @@ def test_table2_experiment_composes() -> None:
             overrides=["experiment=table2_omg_llava"],
             return_hydra_config=True,
         )
-    assert cfg.model._target_ == "altp.models.omg_llava_convert.build_omg_llava"
+    assert cfg.model._target_ == "altp.models.omg_llava_build.build_omg_llava"
     params = cfg.hydra.sweeper.params
     assert params.keep == "0.1,0.25" and [
         math.floor(float(k) * 256) for k in params.keep.split(",")

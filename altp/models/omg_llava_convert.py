@@ -1,4 +1,7 @@
-"""Build :class:`~altp.models.omg_llava.OmgLlava` from OMG-LLaVA's official files.
+"""Read OMG-LLaVA's official files into the parts of :class:`~altp.models.omg_llava.OmgLlava`.
+
+The builder is :func:`altp.models.omg_llava_build.build_omg_llava`; this module checks
+the files and reads them (:func:`load_official_parts`).
 
 Upstream's layout (``omg_llava/INSTALL.md``, ``./pretrained/omg_llava/``) plus the
 ConvNeXt CLIP weights open_clip would download:
@@ -22,20 +25,20 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import LlamaForCausalLM
 
-from altp.models.base import parse_dtype
 from altp.models.checkpoint_files import read_state_dict, require
-from altp.models.omg.tokenizer import load_internlm2_tokenizer
+from altp.models.omg.tokenizer import OmgTokenIds, load_internlm2_tokenizer
 from altp.models.omg.visual import OMG_LLAVA_7B, OmgLlavaVisual, OmgVisualConfig
-from altp.models.omg_llava import OmgLlava
 
-__all__ = ["CONVNEXT_REPO", "INTERNLM2_REPO", "OMG_LLAVA_REPO", "build_omg_llava"]
+__all__ = [
+    "CONVNEXT_REPO", "INTERNLM2_REPO", "OFFICIAL_LLM_WEIGHTS", "OMG_LLAVA_REPO", "OfficialParts", "load_official_parts",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,37 +63,30 @@ def _read_pth(path: Path, *, trust_pickle: bool) -> Any:
         ) from None
 
 
-def build_omg_llava(
+@dataclass(frozen=True)
+class OfficialParts:
+    """OMG-LLaVA's parts read from the official files, ready for :class:`~altp.models.omg_llava.OmgLlava`."""
+
+    visual: OmgLlavaVisual  # float32, every GCG weight loaded
+    llm: LlamaForCausalLM  # the LoRA-merged InternLM2 as Llama, in the requested dtype
+    tokenizer: Any
+    token_ids: OmgTokenIds
+
+
+def load_official_parts(
     *,
     internlm2_dir: str,
     omg_seg_ckpt: str,
     finetuned_ckpt: str,
     class_embed: str,
     convnext_ckpt: str,
-    dtype: str = "bfloat16",
-    device: str = "cuda",
-    max_new_tokens: int = 100,
+    dtype: torch.dtype,
     trust_pickle: bool = False,
     visual_config: OmgVisualConfig = OMG_LLAVA_7B,
-) -> OmgLlava:
-    """OMG-LLaVA (the GCG model) from the official files.
+) -> OfficialParts:
+    """Check every official file, then read the tokenizer, the LLM and the visual side.
 
-    Args:
-        internlm2_dir: a download of ``internlm/internlm2-chat-7b`` (``config.json``,
-            ``tokenizer.model``, weight shards).
-        omg_seg_ckpt: ``omg_seg_convl.pth`` of ``zhangtao-whu/OMG-LLaVA``.
-        finetuned_ckpt: ``finetuned_gcg.pth`` of ``zhangtao-whu/OMG-LLaVA``.
-        class_embed: ``convnext_large_d_320_CocoPanopticOVDataset.pth`` of the same repo.
-        convnext_ckpt: ``open_clip_pytorch_model.bin`` of
-            ``laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup``.
-        dtype: the LLM's dtype (``bfloat16``, ``float16`` or ``float32``); the
-            visual side is float32 as upstream.
-        device: ``cuda``, ``cuda:i`` or ``cpu``.
-        max_new_tokens: generation length (upstream: 100).
-        trust_pickle: unpickle the ``.pth`` files fully (only needed if they carry
-            non-tensor objects); off by default.
-        visual_config: the visual sizes (the official ones; tests pass the tiny
-            ones). The class-embedding file decides the number of prototypes.
+    Arguments as :func:`altp.models.omg_llava_build.build_omg_llava` (``dtype`` parsed).
 
     Raises:
         MissingCheckpointError: a file is absent (every file is checked before
@@ -100,7 +96,6 @@ def build_omg_llava(
     """
     from altp.models.omg.official_weights import llama_from_official, load_official_visual
 
-    torch_dtype = parse_dtype(dtype)
     folder = Path(internlm2_dir)
     for name in ("config.json", "tokenizer.model"):
         require(folder / name, INTERNLM2_REPO)
@@ -118,9 +113,7 @@ def build_omg_llava(
     internlm2_state = read_state_dict(folder, repo=INTERNLM2_REPO)
     finetuned = _read_pth(files["finetuned"], trust_pickle=trust_pickle)
     finetuned = finetuned.get("state_dict", finetuned)  # as xtuner's guess_load_checkpoint
-    llm_config, llm_state = llama_from_official(
-        internlm2_state, internlm2_config, finetuned, dtype=torch_dtype
-    )
+    llm_config, llm_state = llama_from_official(internlm2_state, internlm2_config, finetuned, dtype=dtype)
     del internlm2_state
     with torch.device("meta"):  # no random init and no second copy of 7B weights
         llm = LlamaForCausalLM(llm_config)
@@ -133,16 +126,10 @@ def build_omg_llava(
 
     class_tensor = _read_pth(files["class_embed"], trust_pickle=trust_pickle)
     omg_seg = _read_pth(files["omg_seg"], trust_pickle=trust_pickle)
-    visual = OmgLlavaVisual(
-        config=replace(visual_config, class_prototypes=int(class_tensor.shape[1]))
-    )
+    visual = OmgLlavaVisual(config=replace(visual_config, class_prototypes=int(class_tensor.shape[1])))
     unused = load_official_visual(
         visual, open_clip_state=_read_pth(files["convnext"], trust_pickle=trust_pickle),
         omg_seg_state=omg_seg.get("state_dict", omg_seg), finetuned_state=finetuned, class_embed=class_tensor,
     )  # fmt: skip
     log.info("official keys not used by GCG inference: %s", {k: len(v) for k, v in unused.items()})
-    model = OmgLlava(
-        visual=visual, llm=llm, tokenizer=tok, token_ids=ids, llm_dtype=torch_dtype, name="omg_llava",
-        max_new_tokens=max_new_tokens, llm_weights=OFFICIAL_LLM_WEIGHTS.format(dtype=dtype),
-    )  # fmt: skip
-    return model.to(torch.device(device)).eval()
+    return OfficialParts(visual=visual, llm=llm, tokenizer=tok, token_ids=ids)
