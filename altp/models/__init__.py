@@ -1,30 +1,52 @@
-"""Model adapters: one file per model family, all implementing :class:`GCGModel`.
+"""Model adapters: one family per adapter module, all implementing :class:`GCGModel`.
 
-Builders (used as Hydra ``_target_`` in ``conf/model/``)::
+========  ===================  =========================  ==============================
+family    adapter              named builders             official-file reading
+========  ===================  =========================  ==============================
+GLaMM     ``glamm.py``         ``glamm_build.py``         ``glamm_convert.py``
+OMG-LLaVA ``omg_llava.py``     ``omg_llava_build.py``     ``omg_llava_convert.py``
+========  ===================  =========================  ==============================
 
-    build_glamm(checkpoint_dir=..., clip_dir=..., dtype="bfloat16", device="cuda")  # official weights
-    build_glamm_tiny(seed=0)                                                          # random, CPU, tests
+Each builder module lists its builders by registry name (``GLAMM_BUILDERS``,
+``OMG_LLAVA_BUILDERS``); a name with a ``conf/model/<name>.yaml`` is a Hydra
+``_target_`` there. From Python::
 
-They are imported lazily so ``import altp.models`` stays cheap.
+    from altp.models import build_model
+    model = build_model("glamm_tiny", seed=0)       # random, CPU, tests
+    model = build_model("glamm", checkpoint_dir=..., clip_dir=...)  # official weights
+
+The builder modules are imported on first use, so ``import altp.models`` stays cheap.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from typing import Any
 
 from altp.models.base import GCGModel, GCGPrediction, MissingCheckpointError
 
-__all__ = ["GCGModel", "GCGPrediction", "MissingCheckpointError", "build_glamm", "build_glamm_tiny"]
+__all__ = ["GCGModel", "GCGPrediction", "MissingCheckpointError", "build_model", "model_builders"]
 
-_LAZY = {
-    "build_glamm": "altp.models.glamm_build",
-    "build_glamm_tiny": "altp.models.glamm_build",
-}
+# Builder module -> its registry dict, one entry per model family.
+_FAMILIES = (("altp.models.glamm_build", "GLAMM_BUILDERS"), ("altp.models.omg_llava_build", "OMG_LLAVA_BUILDERS"))
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+def model_builders() -> dict[str, Callable[..., GCGModel]]:
+    """Every named builder of every family, by registry name (imports the builder modules)."""
+    out: dict[str, Callable[..., GCGModel]] = {}
+    for module, registry in _FAMILIES:
+        out.update(getattr(importlib.import_module(module), registry))
+    return out
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'altp.models' has no attribute {name!r}; available: {', '.join(__all__)}")
+
+def build_model(name: str, **kwargs: Any) -> GCGModel:
+    """The model registered as ``name``, built with the builder's keyword arguments.
+
+    Raises:
+        ValueError: ``name`` is not registered (the message lists the valid names).
+    """
+    builders = model_builders()
+    if name not in builders:
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(sorted(builders))}")
+    return builders[name](**kwargs)
