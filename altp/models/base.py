@@ -1,9 +1,11 @@
-"""The model-adapter interface the runner calls (GLaMM now, OMG-LLaVA later).
+"""The model-adapter interface the runner calls, and what the adapters share.
 
-A GCG model adapter turns one image into a grounded caption: text with
-``<p>phrase</p> [SEG]`` tags, one binary mask per phrase. The runner only needs
-:class:`GCGModel`; everything model-specific (preprocessing, the vision tower,
-mask decoding) stays inside the adapter.
+A GCG model adapter (:class:`altp.models.glamm.GLaMM`,
+:class:`altp.models.omg_llava.OmgLlava`) turns one image into a grounded caption:
+text with ``<p>phrase</p> [SEG]`` tags, one binary mask per phrase. The runner only
+needs :class:`GCGModel`; everything model-specific (preprocessing, the vision tower,
+the prompt, mask decoding) stays inside the adapter, and the timed
+generate-and-decode pipeline they share is :mod:`altp.models.generate`.
 
 Index conventions: masks are ``(H, W)`` bool at the *original* image size; the
 i-th mask pairs with the i-th phrase (that order is what the evaluator's AP50
@@ -92,7 +94,7 @@ class GCGPrediction:
             them differ and the adapter reports what the model produced.
         record: the engine's PruneRecord (kept tokens per stage, extras, timings).
         num_text_tokens: non-visual prompt tokens (for the FLOPs ratio).
-        num_visual: visual tokens before pruning (576 for GLaMM).
+        num_visual: visual tokens before pruning (576 for GLaMM, 256 for OMG-LLaVA).
         new_tokens: generated tokens, EOS included if it was produced.
         timings: milliseconds: vision_ms, prefill_ms, decode_ms, mask_ms, total_ms.
     """
@@ -109,23 +111,32 @@ class GCGPrediction:
 
 @runtime_checkable
 class GCGModel(Protocol):
-    """What the runner needs from a grounded-conversation model.
+    """What the runner (and the object-coverage diagnostic) needs from a grounded-conversation model.
+
+    Build one by registry name with :func:`altp.models.build_model`.
 
     Attributes:
-        name: registry / table label (``glamm``, ``glamm_tiny``).
-        grid: (rows, cols) of the visual patch grid, rows * cols == num_visual.
-        num_visual: visual tokens the LLM sees before pruning.
+        name: registry / table label (``glamm``, ``glamm_shapes``, ``omg_llava_tiny``, ...).
+        grid: (rows, cols) of the visual patch grid, rows * cols == num_visual;
+            visual token ``r * cols + c`` is grid cell ``(r, c)`` (row-major).
+        num_visual: visual tokens the LLM sees before pruning (the pruners' budget base).
         llm_shape: decoder shape for the eq.-5 FLOPs ratio.
-        device: where the model runs.
-        dtype: compute dtype of the LLM.
     """
 
     name: str
     grid: tuple[int, int]
     num_visual: int
     llm_shape: LLMShape
-    device: torch.device
-    dtype: torch.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Where the LLM runs (inputs go there)."""
+        ...
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Compute dtype of the LLM (OMG-LLaVA's visual side stays float32 whatever it is)."""
+        ...
 
     def vision_image(self, image: Image.Image) -> np.ndarray:
         """(H, W, 3) uint8: exactly the pixels the vision tower sees (for Pruner.prepare)."""
@@ -149,10 +160,19 @@ class GCGModel(Protocol):
         prep: Any,
         max_new_tokens: int | None = None,
         seed: int = 0,
+        use_cache: bool | None = None,
     ) -> GCGPrediction:
         """Greedy GCG inference on one image with ``pruner`` (None = unpruned).
 
-        Adapters decode from the KV cache, except for a pruner whose
-        ``reselects_per_step`` is True, which needs the uncached path.
+        Args:
+            image: any PIL image (converted to RGB).
+            pruner: the pruner, or None for the full model.
+            prep: what ``pruner.prepare(self.vision_image(image), self.grid)`` returned
+                (None unpruned).
+            max_new_tokens: None = the model's default.
+            seed: per-image seed for random pruners.
+            use_cache: None decodes from the KV cache, except for a pruner whose
+                ``reselects_per_step`` is True, which needs the uncached path; False
+                recomputes the sequence every step; True forces the cache.
         """
         ...
