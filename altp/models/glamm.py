@@ -17,7 +17,11 @@ token *before* each ``[SEG]`` -- the state whose logits produced ``[SEG]`` --
 goes through ``text_hidden_fcs`` into SAM as one sparse prompt. The engine
 returns exactly those states as ``step_hidden``, so ``step_hidden[tokens == seg]``
 needs no position offset, pruned or not (upstream hard-codes 575, which breaks
-as soon as tokens are dropped).
+as soon as tokens are dropped). The timed pipeline around the engine is
+:func:`altp.models.generate.generate_and_decode`, shared with OMG-LLaVA.
+
+Build a GLaMM by name (official, shapes, tiny, full-size random) with
+:mod:`altp.models.glamm_build`.
 """
 
 from __future__ import annotations

@@ -20,7 +20,10 @@ state of the ``[SEG]`` token *itself* (it is the input there): the engine's
 the position of ``tokens[t - 1]``, so a ``[SEG]`` at ``t`` uses
 ``step_hidden[t + 1]`` and a final ``[SEG]`` has none (as upstream). When no
 ``[SEG]`` state comes out, the next of the six GCG questions is tried; after
-the sixth the last answer stands (upstream's loop).
+the sixth the last answer stands (upstream's loop), in the pipeline shared with
+GLaMM (:func:`altp.models.generate.generate_and_decode`).
+
+Build an OMG-LLaVA by name (official, tiny) with :mod:`altp.models.omg_llava_build`.
 """
 
 from __future__ import annotations
