@@ -210,7 +210,7 @@ def test_wrong_inv_freq_is_refused_in_one_line(tiny, written, label, make, match
 def _one_line_missing(err: MissingCheckpointError, repo: str, path: str) -> None:
     msg = str(err)
     assert "\n" not in msg
-    assert f"huggingface-cli download {repo} --local-dir" in msg
+    assert f"hf download {repo} --local-dir" in msg
     assert path in msg
 
 

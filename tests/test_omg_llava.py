@@ -276,7 +276,7 @@ def test_missing_official_file_is_one_line(
     assert (
         len(msg.splitlines()) == 1
         and str(gone) in msg
-        and f"huggingface-cli download {repo} " in msg
+        and f"hf download {repo} " in msg
     )
 
 

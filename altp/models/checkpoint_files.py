@@ -29,7 +29,7 @@ class CheckpointMismatchError(ValueError):
 def download_command(repo: str, folder: str | Path, *files: str) -> str:
     """The shell command that downloads ``files`` of Hub ``repo`` (all of it without ``files``) into ``folder``."""
     what = " ".join((repo, *files))
-    return f"huggingface-cli download {what} --local-dir {folder}"
+    return f"hf download {what} --local-dir {folder}"
 
 
 def require(path: Path, repo: str, file: str = "") -> Path:

@@ -98,7 +98,7 @@ INTERNLM2_CHAT_TOKENS: tuple[str, ...] = (
 _REQUIRED_CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
 # A shell comment keeps the one-line message a valid command.
 _HOW_TO_GET = (
-    "huggingface-cli download internlm/internlm2-chat-7b tokenizer.model tokenizer_config.json "
+    "hf download internlm/internlm2-chat-7b tokenizer.model tokenizer_config.json "
     "--local-dir FOLDER  # the internlm2-chat-7b folder of "
     "https://huggingface.co/internlm/internlm2-chat-7b, also under OMG-LLaVA's pretrained/omg_llava/"
 )
