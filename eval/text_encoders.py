@@ -29,7 +29,7 @@ __all__ = ["TextEncoderUnavailable", "TextEncoder", "resolve_text_encoder", "cos
 
 DEFAULT_ENCODER = "bert-base-uncased"
 _BERT_MISSING = (
-    "bert-base-uncased is not in the local HF cache: run `huggingface-cli download bert-base-uncased` "
+    "bert-base-uncased is not in the local HF cache: run `hf download bert-base-uncased` "
     "(or pass --text-encoder minilm|PATH)"
 )
 _BATCH = 256

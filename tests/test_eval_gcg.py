@@ -134,7 +134,7 @@ def test_missing_bert_says_how_to_get_it() -> None:
     try:
         TextEncoder(name="bert-base-uncased")
     except TextEncoderUnavailable as e:
-        assert "huggingface-cli download bert-base-uncased" in str(e) and "\n" not in str(e)
+        assert "hf download bert-base-uncased" in str(e) and "\n" not in str(e)
     else:
         pytest.skip("bert-base-uncased is in the local HF cache here")
 
