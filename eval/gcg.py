@@ -5,7 +5,7 @@ Usage::
     python -m eval.gcg --pred-dir runs/x/predictions --gt-dir data/GranDf/annotations/val_test \\
         --split val [--text-encoder bert-base-uncased|minilm|PATH] [--json metrics.json]
 
-Protocol: groundingLMM ``eval/gcg/evaluate.py`` (see ``/work/shared/REFERENCE.md``)
+Protocol: groundingLMM ``eval/gcg/evaluate.py`` (quirk by quirk in ``docs/protocol.md``)
 with every quirk kept: AP50 = COCOeval segm ``stats[1]`` with score 1.0 in the
 official insertion order, greedy mIoU, recall's stop-at-first-rejection and
 per-image failure rule, mean-pooled BERT embeddings with CLS/SEP, corpus

@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python scripts/train_shapes.py --out altp/models/assets/shapes \\
-        [--steps 3000] [--seed 0] [--time-limit-min 60] [--ckpt /tmp/shapes/ckpt.pt]
+        [--steps 3000] [--seed 0] [--time-limit-min 60] [--ckpt runs/shapes_train/ckpt.pt]
 
 Writes ``OUT/model.safetensors`` (float32), ``OUT/config.json`` (sizes),
 ``OUT/tokenizer/`` and ``OUT/train_log.jsonl`` (one line per log interval).

@@ -25,7 +25,7 @@ from altp.models.tokenizer import (
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Typed from REFERENCE.md / groundingLMM eval/gcg/infer.py, not from the code under test.
+# Typed from groundingLMM eval/gcg/infer.py (the llava_v1 template), not from the code under test.
 EXPECTED_PROMPT = (
     "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
     "detailed, and polite answers to the human's questions. USER: The <im_start><image><im_end> provides an "

@@ -1,4 +1,4 @@
-"""Building blocks of the native OMG-LLaVA port (issue 6).
+"""Building blocks of the native OMG-LLaVA port.
 
 Upstream facts behind every module are recorded in ``docs/omg_llava_port.md``.
 The model itself is assembled elsewhere; this package holds the parts that can
