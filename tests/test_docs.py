@@ -4,8 +4,9 @@ A path in backticks that starts with a folder or file of this repository (``altp
 ``conf/...``, ``run.py``) must exist; ``path::name`` must name a function or class defined
 in that file. A dotted name under ``altp``, ``baselines`` or ``eval`` must import and
 resolve attribute by attribute (``altp.pruning.base.Pruner.select``). Placeholders
-(``<name>``, ``*``, ``{split}``, ``...``) are skipped, and upstream files are cited as
-``<repository>/<path>`` (``groundingLMM/eval/gcg/evaluate.py``), which no rule here matches.
+(``<name>``, ``*``, ``{split}``, ``...``) are skipped, upstream files are cited as
+``<repository>/<path>`` (``groundingLMM/eval/gcg/evaluate.py``), which no rule here matches,
+and the worked example of docs/adding_a_pruner.md names files that exist only in that page.
 The dependency-layer table of docs/architecture.md must be the one tests/test_layering.py
 enforces.
 """
@@ -26,6 +27,9 @@ TOP = ("altp/", "baselines/", "eval/", "conf/", "scripts/", "tests/", "docs/", "
 ROOT_FILES = ("run.py", "setup.py", "pyproject.toml", "Makefile", "README.md")
 PLACEHOLDER = re.compile(r"[<>*{}$]|\.\.\.|…")
 DOTTED = re.compile(r"^(altp|baselines|eval)(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+# The files of docs/adding_a_pruner.md's worked example: they exist in that page only
+# (tests/test_docs_pruner.py runs them from there), never in the repository.
+EXAMPLE_FILES = {"baselines/contrast.py", "conf/pruner/contrast.yaml", "tests/test_contrast.py"}
 
 
 def _code_spans(text: str) -> list[str]:
@@ -63,6 +67,9 @@ def test_the_scan_finds_references():
 def test_every_repository_path_exists(doc: str, ref: str) -> None:
     path, _, name = ref.partition("::")
     target = ROOT / path.rstrip("/")
+    if path in EXAMPLE_FILES:
+        assert doc == "adding_a_pruner.md" and not target.exists(), f"{doc} names the doc-only example {path}"
+        return
     assert target.exists(), f"{doc} names {path}, which does not exist"
     if name:
         src = target.read_text(encoding="utf-8")
