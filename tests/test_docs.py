@@ -8,13 +8,15 @@ resolve attribute by attribute (``altp.pruning.base.Pruner.select``). Placeholde
 ``<repository>/<path>`` (``groundingLMM/eval/gcg/evaluate.py``), which no rule here matches,
 and the worked example of docs/adding_a_pruner.md names files that exist only in that page.
 The dependency-layer table of docs/architecture.md must be the one tests/test_layering.py
-enforces.
+enforces, and every Python and YAML block of the docs must parse (docs/adding_a_pruner.md's
+blocks also run: tests/test_docs_pruner.py).
 """
 
 from __future__ import annotations
 
 import importlib
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,21 @@ def test_architecture_layer_table_is_the_layering_tests():
         assert may_import == want, f"architecture.md: group {group!r} says it may import {may_import!r}"
     enforced = {(layer, group): prefixes for layer, groups in enumerate(LAYERS) for group, prefixes in groups.items()}
     assert documented == enforced
+
+
+BLOCKS = [(doc.name, lang, block) for doc in DOCS
+          for lang, block in re.findall(r"^ *```(python|yaml)\n(.*?)^ *```", doc.read_text(encoding="utf-8"),
+                                        flags=re.S | re.M)]  # fmt: skip
+
+
+@pytest.mark.parametrize("doc, lang, block", BLOCKS, ids=[f"{d}:{lang}{i}" for i, (d, lang, _) in enumerate(BLOCKS)])
+def test_every_code_block_parses(doc: str, lang: str, block: str) -> None:
+    import ast
+
+    import yaml
+
+    text = textwrap.dedent(block)
+    if lang == "python":
+        ast.parse(text)
+    else:
+        assert isinstance(yaml.safe_load(text), dict), f"{doc}: a YAML block that is not a mapping"
