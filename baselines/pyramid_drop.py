@@ -29,6 +29,17 @@ not above ``match_layer`` dropped): [2, 8, 16, 24] for 32 layers, [2, 4, 6]
 for 8. The extra first stage at K=2 is what makes the equal-FLOPs match
 reachable at every keep; ``layers=[8, 16, 24], lambda_=0.5`` is upstream's own
 setting. Explicit layers are used as given.
+
+Ablation switches (this project, not upstream; defaults are upstream's):
+
+* ``score``: ``own`` (upstream) scores stage layer L with layer L's own input
+  norm, q/k and RoPE; ``previous`` scores with layer L-1's, as FastV does.
+* ``renumber``: ``True`` (upstream) renumbers positions contiguously after a
+  drop; ``False`` keeps the original position ids with gaps, as FastV does.
+
+With ``score='previous', renumber=False`` and a single stage at FastV's layer
+keeping FastV's count, PDrop computes exactly what FastV computes, so the 2x2
+of these switches separates what the score and the positions each cost.
 """
 
 from __future__ import annotations
@@ -48,9 +59,11 @@ from altp.pruning.base import (
     register_pruner,
 )
 
-__all__ = ["PyramidDropPruner", "solve_lambda"]
+__all__ = ["SCORE_MODES", "PyramidDropPruner", "solve_lambda"]
 
 _UPSTREAM_FRACTIONS = (0.25, 0.5, 0.75)  # [8, 16, 24] of LLaVA-1.5-7B's 32 layers
+#: which layer's q/k scores a stage at layer L: L itself (upstream) or L-1 (FastV's choice)
+SCORE_MODES = ("own", "previous")
 
 
 def _multi_stage_flops(
@@ -109,6 +122,10 @@ class PyramidDropPruner(Pruner):
             upstream's [8, 16, 24] scaled to the model's depth.
         lambda_: the per-stage ratio (upstream 0.5); overrides the FLOPs match.
         match_layer: the single-stage layer K the FLOPs are matched to.
+        score: ``own`` (upstream: the stage layer's own q/k) or ``previous``
+            (layer L-1's, like FastV); an ablation switch.
+        renumber: True (upstream: contiguous positions after each drop) or
+            False (original positions with gaps, like FastV); an ablation switch.
     """
 
     def __init__(
@@ -118,10 +135,18 @@ class PyramidDropPruner(Pruner):
         layers: Sequence[int] | None = None,
         lambda_: float | None = None,
         match_layer: int = 2,
+        score: str = "own",
+        renumber: bool = True,
     ) -> None:
         super().__init__(keep=keep, layer=match_layer)
         if lambda_ is not None and not (0.0 < float(lambda_) <= 1.0):
             raise ValueError(f"lambda_ must be in (0, 1], got {lambda_!r}")
+        if score not in SCORE_MODES:
+            raise ValueError(f"pdrop score must be one of {', '.join(SCORE_MODES)}, got {score!r}")
+        if not isinstance(renumber, bool):
+            raise ValueError(f"pdrop renumber must be true or false, got {renumber!r}")
+        self.score = score
+        self.renumber = renumber
         self.stage_layers_given = None if layers is None else [int(x) for x in layers]
         self.lambda_ = None if lambda_ is None else float(lambda_)
         # The lambda of the schedule being run: the engine calls schedule() then select() within
@@ -158,7 +183,12 @@ class PyramidDropPruner(Pruner):
             counts = [info.num_visual] * len(layers)
         self._lambda_in_use = lam
         return [
-            PruneStage(layer=lay, n_keep=c, score_layer=lay, renumber_positions=True)
+            PruneStage(
+                layer=lay,
+                n_keep=c,
+                score_layer=lay if self.score == "own" else lay - 1,
+                renumber_positions=self.renumber,
+            )
             for lay, c in zip(layers, counts, strict=True)
         ]
 
@@ -180,4 +210,6 @@ class PyramidDropPruner(Pruner):
             "match_layer": self.layer,
             "layers": self.stage_layers_given,
             "lambda_": self.lambda_,
+            "score": self.score,
+            "renumber": self.renumber,
         }

@@ -8,6 +8,7 @@ import torch
 from altp.flops import MODEL_SHAPES, LLMShape, prefill_flops
 from altp.pruning import ScheduleInfo, kept_count
 from altp.pruning.engine import PruningEngine
+from baselines.fastv import FastVPruner
 from baselines.pyramid_drop import PyramidDropPruner, solve_lambda
 from tests.test_engine import GRID, PREFIX, V, prompt, stock_layers, tiny_lm
 
@@ -211,3 +212,83 @@ def test_solve_uses_the_models_shape():
     assert (
         LLMShape(hidden_size=4096, intermediate_size=11008, num_layers=32) == MODEL_SHAPES["glamm"]
     )
+
+
+# -- ablation switches: score (own | previous) x renumber (true | false) ----------------------------------
+def test_previous_layer_score_without_renumbering_is_fastv():
+    # One stage at FastV's K with FastV's count, scored by layer K-1 at original positions: FastV exactly.
+    # Checked against FastV through the engine and against test_fastv's eager oracles (independent of both).
+    from tests.test_fastv import _oracle_kept, _oracle_logits
+
+    k, keep, x = 2, 0.25, prompt(batch=2)
+    pdrop = PyramidDropPruner(keep=keep, layers=[k], score="previous", renumber=False)
+    fastv = FastVPruner(keep=keep, layer=k)
+    got, rec = PruningEngine(lm=tiny_lm("sdpa", layers=LAYERS), pruner=pdrop).prefill(
+        inputs_embeds=x, visual_start=PREFIX, num_visual=V, grid=GRID
+    )
+    want, want_rec = PruningEngine(lm=tiny_lm("sdpa", layers=LAYERS), pruner=fastv).prefill(
+        inputs_embeds=x, visual_start=PREFIX, num_visual=V, grid=GRID
+    )
+    assert rec.kept_per_stage == want_rec.kept_per_stage == [kept_count(keep, V)]
+    assert rec.kept_tokens == want_rec.kept_tokens
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    eager = tiny_lm("eager", layers=LAYERS)
+    kept = _oracle_kept(eager, x, k, kept_count(keep, V))
+    assert rec.kept_tokens == kept.tolist()
+    torch.testing.assert_close(got, _oracle_logits(eager, x, kept, k), rtol=1e-4, atol=1e-5)
+    # Decoding too: the generated tokens are FastV's.
+    outs = [
+        PruningEngine(lm=tiny_lm("sdpa", layers=LAYERS), pruner=p).generate(
+            inputs_embeds=x[:1], visual_start=PREFIX, num_visual=V, grid=GRID, max_new_tokens=6,
+            eos_token_id=None,
+        )  # fmt: skip
+        for p in (PyramidDropPruner(keep=keep, layers=[k], score="previous", renumber=False), fastv)
+    ]
+    assert outs[0].tokens.tolist() == outs[1].tokens.tolist()
+
+
+@pytest.mark.parametrize("score", ["own", "previous"])
+@pytest.mark.parametrize("renumber", [True, False])
+def test_each_switch_changes_only_what_it_names(score, renumber):
+    # score picks the ranking layer (K's own attention or K-1's); renumber picks the positions the
+    # layers from K on see (0..L'-1 or the original ids). Oracles: eager attention of the named
+    # layer, then stock layers on the kept tokens at the named positions.
+    from tests.test_fastv import _oracle_kept, _oracle_logits
+
+    k, keep, x = 2, 0.25, prompt(batch=2)
+    n = kept_count(keep, V)
+    got, rec = PruningEngine(
+        lm=tiny_lm("sdpa", layers=LAYERS),
+        pruner=PyramidDropPruner(keep=keep, layers=[k], score=score, renumber=renumber),
+    ).prefill(inputs_embeds=x, visual_start=PREFIX, num_visual=V, grid=GRID)
+    eager = tiny_lm("eager", layers=LAYERS)
+    by_score = {"own": _oracle(eager, x, [k], [n])[0][0], "previous": _oracle_kept(eager, x, k, n)}
+    kept = by_score[score]
+    assert by_score["own"].tolist() != by_score["previous"].tolist()  # the case tells them apart
+    assert rec.kept_tokens == kept.tolist() and rec.kept_per_stage == [n]
+    by_positions = {
+        True: _oracle(eager, x, [k], [n], kept_rel=[kept])[2],
+        False: _oracle_logits(eager, x, kept, k),
+    }
+    assert not torch.allclose(by_positions[True], by_positions[False], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got, by_positions[renumber], rtol=1e-4, atol=1e-5)
+
+
+def test_the_switches_shape_every_stage_and_are_recorded():
+    p = PyramidDropPruner(keep=0.1, lambda_=0.5, score="previous", renumber=False)
+    stages = p.schedule(_info(num_layers=8, d=64, m=128))
+    assert [(s.layer, s.score_layer, s.renumber_positions) for s in stages] == [
+        (2, 1, False), (4, 3, False), (6, 5, False)
+    ]  # fmt: skip
+    assert (p.hparams()["score"], p.hparams()["renumber"]) == ("previous", False)
+    up = PyramidDropPruner(keep=0.1).hparams()
+    assert (up["score"], up["renumber"]) == ("own", True)  # upstream's behaviour by default
+
+
+@pytest.mark.parametrize(
+    "kw, msg",
+    [({"score": "next"}, "score must be one of own, previous"), ({"renumber": "no"}, "true or false")],
+)
+def test_bad_switch_values_say_what_is_valid(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        PyramidDropPruner(keep=0.5, **kw)

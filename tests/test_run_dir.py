@@ -38,8 +38,15 @@ def test_cell_path_names_what_differs_from_the_defaults() -> None:
         "altp/keep0.25_alpha0.5_n_segments3"
     )
     assert cell_path({**altp, "importance": "random"}) == "altp/keep0.1_importancerandom"
-    pdrop = {"name": "pdrop", "keep": 0.5, "layers": [8, 16, 24], "lambda_": 0.5, "match_layer": 2}
-    assert cell_path(pdrop) == "pdrop/keep0.5_lambda_0.5_layers8-16-24"
+    pdrop = {**yaml.safe_load((CONF / "pruner" / "pdrop.yaml").read_text()), "keep": 0.5}
+    assert cell_path({**pdrop, "layers": [8, 16, 24], "lambda_": 0.5}) == (
+        "pdrop/keep0.5_lambda_0.5_layers8-16-24"
+    )
+    # The study's score x renumber ablation: booleans and words spelled out, defaults left out.
+    assert cell_path({**pdrop, "layers": [2], "score": "previous", "renumber": False}) == (
+        "pdrop/keep0.5_layers2_renumberfalse_scoreprevious"
+    )
+    assert cell_path({**pdrop, "layers": [2], "score": "own", "renumber": True}) == "pdrop/keep0.5_layers2"
     # A key the pruner's config does not have is named too (+pruner.extra=...).
     fastv = {**yaml.safe_load((CONF / "pruner" / "fastv.yaml").read_text()), "keep": 0.1}
     assert cell_path(fastv) == "fastv/keep0.1"

@@ -55,7 +55,13 @@ def test_pdrop_hparams_are_the_config_and_solved_values_come_from_records(
 ):
     solved = _run(data_root, tmp_path / "solved", "pruner=pdrop", "keep=0.25")
     hp = {k: v for k, v in solved.items() if k.startswith("pruner.")}
-    assert hp == {"pruner.layers": None, "pruner.lambda_": None, "pruner.match_layer": 2}
+    assert hp == {
+        "pruner.layers": None,
+        "pruner.lambda_": None,
+        "pruner.match_layer": 2,
+        "pruner.score": "own",
+        "pruner.renumber": True,
+    }
     recs = [
         json.loads(p.read_text()) for p in sorted((tmp_path / "solved" / "records").glob("*.json"))
     ]
@@ -102,7 +108,13 @@ def _record(**metrics) -> RunRecord:
 
 def test_old_pdrop_records_keep_their_cell_and_default_status():
     defaults = load_pruner_defaults(ROOT / "conf")
-    assert defaults["pdrop"] == {"layers": None, "lambda_": None, "match_layer": 2}
+    assert defaults["pdrop"] == {
+        "layers": None,
+        "lambda_": None,
+        "match_layer": 2,
+        "score": "own",
+        "renumber": True,
+    }
     old = _record(
         **{
             "pruner.match_layer": 2,
