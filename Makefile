@@ -35,11 +35,22 @@ PRUNERS := $(shell ls conf/pruner/*.yaml | sed 's|.*/||; s|\.yaml$$||' | paste -
 # keeps, the unpruned model included, which ignores keep and runs once per split in none/keep1.0
 # (its three sweep jobs share that directory: one runs, the others wait on its lock, then only
 # score; keep is the outer loop so those three jobs are a whole pruner list apart and rarely wait).
-STUDY_GRID := model=glamm_shapes keep=0.1,0.25,0.5 pruner=$(PRUNERS) \
-	hydra/launcher=joblib hydra.launcher.n_jobs=2
-study: $(STAMP) ## Rerun the shapes study (val, then test), publish its records to results/shapes, rebuild tables
+STUDY_JOBS := hydra/launcher=joblib hydra.launcher.n_jobs=2
+STUDY_GRID := model=glamm_shapes keep=0.1,0.25,0.5 pruner=$(PRUNERS) $(STUDY_JOBS)
+# PDrop rows beyond the grid. Upstream's lambda 0.5 on val and test (layers=null gives [2, 4, 6] on the
+# 8-layer model, upstream's [8, 16, 24] scaled): with lambda set, keep does not change the schedule,
+# so it runs once, at keep 0.1 (its directory name says keep0.1; it keeps 288/144/72 tokens).
+STUDY_PDROP_UPSTREAM := model=glamm_shapes data=shapes_val,shapes_test pruner=pdrop keep=0.1 \
+	pruner.lambda_=0.5 $(STUDY_JOBS)
+# The score x renumber ablation on val: one stage at layer 2 keeping FastV's floor(keep*576) (lambda
+# solved to keep/1); score=previous renumber=false is FastV itself.
+STUDY_PDROP_ABLATION := model=glamm_shapes data=shapes_val pruner=pdrop keep=0.1,0.5 'pruner.layers=[2]' \
+	pruner.score=own,previous pruner.renumber=true,false $(STUDY_JOBS)
+study: $(STAMP) ## Rerun the shapes study (val, then test, then the PDrop rows), publish it to results/shapes, rebuild tables
 	$(PY) run.py -m data=shapes_val $(STUDY_GRID)
 	$(PY) run.py -m data=shapes_test $(STUDY_GRID)
+	$(PY) run.py -m $(STUDY_PDROP_UPSTREAM)
+	$(PY) run.py -m $(STUDY_PDROP_ABLATION)
 	$(PY) scripts/publish_study.py --runs runs/glamm_shapes --out results/shapes/glamm_shapes
 	$(MAKE) tables
 
