@@ -151,7 +151,7 @@ def load_split(data: dict[str, Any]) -> GrandfSplit:
     """The run's split (a generated one, such as shapes, is rebuilt bit-identically first)."""
     key = json.dumps(data, sort_keys=True, default=str)
     if key not in _SPLITS:
-        from altp.runner import resolve_split
+        from altp.data.resolve import resolve_split
 
         _SPLITS[key] = resolve_split(OmegaConf.create(data))
     return _SPLITS[key]

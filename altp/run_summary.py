@@ -1,0 +1,143 @@
+"""A run's summary: metrics.json and run.json from the config and the per-image records.
+
+metrics.json is a function of the config and the records alone: pruner
+hyper-parameters (``pruner.<key>``) are the pruner config group's values as
+the user set them (``pruner.lambda_: null`` stays null), and what a pruner
+solves per image (PDrop's lambda, its stage counts) lives in the records and
+is aggregated generically (``extras.<key>.mean|min|max``, ``stage_schedules``),
+so a fully resumed run writes the same metrics as a fresh one.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from altp.coverage import summarise_coverage
+from altp.flops import summarise_flops
+from altp.provenance import provenance, write_json_atomic
+from altp.run_dir import effective_keep
+
+__all__ = ["print_metrics", "pruner_config", "summarise", "write_summary"]
+
+
+def pruner_config(cfg: DictConfig) -> dict[str, Any]:
+    """The pruner config group's hyper-parameters as the user set them (no target, name or keep)."""
+    group = OmegaConf.to_container(cfg.pruner, resolve=True)
+    return {k: v for k, v in group.items() if not k.startswith("_") and k not in ("name", "keep")}
+
+
+def _solved_summary(ok: list[dict]) -> dict[str, Any]:
+    """What pruners decided per image, aggregated without knowing any pruner.
+
+    ``extras.<key>.mean|min|max`` for every numeric scalar in the records' extras
+    (PDrop's solved lambda, OMG-LLaVA's question index, ...), and
+    ``stage_schedules``: the distinct (stage_layers, kept_per_stage) with their
+    image counts, most frequent first.
+    """
+    out: dict[str, Any] = {}
+    values: dict[str, list[float]] = {}
+    for r in ok:
+        for k, v in r.get("extras", {}).items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                values.setdefault(k, []).append(v)
+    for k in sorted(values):
+        vs = values[k]
+        out.update({f"extras.{k}.mean": sum(vs) / len(vs), f"extras.{k}.min": min(vs), f"extras.{k}.max": max(vs)})
+    counts: dict[tuple, int] = {}
+    for r in ok:
+        key = (tuple(r["stage_layers"]), tuple(r["kept_per_stage"]))
+        counts[key] = counts.get(key, 0) + 1
+    out["stage_schedules"] = [{"stage_layers": list(lay), "kept_per_stage": list(kept), "n_images": n}
+                              for (lay, kept), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return out
+
+
+def summarise(records: list[dict], *, llm_shape: Any) -> dict[str, Any]:
+    """Aggregate per-image records into the flat numbers of metrics.json."""
+    ok = [r for r in records if r.get("error") is None]
+    out: dict[str, Any] = {"n_images": len(records), "n_failed": len(records) - len(ok)}
+    if not ok:
+        return out
+    kept = [r["kept_per_stage"][0] if r["kept_per_stage"] else r["num_visual"] for r in ok]
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    out.update(summarise_flops(ok, shape=llm_shape))  # the three FLOPs conventions of altp.flops
+    out.update(
+        mean_kept_tokens=mean(kept),
+        mean_new_tokens=mean([r["new_tokens"] for r in ok]),
+        n_phrase_mask_mismatch=sum(r["n_phrases"] != r["n_masks"] for r in ok),
+        time_per_image_s=mean([r["timings"]["wall_ms"] for r in ok]) / 1e3,
+    )
+    for key in ("prefill_ms", "decode_ms", "select_ms", "prep_ms", "vision_ms", "mask_ms"):
+        vals = [r["timings"][key] for r in ok if key in r["timings"]]
+        if vals:
+            out[key] = mean(vals)
+    out.update(summarise_coverage(ok))
+    out.update(_solved_summary(ok))
+    return out
+
+
+def write_summary(
+    out_dir: Path,
+    cfg: DictConfig,
+    *,
+    choices: dict[str, str],
+    pruner_name: str,
+    records: list[dict],
+    scores: dict[str, Any] | None,
+    model: Any,
+) -> dict[str, Any]:
+    """Write metrics.json and run.json of a finished run; returns the metrics.
+
+    Args:
+        out_dir: the run directory.
+        cfg: the composed config.
+        choices: config-group choices (model/pruner/data names).
+        pruner_name: the pruner's registry name (``none`` unpruned).
+        records: one record per scored image, in split order.
+        scores: :func:`eval.gcg.evaluate`'s result, or None when not scored.
+        model: the model adapter (``llm_shape``, ``device``, ``dtype``).
+    """
+    metrics: dict[str, Any] = {
+        "model": choices.get("model", ""),
+        "pruner": choices.get("pruner", pruner_name),
+        "keep": effective_keep(cfg.pruner, cfg.keep),
+        "data": cfg.data.name,
+        "split": cfg.data.split,
+    }
+    if scores is not None:
+        metrics.update({k: scores[k] for k in ("meteor", "cider", "ap50", "miou", "recall")})
+        metrics["text_encoder"] = scores.get("text_encoder", cfg.text_encoder)
+    metrics.update(summarise(records, llm_shape=model.llm_shape))
+    hp = pruner_config(cfg)
+    metrics.update({f"pruner.{k}": v for k, v in hp.items()})
+    prov = provenance(device=str(model.device), dtype=str(model.dtype).removeprefix("torch."))
+    metrics.update({k: prov[k] for k in ("git_sha", "version", "device", "dtype")})
+    # Tables resolve duplicate cells by this stamp (file mtimes do not survive a clone).
+    metrics["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    write_json_atomic(out_dir / "run.json", {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "choices": choices,
+        "provenance": prov,
+        "pruner_hparams": hp,
+        "per_image": [{"image_id": r["image_id"], "error": r.get("error"), **r.get("timings", {})} for r in records],
+    })
+    return metrics
+
+
+def print_metrics(metrics: dict[str, Any]) -> None:
+    """Print one run's headline numbers (metrics x100, FLOPs as remaining %)."""
+    head = f"{metrics.get('model')} | {metrics.get('data')} | {metrics.get('pruner')} keep={metrics.get('keep')}"
+    cols = [("METEOR", "meteor"), ("CIDEr", "cider"), ("AP50", "ap50"), ("mIoU", "miou"), ("Recall", "recall"),
+            ("FLOPs%", "flops_ratio")]
+    cells = [f"{name} {100 * metrics[key]:.1f}" for name, key in cols if metrics.get(key) is not None]
+    extra = f"kept {metrics.get('mean_kept_tokens', float('nan')):.1f} tok, {metrics.get('n_images')} img"
+    if metrics.get("n_failed"):
+        extra += f", {metrics['n_failed']} FAILED"
+    print(f"{head}: " + "  ".join(cells) + f"  ({extra})")
