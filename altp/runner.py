@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 import altp.pruners  # noqa: F401  (registers the built-in pruners conf/pruner/*.yaml build)
 from altp.data.grandf import GrandfFormatError, ImageLoadError, Sample
 from altp.data.resolve import resolve_split
-from altp.fingerprint import guard_resume
+from altp.fingerprint import fingerprint, guard_resume
 from altp.inference import empty_prediction, failed_record, image_seed, predict_image, write_image
 from altp.pruning.base import validate_keep
 from altp.run_dir import locked
@@ -80,7 +80,6 @@ def _run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str,
     except ValueError as err:
         raise UserError(str(err)) from None
     pruner = instantiate(cfg.pruner)  # validates the pruner's own arguments
-    guard_resume(out_dir, cfg)
     try:
         split = resolve_split(cfg.data)
     except (GrandfFormatError, FileNotFoundError) as err:
@@ -89,6 +88,8 @@ def _run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str,
     if cfg.get("max_images") is not None:
         samples = samples[: int(cfg.max_images)]
     model = instantiate(cfg.model)
+    # After the model loads: a missing checkpoint is reported by its builder, not as a difference.
+    guard_resume(out_dir, fingerprint(cfg, split))
 
     todo = images_to_do(samples, pred_dir)
     log.info("%d images, %d already done, writing to %s", len(samples), len(samples) - len(todo), out_dir)

@@ -41,7 +41,7 @@ from altp.models.sam import GroundingEncoderConfig
 from altp.models.tokenizer import TINY_TOKENIZER_DIR, load_glamm_tokenizer
 
 __all__ = [
-    "GLAMM_BUILDERS", "SHAPES_DIR", "MissingShapesWeightsError", "build_glamm", "build_glamm_full_random",
+    "GLAMM_BUILDERS", "SHAPES_DIR", "WEIGHT_PATHS", "MissingShapesWeightsError", "build_glamm", "build_glamm_full_random",
     "build_glamm_shapes", "build_glamm_tiny", "script_", "shapes_config", "small_config",
 ]
 
@@ -202,6 +202,19 @@ GLAMM_BUILDERS: dict[str, Callable[..., GLaMM]] = {
     "glamm_shapes": build_glamm_shapes,
     "glamm_tiny": build_glamm_tiny,
     "glamm_full_random": build_glamm_full_random,
+}
+
+
+def _shapes_weight_paths(model_cfg: dict[str, Any]) -> dict[str, Path]:
+    weights = model_cfg.get("weights")
+    return {"weights": Path(weights) if weights is not None else SHAPES_DIR}
+
+
+#: Files a builder loads without its config naming them, by builder function name:
+#: ``fn(model_cfg) -> {config key: path}``. :mod:`altp.fingerprint` hashes them, so a
+#: run resumed after retraining the shipped shapes weights (``weights: null``) is refused.
+WEIGHT_PATHS: dict[str, Callable[[dict[str, Any]], dict[str, Path]]] = {
+    "build_glamm_shapes": _shapes_weight_paths,
 }
 
 

@@ -2,7 +2,7 @@
 
 A run directory holds ``records/<image_id>.json`` and ``predictions/<image_id>.json``
 and the config that made it: ``run.json`` (resolved config) or, in a published CI
-slice, ``fingerprint.json`` (model, pruner, keep, seed, data name and split; the
+slice, ``fingerprint.json`` (model, pruner, keep, seed, data name and split, ...; the
 data paths then come from ``conf/data/<name>.yaml``).
 
 Record fields read here (older records lack the newer ones; each has a fallback):
