@@ -171,13 +171,14 @@ class PyramidDropPruner(Pruner):
         lam = self.lambda_
         if lam is None:
             lam = solve_lambda(keep=self.keep, layers=layers, info=info, match_layer=self.layer)
-        # upstream's int(V * ratio); the 1e-6 absorbs float noise of a solved lambda (a single stage
-        # at keep 0.1 gave V*lambda = 56.99999999 and kept 56 of 576, one fewer than FastV's 57)
-        counts = [int(info.num_visual * lam ** (s + 1) + 1e-6) for s in range(len(layers))]
-        if counts[-1] < 1:
+        # upstream's int(V * ratio), with kept_count's round-off guard: a single stage at keep 0.1
+        # gave V*lambda = 56.99999999, which plain int() turns into 56 of 576, one fewer than FastV's 57
+        try:
+            counts = [kept_count(lam ** (s + 1), info.num_visual) for s in range(len(layers))]
+        except ValueError:
             raise ValueError(
                 f"PDrop lambda={lam:.4f} leaves 0 visual tokens at layer {layers[-1]}; raise lambda_"
-            )
+            ) from None
         if self.lambda_ is None and math.isclose(lam, 1.0, abs_tol=1e-9):
             # keep=1.0 solves to lambda 1 up to float round-off: drop nothing.
             counts = [info.num_visual] * len(layers)

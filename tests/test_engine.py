@@ -11,7 +11,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from altp.pruners import available_pruners, build_pruner
-from altp.pruning import PruneContext, Pruner, Selection
+from altp.pruning import PruneContext, Pruner, Selection, kept_count
 from altp.pruning.engine import PruningEngine
 
 PREFIX, GRID, SUFFIX = 5, (4, 4), 7
@@ -190,7 +190,7 @@ def test_first_stage_keeps_floor_keep_v_sorted_and_deterministic(name, keep):
     x = prompt(2)
     _, r1 = engine_prefill(lm, build(name, keep), x, seed=3)
     _, r2 = engine_prefill(lm, build(name, keep), x, seed=3)
-    n = int(np.floor(keep * V + 1e-9))
+    n = kept_count(keep, V)
     assert r1.kept_per_stage[0] == n
     for row in r1.kept_tokens:
         assert len(row) == n and row == sorted(set(row)) and 0 <= row[0] and row[-1] < V

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from altp.pruning import kept_count
 from altp.pruning.engine import PruningEngine
 from baselines.fastv import FastVPruner
 from tests.test_engine import GRID, PREFIX, N, V, prompt, stock_layers, tiny_lm
@@ -22,12 +23,12 @@ def _oracle_kept(lm, x: torch.Tensor, k: int, n_keep: int) -> torch.Tensor:
 @pytest.mark.parametrize("keep", [0.25, 0.5])
 def test_kept_set_is_top_k_of_eager_attention_of_layer_k_minus_1(k, keep):
     x = prompt(batch=2)
-    want = _oracle_kept(tiny_lm("eager"), x, k, int(keep * V))
+    want = _oracle_kept(tiny_lm("eager"), x, k, kept_count(keep, V))
     _, rec = PruningEngine(lm=tiny_lm("sdpa"), pruner=FastVPruner(keep=keep, layer=k)).prefill(
         inputs_embeds=x, visual_start=PREFIX, num_visual=V, grid=GRID
     )
     assert rec.kept_tokens == want.tolist()
-    assert rec.stage_layers == [k] and rec.kept_per_stage == [int(keep * V)]
+    assert rec.stage_layers == [k] and rec.kept_per_stage == [kept_count(keep, V)]
 
 
 def _oracle_logits(lm, seq: torch.Tensor, kept: torch.Tensor, k: int) -> torch.Tensor:
@@ -128,7 +129,7 @@ def _generate(lm, pruner, x, steps, **kw):
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_per_step_reselection_equals_direct_eager_recomputation(k, attn):
     x, steps, keep = prompt(batch=2), 6, 0.25
-    want_tok, want_logits, want_sets = _per_step_oracle(tiny_lm("eager"), x, k, int(keep * V), steps)
+    want_tok, want_logits, want_sets = _per_step_oracle(tiny_lm("eager"), x, k, kept_count(keep, V), steps)
     # The oracle must actually move the kept set, or this test could not tell per_step from prefill.
     assert any(len({tuple(s[b]) for s in want_sets}) > 1 for b in range(2))
     spy = _SpyFastV(keep=keep, layer=k, reselect="per_step")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -35,6 +34,7 @@ from altp.models.omg_llava_build import (
     tiny_class_embed,
 )
 from altp.pruners import build_pruner
+from altp.pruning import kept_count
 from altp.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -312,7 +312,7 @@ def test_table2_experiment_composes() -> None:
     assert cfg.model._target_ == "altp.models.omg_llava_build.build_omg_llava"
     params = cfg.hydra.sweeper.params
     assert params.keep == "0.1,0.25" and [
-        math.floor(float(k) * 256) for k in params.keep.split(",")
+        kept_count(float(k), 256) for k in params.keep.split(",")
     ] == [25, 64]
 
 
@@ -348,11 +348,11 @@ def test_run_every_pruner_keeps_the_budget(
         if pruner == "pdrop":
             lam = rec["extras"]["lambda"]
             assert rec["kept_per_stage"] == [
-                int(256 * lam ** (s + 1)) for s in range(len(rec["stage_layers"]))
+                kept_count(lam ** (s + 1), 256) for s in range(len(rec["stage_layers"]))
             ]
             expected = rec["kept_per_stage"][0]
         else:
-            expected = 256 if pruner == "none" else math.floor(keep * 256)
+            expected = 256 if pruner == "none" else kept_count(keep, 256)
         assert len(rec["kept_tokens"]) == expected
         assert rec["kept_tokens"] == sorted(set(rec["kept_tokens"])) and 0 <= rec["kept_tokens"][0]
         assert rec["kept_tokens"][-1] < 256
@@ -378,7 +378,7 @@ def test_run_every_pruner_keeps_the_budget(
 # -- make tables ------------------------------------------------------------------------------------
 def _omg_metrics(split: str, pruner: str, keep: float, base: float) -> dict:
     """A flat metrics.json of model=omg_llava on GranD-f as altp.runner.run writes it."""
-    kept = 256 if keep == 1.0 else math.floor(keep * 256)
+    kept = 256 if keep == 1.0 else kept_count(keep, 256)
     return {"model": "omg_llava", "pruner": pruner, "keep": keep, "data": f"grandf_{split}", "split": split,
             "meteor": base, "cider": base + 0.01, "ap50": base + 0.02, "miou": base + 0.03,
             "recall": base + 0.04, "flops_ratio": 1.0 if keep == 1.0 else 0.2, "mean_kept_tokens": kept,

@@ -81,7 +81,7 @@ def test_every_stage_keeps_the_top_k_of_the_stage_layers_own_attention(layers, l
         inputs_embeds=x, visual_start=PREFIX, num_visual=V, grid=GRID
     )
     lam = rec.extras[0]["lambda"]
-    counts = [int(V * lam ** (s + 1)) for s in range(len(rec.stage_layers))]
+    counts = [kept_count(lam ** (s + 1), V) for s in range(len(rec.stage_layers))]
     assert rec.kept_per_stage == counts
     if layers is None:
         assert rec.stage_layers == [2, 3, 4]  # upstream [8, 16, 24] of 32, scaled to 6 layers
@@ -177,13 +177,13 @@ def test_solved_lambda_matches_single_stage_flops(keep, layers):
     assert 0 < lam < 1 and "lambda" not in p.hparams()  # solved per sequence, never a hyper-parameter
     shape = MODEL_SHAPES["glamm"]
     n = info.num_text + info.num_visual
-    single = prefill_flops(n, [(2, info.num_text + int(keep * 576))], shape)
+    single = prefill_flops(n, [(2, info.num_text + kept_count(keep, 576))], shape)
     multi = prefill_flops(
         n, [(s.layer, info.num_text + 576 * lam ** (k + 1)) for k, s in enumerate(stages)], shape
     )
     assert multi == pytest.approx(single, rel=1e-9)
     # The integer schedule lands within one token per stage of the continuous one.
-    assert [s.n_keep for s in stages] == [int(576 * lam ** (k + 1)) for k in range(len(stages))]
+    assert [s.n_keep for s in stages] == [kept_count(lam ** (k + 1), 576) for k in range(len(stages))]
 
 
 def test_unreachable_flops_target_says_how_to_fix():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import signal
@@ -18,6 +17,7 @@ from hydra import compose, initialize_config_dir
 from altp.cli import UserError
 from altp.configs import config_options
 from altp.flops import LLMShape, flops_ratio
+from altp.pruning import kept_count
 from altp.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,12 +66,12 @@ def test_every_pruner_writes_valid_records(pruner: str, data_root: Path, tmp_pat
         rec = json.loads((tmp_path / "run" / "records" / p.name).read_text())
         assert rec["error"] is None
         if pruner == "pdrop":
-            # PDrop's stage s keeps int(V * lambda^s); keep only sets lambda (equal FLOPs, checked below).
+            # PDrop's stage s keeps floor(V * lambda^s); keep only sets lambda (equal FLOPs, checked below).
             lam = rec["extras"]["lambda"]
-            assert rec["kept_per_stage"] == [int(576 * lam ** (s + 1)) for s in range(len(rec["stage_layers"]))]
+            assert rec["kept_per_stage"] == [kept_count(lam ** (s + 1), 576) for s in range(len(rec["stage_layers"]))]
             expected = rec["kept_per_stage"][0]
         else:
-            expected = 576 if pruner == "none" else math.floor(keep * 576)
+            expected = 576 if pruner == "none" else kept_count(keep, 576)
         assert len(rec["kept_tokens"]) == expected
         assert rec["kept_tokens"] == sorted(set(rec["kept_tokens"]))
         assert all(0 <= i < 576 for i in rec["kept_tokens"])

@@ -63,12 +63,13 @@ def validate_keep(keep: float) -> float:
 def kept_count(keep: float, num_visual: int) -> int:
     """Visual tokens kept for ``keep``: ``floor(keep * num_visual)``.
 
-    A tiny epsilon guards against binary round-off (``0.29 * 100 == 28.999...``).
+    A small epsilon (1e-6 of a token) guards against binary round-off
+    (``0.29 * 100 == 28.999...``, or a solved ratio a float hair below ``57/576``).
     Raises if the result would be zero: pruning every visual token is never what
     a user meant.
     """
     keep = validate_keep(keep)
-    n = math.floor(keep * num_visual + 1e-9)
+    n = math.floor(keep * num_visual + 1e-6)
     if n < 1:
         raise ValueError(
             f"keep={keep} keeps 0 of {num_visual} visual tokens; use keep >= {1 / num_visual:.6f}"
