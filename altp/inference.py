@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +79,16 @@ def failed_record(sample: Sample, err: BaseException) -> dict:
             "object_coverage": [], "timings": {}}
 
 
-def write_image(pred_dir: Path, rec_dir: Path, image_id: str, pred: dict, record: dict) -> None:
+def write_image(
+    pred_dir: Path, rec_dir: Path, image_id: str, pred: dict, record: dict,
+    *, torn: Callable[[], None] | None = None,
+) -> None:
     """Write one image's record, then its prediction, each atomically.
 
     The prediction comes last, so an image whose prediction exists has its record too.
+    ``torn`` is called between the two writes (the runner's test-only fault point).
     """
     write_json_atomic(rec_dir / f"{image_id}.json", record)
+    if torn is not None:
+        torn()
     write_prediction(pred_dir, image_id=image_id, **pred)

@@ -22,7 +22,7 @@ from altp.flops import summarise_flops
 from altp.provenance import provenance, write_json_atomic
 from altp.run_dir import effective_keep
 
-__all__ = ["print_metrics", "pruner_config", "summarise", "write_summary"]
+__all__ = ["name_ids", "print_metrics", "pruner_config", "summarise", "write_summary"]
 
 
 def pruner_config(cfg: DictConfig) -> dict[str, Any]:
@@ -60,7 +60,8 @@ def _solved_summary(ok: list[dict]) -> dict[str, Any]:
 def summarise(records: list[dict], *, llm_shape: Any) -> dict[str, Any]:
     """Aggregate per-image records into the flat numbers of metrics.json."""
     ok = [r for r in records if r.get("error") is None]
-    out: dict[str, Any] = {"n_images": len(records), "n_failed": len(records) - len(ok)}
+    out: dict[str, Any] = {"n_images": len(records), "n_failed": len(records) - len(ok),
+                           "failed_images": [r["image_id"] for r in records if r.get("error") is not None]}
     if not ok:
         return out
     kept = [r["kept_per_stage"][0] if r["kept_per_stage"] else r["num_visual"] for r in ok]
@@ -138,6 +139,12 @@ def print_metrics(metrics: dict[str, Any]) -> None:
             ("FLOPs%", "flops_ratio")]
     cells = [f"{name} {100 * metrics[key]:.1f}" for name, key in cols if metrics.get(key) is not None]
     extra = f"kept {metrics.get('mean_kept_tokens', float('nan')):.1f} tok, {metrics.get('n_images')} img"
-    if metrics.get("n_failed"):
-        extra += f", {metrics['n_failed']} FAILED"
     print(f"{head}: " + "  ".join(cells) + f"  ({extra})")
+    if metrics.get("n_failed"):
+        print(f"{metrics['n_failed']} image(s) FAILED and score as empty predictions: "
+              f"{name_ids(metrics.get('failed_images') or [])}; rerun the same command to retry them")
+
+
+def name_ids(ids: list[str], shown: int = 5) -> str:
+    """``a, b, c (+n more)``: the first ``shown`` ids of a list."""
+    return ", ".join(ids[:shown]) + (f" (+{len(ids) - shown} more)" if len(ids) > shown else "")

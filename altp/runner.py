@@ -9,13 +9,14 @@ One run directory holds everything a table needs::
       run.json                      resolved config, git sha, package versions, device, per-image timings
       fingerprint.json              the config that determines the predictions (altp.fingerprint)
 
-A run has three seams, each its own module: which images to do (:func:`images_to_do`,
-here), one image through the model (:mod:`altp.inference`), and writing the
-summary (:mod:`altp.run_summary`).
+A run has three seams, each its own module: which images to do (:mod:`altp.resume`),
+one image through the model (:mod:`altp.inference`), and writing the summary
+(:mod:`altp.run_summary`).
 
-Each image's record and prediction are written atomically, record first, so an
-image counts as done exactly when its prediction file exists; rerunning the same
-command skips done images and a killed run resumes where it stopped. Per-image
+Each image's record and prediction are written atomically, record first.
+Rerunning the same command skips images whose record and prediction read back
+as a success; failed images, and images whose files are missing, torn or corrupt,
+are run again (:mod:`altp.resume`), so a killed run resumes where it stopped. Per-image
 seeds derive from the base seed and the image id, never from iteration order,
 so a resumed run writes the same bytes as an uninterrupted one.
 """
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -31,22 +34,41 @@ import torch
 from omegaconf import DictConfig
 
 import altp.pruners  # noqa: F401  (registers the built-in pruners conf/pruner/*.yaml build)
-from altp.data.grandf import GrandfFormatError, ImageLoadError, Sample
+from altp.data.grandf import GrandfFormatError, ImageLoadError
 from altp.data.resolve import resolve_split
 from altp.fingerprint import fingerprint, guard_resume
 from altp.inference import empty_prediction, failed_record, image_seed, predict_image, write_image
 from altp.pruning.base import validate_keep
+from altp.resume import plan_resume
 from altp.run_dir import locked
 from altp.run_summary import print_metrics, summarise, write_summary
 
 log = logging.getLogger(__name__)
 
-__all__ = ["images_to_do", "image_seed", "print_metrics", "resolve_split", "run", "summarise"]
+__all__ = ["InjectedFault", "image_seed", "print_metrics", "resolve_split", "run", "summarise"]
 
 
-def images_to_do(samples: list[Sample], pred_dir: Path) -> list[Sample]:
-    """The samples of this run that have no prediction yet, in split order."""
-    return [s for s in samples if not (pred_dir / f"{s.image_id}.json").exists()]
+class InjectedFault(BaseException):
+    """Raised by ``ALTP_TEST_FAULT=raise@k`` (tests only); not an Exception, so nothing swallows it."""
+
+
+def _fault_point(where: str, index: int) -> None:
+    """Test-only fault injection, read from ``ALTP_TEST_FAULT=<action>[-torn]@<k>``.
+
+    At the k-th image (0-based) this process runs, ``raise`` raises :class:`InjectedFault`
+    and ``kill`` SIGKILLs the process: before the image starts, or with ``-torn`` after
+    its record is written and before its prediction. Resume tests interrupt a run at an
+    exact image this way instead of racing a timer. Unset in normal use.
+    """
+    spec = os.environ.get("ALTP_TEST_FAULT")
+    if not spec:
+        return
+    action, _, at = spec.partition("@")
+    if int(at) != index or action.endswith("-torn") != (where == "torn"):
+        return
+    if action.removesuffix("-torn") == "raise":
+        raise InjectedFault(f"ALTP_TEST_FAULT={spec}")
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str, Any]:
@@ -91,12 +113,17 @@ def _run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str,
     # After the model loads: a missing checkpoint is reported by its builder, not as a difference.
     guard_resume(out_dir, fingerprint(cfg, split))
 
-    todo = images_to_do(samples, pred_dir)
-    log.info("%d images, %d already done, writing to %s", len(samples), len(samples) - len(todo), out_dir)
+    plan = plan_resume(samples, pred_dir, rec_dir)
+    log.info("%d images, %d already done, writing to %s", len(samples), len(plan.done), out_dir)
+    if plan.retried:
+        log.info("retrying %d image(s) that failed before: %s", len(plan.retried), ", ".join(plan.retried[:5]))
+    records = dict(plan.done)
     from tqdm import tqdm
 
     with torch.inference_mode():
-        for sample in tqdm(todo, desc=f"{choices.get('pruner', 'run')} keep={cfg.keep}", unit="img"):
+        for index, sample in enumerate(tqdm(plan.todo, desc=f"{choices.get('pruner', 'run')} keep={cfg.keep}",
+                                            unit="img")):
+            _fault_point("before", index)
             try:
                 pred, record = predict_image(model, pruner, split, sample, image_seed(cfg.seed, sample.image_id))
             except ImageLoadError as err:
@@ -107,9 +134,9 @@ def _run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str,
                     raise
                 pred, record = empty_prediction(), failed_record(sample, err)
                 log.warning("image %s failed: %s", sample.image_id, err)
-            write_image(pred_dir, rec_dir, sample.image_id, pred, record)
+            write_image(pred_dir, rec_dir, sample.image_id, pred, record, torn=lambda i=index: _fault_point("torn", i))
+            records[sample.image_id] = json.loads(json.dumps(record))  # as a resumed run reads it back
 
-    records = [json.loads((rec_dir / f"{s.image_id}.json").read_text()) for s in samples]
     scores = None
     if cfg.get("evaluate", True):
         from eval.gcg import evaluate
@@ -117,4 +144,4 @@ def _run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str,
         scores = evaluate(pred_dir=pred_dir, gt_dir=Path(cfg.data.gt_dir), split=cfg.data.split,
                           text_encoder=cfg.text_encoder, image_ids=[s.image_id for s in samples])
     return write_summary(out_dir, cfg, choices=choices, pruner_name="none" if pruner is None else pruner.name,
-                         records=records, scores=scores, model=model)
+                         records=[records[s.image_id] for s in samples], scores=scores, model=model)

@@ -122,9 +122,12 @@ def _metric_table(
             run = by_split.get(split)
             cells += [pct(run.metrics.get(key)) if run else MISSING for key, _ in METRICS]
             if run is not None and run.metrics.get("n_failed"):
+                failed = list(run.metrics.get("failed_images") or [])
+                named = f" ({', '.join(failed[:5])}{f' +{len(failed) - 5} more' if len(failed) > 5 else ''})"
                 notes.append(
                     f"{' '.join(labels)} ({split}): {run.metrics['n_failed']} of "
-                    f"{run.metrics.get('n_images')} images failed and score as empty predictions"
+                    f"{run.metrics.get('n_images')} images failed{named if failed else ''} and score as "
+                    "empty predictions; rerunning the run retries them"
                 )
         flops_run = by_split.get("val") or next(iter(by_split.values()))
         cells.append(pct(flops_run.metrics.get(flops.key)))

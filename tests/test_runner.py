@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from altp.cli import UserError
 from altp.configs import config_options
 from altp.flops import LLMShape, flops_ratio
 from altp.pruning import kept_count
-from altp.runner import run
+from altp.runner import InjectedFault, run
 
 ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES = 4
@@ -153,8 +152,32 @@ def test_corrupt_image_is_a_recorded_failure(data_root: Path, tmp_path: Path) ->
     assert pred["phrases"] == [] and pred["pred_masks"] == []
 
 
-def _run_py(*args: str, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+def test_fixing_image_dir_reruns_exactly_the_failed_images(data_root: Path, tmp_path: Path) -> None:
+    cfg0 = _cfg(data_root, tmp_path / "unused", "evaluate=false", "max_images=1")
+    run(cfg0, choices=_choices(cfg0))  # makes sure the split exists
+    partial = tmp_path / "partial"
+    shutil.copytree(data_root / "images", partial)
+    gone = sorted(partial.iterdir())[1:3]
+    for p in gone:
+        p.unlink()
+    missing = sorted(p.stem for p in gone)
+    bad = _cfg(data_root, tmp_path / "run", "pruner=fastv", "evaluate=false", f"data.image_dir={partial}")
+    first = run(bad, choices=_choices(bad))
+    assert first["n_failed"] == 2 and sorted(first["failed_images"]) == missing
+    preds = tmp_path / "run" / "predictions"
+    before = {p.stem: (p.read_bytes(), p.stat().st_mtime_ns) for p in preds.glob("*.json")}
+    fixed = _cfg(data_root, tmp_path / "run", "pruner=fastv", "evaluate=false")
+    second = run(fixed, choices=_choices(fixed))
+    assert second["n_failed"] == 0 and second["failed_images"] == []
+    after = {p.stem: (p.read_bytes(), p.stat().st_mtime_ns) for p in preds.glob("*.json")}
+    rerun = sorted(i for i in after if after[i] != before[i])
+    assert rerun == missing  # the others were not touched
+    for i in missing:
+        assert json.loads((tmp_path / "run" / "records" / f"{i}.json").read_text())["error"] is None
+
+
+def _run_py(*args: str, env_extra: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONHASHSEED": "0", **(env_extra or {})}
     return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True, text=True,
                           env=env, **kw)
 
@@ -173,25 +196,44 @@ def test_cli_bad_input_is_one_line(args: list[str], needle: str) -> None:
         assert "altp" in lines[0] and "fastv" in lines[0]
 
 
-def test_killed_run_resumes_to_identical_bytes(data_root: Path, tmp_path: Path) -> None:
-    n = 6
+def _bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.json"))}
+
+
+@pytest.mark.parametrize("fault", ["raise@2", "raise-torn@1"])
+def test_interrupted_run_resumes_to_identical_bytes(fault: str, data_root: Path, tmp_path: Path, monkeypatch) -> None:
+    # A fault injected at an exact image (the runner's test-only ALTP_TEST_FAULT), not a timed kill.
+    args = ("pruner=altp", "keep=0.1", "evaluate=false")
+    ref = _cfg(data_root, tmp_path / "ref", *args)
+    run(ref, choices=_choices(ref))
+    cfg = _cfg(data_root, tmp_path / "cut", *args)
+    monkeypatch.setenv("ALTP_TEST_FAULT", fault)
+    with pytest.raises(InjectedFault):
+        run(cfg, choices=_choices(cfg))
+    done = 2 if fault == "raise@2" else 1
+    assert len(_bytes(tmp_path / "cut" / "predictions")) == done
+    assert len(_bytes(tmp_path / "cut" / "records")) == 2  # torn: image 1's record without its prediction
+    monkeypatch.delenv("ALTP_TEST_FAULT")
+    run(cfg, choices=_choices(cfg))
+    assert _bytes(tmp_path / "cut" / "predictions") == _bytes(tmp_path / "ref" / "predictions")
+    strip = lambda d: {k: {**json.loads(v), "timings": None} for k, v in _bytes(d).items()}  # noqa: E731
+    assert strip(tmp_path / "cut" / "records") == strip(tmp_path / "ref" / "records")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["kill@2", "kill-torn@3"])
+def test_killed_process_resumes_to_identical_bytes(fault: str, tmp_path: Path) -> None:
+    """A real SIGKILL at an exact image, through run.py in subprocesses."""
+    n = 5
     common = ["model=glamm_tiny", "data=synthetic", f"data.root={tmp_path / 'data'}",
-              f"data.generate.n_images={n}", "pruner=altp", "keep=0.1", "evaluate=false"]
+              f"data.generate.n_images={n}", "pruner=altp", "keep=0.1", "evaluate=false"]  # fmt: skip
     ref = _run_py(*common, f"out_dir={tmp_path / 'ref'}", timeout=600)
     assert ref.returncode == 0, ref.stderr[-2000:]
-
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "run.py", *common, f"out_dir={out}"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list((out / "predictions").glob("*.json"))) < 2:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = len(list((out / "predictions").glob("*.json")))
-    assert 2 <= done < n, "the kill should land mid-run"
+    killed = _run_py(*common, f"out_dir={out}", timeout=600, env_extra={"ALTP_TEST_FAULT": fault})
+    assert killed.returncode == -signal.SIGKILL
+    assert len(_bytes(out / "predictions")) == int(fault[-1])
     again = _run_py(*common, f"out_dir={out}", timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
-    for p in sorted((tmp_path / "ref" / "predictions").glob("*.json")):
-        assert (out / "predictions" / p.name).read_bytes() == p.read_bytes(), p.name
-    assert not list((out / "predictions").glob(".*.tmp")), "no temp files left behind"
+    assert _bytes(out / "predictions") == _bytes(tmp_path / "ref" / "predictions")
+    assert not list(out.rglob(".*.tmp")), "no temp files left behind"

@@ -160,6 +160,17 @@ def test_main_table_cells_and_newest_wins(results: Path, conf: Path) -> None:
     assert not any("alpha=1.0" in r[0] for r in main.rows)  # the sweep run stays out of Table 1
 
 
+def test_failed_images_are_named_in_the_footnotes(tmp_path: Path, conf: Path) -> None:
+    failed = [f"sa_{i}" for i in range(7)]
+    _write(tmp_path, "glamm/none/val", _metrics("glamm", "grandf", "val", "none", 1.0, 0.30, n_failed=7,
+                                                failed_images=failed))  # fmt: skip
+    main = _table(build_tables(find_runs(tmp_path), pruner_defaults=load_pruner_defaults(conf)),
+                  "main_glamm_grandf")  # fmt: skip
+    (note,) = [n for n in main.notes if "failed" in n]
+    assert "none 576 1 (val): 7 of 10 images failed (sa_0, sa_1, sa_2, sa_3, sa_4 +2 more)" in note
+    assert "retries them" in note
+
+
 def test_ablation_and_sweep_tables(results: Path, conf: Path) -> None:
     tables = build_tables(find_runs(results), pruner_defaults=load_pruner_defaults(conf))
     ablation = _table(tables, "ablation_glamm_grandf")
