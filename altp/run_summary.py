@@ -22,7 +22,7 @@ from altp.flops import summarise_flops
 from altp.provenance import provenance, write_json_atomic
 from altp.run_dir import effective_keep
 
-__all__ = ["name_ids", "print_metrics", "pruner_config", "summarise", "write_summary"]
+__all__ = ["name_ids", "print_metrics", "pruner_config", "summarise", "write_hydra_files", "write_summary"]
 
 
 def pruner_config(cfg: DictConfig) -> dict[str, Any]:
@@ -130,6 +130,27 @@ def write_summary(
         "per_image": [{"image_id": r["image_id"], "error": r.get("error"), **r.get("timings", {})} for r in records],
     })
     return metrics
+
+
+def write_hydra_files(out_dir: Path, cfg: DictConfig) -> None:
+    """Write Hydra's ``.hydra/{config,hydra,overrides}.yaml`` for a run started by ``run.py``.
+
+    conf/config.yaml sets ``hydra.output_subdir: null`` so that Hydra does not write them
+    before the run starts: a refused resume must leave the folder's record of the command
+    that made it alone. The runner calls this once the run is accepted; outside a Hydra
+    job (the Python API, tests) there is nothing to write.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    folder = out_dir / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
+    for name, node in (("config.yaml", task), ("hydra.yaml", OmegaConf.create({"hydra": hydra_cfg})),
+                       ("overrides.yaml", hydra_cfg.overrides.task)):
+        (folder / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
 
 
 def print_metrics(metrics: dict[str, Any]) -> None:

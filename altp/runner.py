@@ -34,14 +34,16 @@ import torch
 from omegaconf import DictConfig
 
 import altp.pruners  # noqa: F401  (registers the built-in pruners conf/pruner/*.yaml build)
+from altp.config_checks import check_config
 from altp.data.grandf import GrandfFormatError, ImageLoadError
 from altp.data.resolve import resolve_split
 from altp.fingerprint import fingerprint, guard_resume
+from altp.flops import PAPER_TEXT_TOKENS
 from altp.inference import empty_prediction, failed_record, image_seed, predict_image, write_image
-from altp.pruning.base import validate_keep
+from altp.pruning.base import ScheduleInfo
 from altp.resume import plan_resume
 from altp.run_dir import locked
-from altp.run_summary import print_metrics, summarise, write_summary
+from altp.run_summary import print_metrics, summarise, write_hydra_files, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,22 @@ def _fault_point(where: str, index: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _check_pruner_fits(pruner: Any, model: Any, cfg: DictConfig) -> None:
+    """Schedule the pruner once on the model's shape, so a budget it cannot meet (keep below one
+    token, a PDrop lambda that empties a stage) is one line before the loop, not an error per image."""
+    if pruner is None:
+        return
+    from altp.cli import UserError
+
+    shape = model.llm_shape
+    info = ScheduleInfo(num_visual=model.num_visual, num_text=PAPER_TEXT_TOKENS, num_layers=shape.num_layers,
+                        hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size, grid=model.grid)
+    try:
+        pruner.schedule(info)
+    except ValueError as err:
+        raise UserError(f"pruner={pruner.name} keep={cfg.keep} on {model.num_visual} visual tokens: {err}") from None
+
+
 def run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str, Any]:
     """Run inference, score, and write the run records; returns the flat metrics.
 
@@ -82,6 +100,7 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str, 
         cfg: the composed Hydra config (see conf/config.yaml).
         choices: config-group choices (model/pruner/data names) for the records.
     """
+    check_config(cfg)  # one line per bad value, before the run directory is made
     with locked(Path(cfg.out_dir)):
         return _run(cfg, choices=choices)
 
@@ -97,10 +116,6 @@ def _run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str,
 
     from altp.cli import UserError
 
-    try:
-        validate_keep(cfg.keep)
-    except ValueError as err:
-        raise UserError(str(err)) from None
     pruner = instantiate(cfg.pruner)  # validates the pruner's own arguments
     try:
         split = resolve_split(cfg.data)
@@ -110,8 +125,10 @@ def _run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str,
     if cfg.get("max_images") is not None:
         samples = samples[: int(cfg.max_images)]
     model = instantiate(cfg.model)
+    _check_pruner_fits(pruner, model, cfg)
     # After the model loads: a missing checkpoint is reported by its builder, not as a difference.
     guard_resume(out_dir, fingerprint(cfg, split))
+    write_hydra_files(out_dir, cfg)  # only now: a refused resume leaves the folder's .hydra/ as it was
 
     plan = plan_resume(samples, pred_dir, rec_dir)
     log.info("%d images, %d already done, writing to %s", len(samples), len(plan.done), out_dir)
