@@ -24,7 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from altp.rle import rle_problem
 
 __all__ = [
     "SPLITS",
@@ -35,6 +38,7 @@ __all__ = [
     "GrandfSplit",
     "caption_gt_path",
     "mask_gt_path",
+    "to_rgb",
 ]
 
 SPLITS: tuple[str, ...] = ("val", "test")
@@ -83,20 +87,103 @@ def _load_json(path: Path) -> dict[str, Any]:
         raise GrandfFormatError(
             f"missing GT file {path}; point gt_dir at GranD-f's annotations/val_test folder"
         )
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise GrandfFormatError(
+            f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); save it as UTF-8"
+        ) from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise GrandfFormatError(f"{path}: corrupt JSON ({e.msg} at line {e.lineno})") from e
+    if not isinstance(data, dict):
+        raise GrandfFormatError(f"{path}: expected a JSON object with 'images' and 'annotations' (COCO-style GT)")
     for key in ("images", "annotations"):
-        if not isinstance(data, dict) or key not in data:
+        if key not in data:
             raise GrandfFormatError(
                 f"{path}: missing top-level key '{key}' (COCO-style GT expected)"
             )
+        if not isinstance(data[key], list) or not all(isinstance(x, dict) for x in data[key]):
+            raise GrandfFormatError(f"{path}: '{key}' must be a list of objects, got {str(data[key])[:60]}")
     return data
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, str | int) and not isinstance(value, bool)
+
+
+def _positive_int(value: Any) -> bool:
+    integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    return integral and not isinstance(value, bool) and value > 0
+
+
+def _duplicates(values: list[Any]) -> list[str]:
+    seen: set[Any] = set()
+    return sorted({str(v) for v in values if v in seen or seen.add(v)})
+
+
+def _check_images(path: Path, images: list[dict[str, Any]]) -> None:
+    """Ids, sizes and file names of an ``images`` list (the caption file's, or the mask file's)."""
+    for img in images:
+        for key in ("id", "height", "width"):
+            if key not in img:
+                raise GrandfFormatError(f"{path}: an images entry lacks '{key}': {str(img)[:120]}")
+        if not _is_id(img["id"]):
+            raise GrandfFormatError(
+                f"{path}: image id {img['id']!r} must be a string like 'sa_10010541' (or an integer)"
+            )
+        for key in ("height", "width"):
+            if not _positive_int(img[key]):
+                raise GrandfFormatError(
+                    f"{path}: image {img['id']}: {key} must be a positive integer, got {img[key]!r}"
+                )
+        if "file_name" in img and not isinstance(img["file_name"], str):
+            raise GrandfFormatError(f"{path}: image {img['id']}: file_name must be a string")
+    dup = _duplicates([str(img["id"]) for img in images])
+    if dup:
+        raise GrandfFormatError(f"{path}: duplicate image ids {_name(dup)}; every image must be listed once")
+
+
+def _check_mask_annotations(path: Path, anns: list[dict[str, Any]]) -> None:
+    """Fields, unique ids and decodable RLE segmentations of the mask file's annotations."""
+    for ann in anns:
+        # COCOeval reads id, area and iscrowd of every GT annotation.
+        lacking = [k for k in ("id", "image_id", "segmentation", "area", "iscrowd", "category_id") if k not in ann]
+        if lacking:
+            raise GrandfFormatError(
+                f"{path}: mask annotation {ann.get('id')} (image {ann.get('image_id')}) lacks {lacking}"
+            )
+        where = f"{path}: mask annotation {ann['id']} (image {ann['image_id']})"
+        if not _is_id(ann["id"]) or not _is_id(ann["image_id"]):
+            raise GrandfFormatError(f"{where}: id and image_id must be strings or integers")
+        if ann["category_id"] != 1:
+            raise GrandfFormatError(f"{where}: category_id is {ann['category_id']!r}; GCG's AP50 scores category 1 only")
+        if not isinstance(ann["area"], int | float) or isinstance(ann["area"], bool) or ann["iscrowd"] not in (0, 1):
+            raise GrandfFormatError(f"{where}: area must be a number and iscrowd 0 or 1")
+        problem = rle_problem(ann["segmentation"])
+        if problem is not None:
+            hint = "; GranD-f GT masks are compressed RLE (pycocotools frPyObjects converts polygons)"
+            raise GrandfFormatError(f"{where}: segmentation: {problem}{hint if 'RLE dict' in problem else ''}")
+    dup = _duplicates([ann["id"] for ann in anns])
+    if dup:
+        raise GrandfFormatError(
+            f"{path}: duplicate mask annotation ids {_name(dup)}; COCOeval indexes GT by id, so duplicates "
+            "silently change AP50: give every annotation its own id"
+        )
 
 
 class GrandfAnnotations:
     """Both GT files of a split, validated and indexed by image id.
+
+    Validation (each failure is one :class:`GrandfFormatError` line naming the file
+    and the entry): UTF-8 JSON objects with ``images`` and ``annotations`` lists;
+    image ids strings or integers, unique per file; positive integer heights and
+    widths; one caption annotation per image with a string ``caption`` and a list of
+    string ``labels``; mask annotations with unique ids, category 1, and a compressed
+    RLE segmentation (a polygon is named as such) that decodes at the image's size;
+    as many masks as labels per image; at least one image.
 
     Attributes:
         image_ids: caption-file order.
@@ -117,15 +204,12 @@ class GrandfAnnotations:
             raise GrandfFormatError(
                 f"{mask_path}: missing 'categories' (COCOeval needs category 1)"
             )
+        _check_images(cap_path, cap["images"])
+        _check_images(mask_path, self.mask_data["images"])
+        if not cap["images"]:
+            raise GrandfFormatError(f"{cap_path}: the split has no images; nothing to run or score")
 
-        self.images: dict[str, dict[str, Any]] = {}
-        for img in cap["images"]:
-            for key in ("id", "height", "width"):
-                if key not in img:
-                    raise GrandfFormatError(
-                        f"{cap_path}: an images entry lacks '{key}': {str(img)[:120]}"
-                    )
-            self.images[str(img["id"])] = img
+        self.images: dict[str, dict[str, Any]] = {str(img["id"]): img for img in cap["images"]}
         self.image_ids: list[str] = list(self.images)
 
         self.captions: dict[str, dict[str, Any]] = {}
@@ -135,6 +219,13 @@ class GrandfAnnotations:
                     raise GrandfFormatError(
                         f"{cap_path}: caption annotation {ann.get('id')} lacks '{key}'"
                     )
+            if not isinstance(ann["caption"], str) or not isinstance(ann["labels"], list) or not all(
+                isinstance(x, str) for x in ann["labels"]
+            ):
+                raise GrandfFormatError(
+                    f"{cap_path}: caption annotation of image {ann['image_id']}: caption must be a string "
+                    "and labels a list of strings"
+                )
             image_id = str(ann["image_id"])
             if image_id in self.captions:
                 # Official recall reads the first caption annotation but METEOR/CIDEr use
@@ -150,18 +241,9 @@ class GrandfAnnotations:
             )
 
         mask_images = {str(img["id"]): img for img in self.mask_data["images"]}
+        _check_mask_annotations(mask_path, self.mask_data["annotations"])
         self.masks: dict[str, list[dict[str, Any]]] = {i: [] for i in self.image_ids}
         for ann in self.mask_data["annotations"]:
-            # COCOeval reads id, area and iscrowd of every GT annotation.
-            lacking = [
-                k
-                for k in ("id", "image_id", "segmentation", "area", "iscrowd", "category_id")
-                if k not in ann
-            ]
-            if lacking:
-                raise GrandfFormatError(
-                    f"{mask_path}: mask annotation {ann.get('id')} (image {ann.get('image_id')}) lacks {lacking}"
-                )
             if str(ann["image_id"]) in self.masks:
                 self.masks[str(ann["image_id"])].append(ann)
         self._validate(mask_path, mask_images)
@@ -177,8 +259,7 @@ class GrandfAnnotations:
             img = self.images[image_id]
             hw = [int(img["height"]), int(img["width"])]
             for ann in self.masks[image_id]:
-                seg = ann["segmentation"]
-                if not isinstance(seg, dict) or [int(s) for s in seg.get("size", [])] != hw:
+                if [int(s) for s in ann["segmentation"]["size"]] != hw:
                     bad_size.append(image_id)
                     break
             if len(self.masks[image_id]) != len(self.captions[image_id]["labels"]):
@@ -193,6 +274,33 @@ class GrandfAnnotations:
             raise GrandfFormatError(
                 f"{mask_path}: labels count != masks count for: {_name(bad_count)}"
             )
+
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_rgb(image: Image.Image, *, what: str = "image") -> Image.Image:
+    """An image as 8-bit RGB, converting every mode whose range is defined.
+
+    8-bit modes (L, P, RGBA, CMYK, ...) go through PIL's ``convert("RGB")``. 16-bit
+    greyscale (``I;16*``, e.g. a 16-bit PNG) keeps its high byte, as OpenCV's
+    ``imread`` does; ``convert("RGB")`` would clip it to white. 32-bit integer and
+    float images have no defined 8-bit range and are refused.
+
+    Raises:
+        ImageLoadError: a mode without a defined 8-bit range (one line naming ``what``).
+    """
+    if image.mode == "RGB":
+        return image.copy()
+    if image.mode in _SIXTEEN_BIT:
+        grey = (np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8)  # (H, W)
+        return Image.fromarray(np.repeat(grey[..., None], 3, axis=2), mode="RGB")
+    if image.mode in ("I", "F"):
+        raise ImageLoadError(
+            f"{what}: mode {image.mode} (32-bit {'integer' if image.mode == 'I' else 'float'} pixels) has no "
+            "defined 8-bit range; save it as 8-bit RGB"
+        )
+    return image.convert("RGB")
 
 
 class GrandfSplit:
@@ -266,8 +374,10 @@ class GrandfSplit:
             raise ImageLoadError(f"image {sample.image_id}: file {path} not found")
         try:
             with Image.open(path) as im:
-                image = im.convert("RGB")
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+                image = to_rgb(im, what=f"image {sample.image_id} ({path.name})")
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            if isinstance(e, ImageLoadError):
+                raise
             raise ImageLoadError(
                 f"image {sample.image_id}: cannot decode {path} ({type(e).__name__}: {e})"
             ) from e
