@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from altp.rle import rle_problem
+
 __all__ = [
     "PredictionFormatError",
     "OFFICIAL_KEYS",
@@ -179,7 +181,8 @@ def read_prediction(path: Path) -> dict[str, Any]:
         "pred_masks": list[dict]}`` plus any extra keys, in file order.
 
     Raises:
-        PredictionFormatError: corrupt JSON or missing fields, naming the file.
+        PredictionFormatError: corrupt JSON, missing fields or a mask whose RLE does
+            not decode, naming the file.
     """
     path = Path(path)
     try:
@@ -220,6 +223,12 @@ def read_prediction(path: Path) -> dict[str, Any]:
         raise PredictionFormatError(
             f"{path}: 'pred_masks' must be a list of RLE dicts with 'size' and 'counts'"
         )
+    for k, mask in enumerate(masks):
+        problem = rle_problem(mask)  # pycocotools would score a mask that does not decode
+        if problem is not None:
+            raise PredictionFormatError(f"{path}: pred_masks[{k}]: {problem}; re-run inference for this image")
+    if record.get("image_id") is not None and not isinstance(record["image_id"], str | int):
+        raise PredictionFormatError(f"{path}: 'image_id' must be a string")
     out: dict[str, Any] = {"image_id": record.get("image_id")}
     out.update(record)
     return out

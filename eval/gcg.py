@@ -15,7 +15,9 @@ distinct phrase is embedded once, and one Java process serves METEOR.
 
 A missing prediction file scores as an empty prediction (empty caption, no
 phrases, no masks) and is listed under ``missing_predictions``; the official
-script crashes there instead.
+script crashes there instead. A prediction folder that does not exist or holds
+no prediction of the split, a file whose ``image_id`` names another image, and a
+mask whose RLE does not decode are errors (exit 2), never scores.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ METRICS: tuple[str, ...] = ("meteor", "cider", "ap50", "miou", "recall")
 def _load_predictions(
     pred_dir: Path, image_ids: Sequence[str]
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    if not pred_dir.is_dir():
+        raise PredictionFormatError(f"prediction folder {pred_dir} does not exist; check --pred-dir")
     preds: dict[str, dict[str, Any]] = {}
     missing: list[str] = []
     for image_id in image_ids:
@@ -62,6 +66,17 @@ def _load_predictions(
             preds[image_id] = {"image_id": image_id, "caption": "", "phrases": [], "pred_masks": []}
             continue
         preds[image_id] = read_prediction(path)
+        named = preds[image_id].get("image_id")
+        if named is not None and str(named) != image_id:
+            raise PredictionFormatError(
+                f"{path}: its image_id is {named!r} but the file is named for {image_id!r}; "
+                "rename the file or fix its image_id"
+            )
+    if len(missing) == len(image_ids):
+        raise PredictionFormatError(
+            f"{pred_dir} holds no prediction for any of the {len(image_ids)} images of the split "
+            f"(e.g. {image_ids[0]}.json); check --pred-dir and --split"
+        )
     return preds, missing
 
 
