@@ -24,6 +24,38 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(n)
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _missing_weights(needed: Sequence[str]) -> list[str]:
+    """What a ``weights`` marker names that is not here: paths (relative to the repo root,
+    or absolute) and ``hf:<repo id>`` entries of the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    missing = []
+    for item in needed:
+        if item.startswith("hf:"):
+            if not isinstance(try_to_load_from_cache(item[3:], "config.json"), str):
+                missing.append(f"{item[3:]} in the Hugging Face cache")
+        elif not (ROOT / item).exists():
+            missing.append(item)
+    return missing
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip ``gpu`` tests without CUDA and ``weights(...)`` tests without the named weights, with a reason."""
+    weights = item.get_closest_marker("weights")
+    if weights is not None:
+        missing = _missing_weights(weights.args)
+        if missing:
+            pytest.skip(f"needs real weights: {', '.join(missing)} (see the README's Weights and data)")
+    if item.get_closest_marker("gpu") is not None:
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device")
+
+
 def rle_of(mask: np.ndarray) -> dict[str, Any]:
     """Compressed RLE with str counts of an (H, W) 0/1 mask (test helper)."""
     rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))

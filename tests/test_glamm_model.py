@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-import types
-from dataclasses import dataclass, field
-
 import numpy as np
 import pytest
 import torch
@@ -17,67 +12,8 @@ from altp.models.glamm import clip_resize_crop
 from altp.models.glamm_build import build_glamm_tiny
 from altp.models.sam import postprocess_masks
 
-try:
-    importlib.import_module("altp.pruning.engine")
-    HAVE_ENGINE = True
-except ImportError:  # the engine lands in a parallel change; until then a stand-in below
-    HAVE_ENGINE = False
-
 NEW = 8  # new tokens per test generation: several decode steps, fast on CPU
 LAYERS = 8  # the tests need decoding and pruning stages, not GLaMM's 32 layers
-
-
-# -- a throwaway stand-in for altp.pruning.engine (used only while it is absent) ------------------
-@dataclass
-class _Record:
-    kept_tokens: list = field(default_factory=list)
-    kept_per_stage: list = field(default_factory=list)
-    stage_layers: list = field(default_factory=list)
-    extras: list = field(default_factory=list)
-    select_ms: float = 0.0
-
-
-@dataclass
-class _Out:
-    tokens: torch.Tensor
-    step_hidden: torch.Tensor
-    record: _Record
-    prefill_ms: float = 0.0
-    decode_ms: float = 0.0
-
-
-class _StandInEngine:
-    """Unpruned greedy decoding with the engine's signature and outputs."""
-
-    def __init__(self, *, lm, pruner):
-        if pruner is not None:
-            raise NotImplementedError("the stand-in engine does not prune")
-        self.lm = lm
-
-    def generate(self, *, inputs_embeds, visual_start, num_visual, grid, prep, max_new_tokens, eos_token_id,
-                 use_cache, seed):
-        emb = self.lm.get_input_embeddings()
-        seq, toks, hid, past = inputs_embeds, [], [], None
-        for _ in range(max_new_tokens):
-            step_in = seq if (past is None or not use_cache) else emb(toks[-1].view(1, 1))
-            out = self.lm.model(inputs_embeds=step_in, past_key_values=past, use_cache=use_cache)
-            past = out.past_key_values if use_cache else None
-            h = out.last_hidden_state[:, -1]
-            tok = self.lm.lm_head(h).argmax(-1)
-            toks.append(tok)
-            hid.append(h)
-            seq = torch.cat([seq, emb(tok.view(1, 1))], dim=1)
-            if int(tok) == eos_token_id:
-                break
-        return _Out(tokens=torch.stack(toks, 1), step_hidden=torch.stack(hid, 1), record=_Record())
-
-
-@pytest.fixture(autouse=True)
-def _engine(monkeypatch):
-    if not HAVE_ENGINE:
-        fake = types.ModuleType("altp.pruning.engine")
-        fake.PruningEngine = _StandInEngine
-        monkeypatch.setitem(sys.modules, "altp.pruning.engine", fake)
 
 
 @pytest.fixture(scope="module")
@@ -219,20 +155,16 @@ def test_cached_and_uncached_decoding_agree_unpruned(tiny, image):
     assert _generate_tokens(tiny, image, use_cache=True) == _generate_tokens(tiny, image, use_cache=False)
 
 
-@pytest.mark.skipif(not HAVE_ENGINE, reason="needs altp.pruning.engine (pruning)")
 @pytest.mark.parametrize("name", ["fastv", "pdrop", "altp"])
 def test_cached_and_uncached_decoding_agree_pruned(tiny, image, name):
-    from altp.pruners import available_pruners, build_pruner
+    from altp.pruners import build_pruner
 
-    if name not in available_pruners():
-        pytest.skip(f"pruner {name} not registered yet")
     # PDrop's default lambda solver cannot reach keep=0.25's FLOPs; fix lambda as in its paper
     pruner = build_pruner(name, keep=0.25, **({"lambda_": 0.5} if name == "pdrop" else {}))
     assert _generate_tokens(tiny, image, pruner=pruner, use_cache=True) == _generate_tokens(
         tiny, image, pruner=pruner, use_cache=False)
 
 
-@pytest.mark.skipif(not HAVE_ENGINE, reason="needs altp.pruning.engine (pruning)")
 def test_per_step_fastv_picks_the_uncached_path_by_itself(tiny, image):
     from baselines.fastv import FastVPruner
 
@@ -263,7 +195,6 @@ def test_visual_tokens_are_penultimate_clip_layer_without_cls(tiny, image):
     assert torch.allclose(got, want, atol=1e-5)
 
 
-@pytest.mark.skipif(not HAVE_ENGINE, reason="needs altp.pruning.engine (pruning)")
 def test_pruned_predict_keeps_floor_keep_times_576_and_still_grounds(scripted):
     from altp.pruners import build_pruner
 

@@ -18,6 +18,7 @@ from altp.configs import config_options
 from altp.flops import LLMShape, flops_ratio
 from altp.pruning import kept_count
 from altp.runner import InjectedFault, run
+from eval.gcg import METRICS, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES = 4
@@ -99,13 +100,18 @@ def test_every_pruner_writes_valid_records(pruner: str, data_root: Path, tmp_pat
     assert "torch" in run_json["provenance"]["packages"]
 
 
-def test_scored_run_reports_all_metrics(data_root: Path, tmp_path: Path) -> None:
+def test_scored_run_reports_all_metrics(data_root: Path, tmp_path: Path, meteor, minilm_encoder) -> None:
     cfg = _cfg(data_root, tmp_path / "run", "pruner=fastv", "keep=0.25")
     metrics = run(cfg, choices=_choices(cfg))
-    for key in ("meteor", "cider", "ap50", "miou", "recall"):
-        assert 0.0 <= metrics[key] <= 1.0 or metrics[key] is None
+    for key in ("meteor", "ap50", "miou", "recall"):
+        assert metrics[key] is not None and 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["cider"] is not None and 0.0 <= metrics["cider"] <= 10.0  # CIDEr-D is not a fraction
+    # The very numbers eval.gcg gives for the run's folder and images: the runner scored what it wrote.
+    direct = evaluate(pred_dir=tmp_path / "run" / "predictions", gt_dir=Path(cfg.data.gt_dir), split="val",
+                      text_encoder=minilm_encoder, meteor=meteor)  # fmt: skip
+    assert {k: metrics[k] for k in direct if k in METRICS} == {k: direct[k] for k in METRICS}
     assert metrics["text_encoder"] == "minilm"
-    assert metrics["mean_kept_tokens"] == 144
+    assert metrics["mean_kept_tokens"] == kept_count(0.25, 576)
 
 
 def test_fastv_per_step_runs_from_the_config_alone(data_root: Path, tmp_path: Path) -> None:
@@ -182,6 +188,7 @@ def _run_py(*args: str, env_extra: dict[str, str] | None = None, **kw) -> subpro
                           env=env, **kw)
 
 
+@pytest.mark.slow  # through run.py in subprocesses; tests/test_bad_inputs.py checks the same in-process
 @pytest.mark.parametrize(
     ("args", "needle"),
     [(["keep=1.5"], "keep must be in (0, 1]"), (["pruner=nope"], "unknown pruner 'nope'"),

@@ -1,0 +1,62 @@
+"""The harness on a CUDA device (skipped with a reason without one): the same budgets and
+bytes-level resume as on CPU, cached and uncached decoding agreeing on the device."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from altp.pruning import kept_count
+from altp.runner import run
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.gpu
+
+
+def _run(data_root: Path, out: Path, *overrides: str) -> dict:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "data=synthetic", f"data.root={data_root}", "data.generate.n_images=3", "evaluate=false",
+            f"out_dir={out}", *overrides,
+        ])  # fmt: skip
+    return run(cfg, choices={"model": cfg.model._target_.split(".")[-1], "data": "synthetic",
+                             "pruner": cfg.pruner.name})  # fmt: skip
+
+
+@pytest.mark.parametrize("pruner", ["fastv", "pdrop", "altp"])
+def test_tiny_glamm_on_cuda_keeps_the_cpu_budgets(pruner: str, tmp_path: Path) -> None:
+    args = ("model=glamm_tiny", f"pruner={pruner}", "keep=0.25")
+    gpu = _run(tmp_path / "data", tmp_path / "gpu", *args, "model.device=cuda")
+    _run(tmp_path / "data", tmp_path / "cpu", *args)
+    assert gpu["n_failed"] == 0 and gpu["device"].startswith("cuda")
+    for path in sorted((tmp_path / "gpu" / "records").glob("*.json")):
+        rec = json.loads(path.read_text())
+        want = json.loads((tmp_path / "cpu" / "records" / path.name).read_text())
+        assert rec["stage_layers"] == want["stage_layers"]
+        if pruner != "pdrop":  # PDrop's solved lambda may differ in the last float bits
+            assert rec["kept_per_stage"] == want["kept_per_stage"] == [kept_count(0.25, 576)]
+
+
+def test_shapes_model_bf16_on_cuda_grounds_its_images(tmp_path: Path) -> None:
+    m = _run(tmp_path / "data", tmp_path / "run", "model=glamm_shapes", "model.device=cuda",
+             "model.dtype=bfloat16", "pruner=altp", "keep=0.25")  # fmt: skip
+    assert m["n_failed"] == 0 and m["mean_kept_tokens"] == kept_count(0.25, 576)
+    preds = [json.loads(p.read_text()) for p in (tmp_path / "run" / "predictions").glob("*.json")]
+    assert any(p["pred_masks"] for p in preds)
+
+
+def test_cuda_run_resumes_to_identical_bytes(tmp_path: Path, monkeypatch) -> None:
+    from altp.runner import InjectedFault
+
+    args = ("model=glamm_tiny", "model.device=cuda", "pruner=fastv", "keep=0.1")
+    _run(tmp_path / "data", tmp_path / "ref", *args)
+    monkeypatch.setenv("ALTP_TEST_FAULT", "raise@1")
+    with pytest.raises(InjectedFault):
+        _run(tmp_path / "data", tmp_path / "cut", *args)
+    monkeypatch.delenv("ALTP_TEST_FAULT")
+    _run(tmp_path / "data", tmp_path / "cut", *args)
+    for p in sorted((tmp_path / "ref" / "predictions").glob("*.json")):
+        assert (tmp_path / "cut" / "predictions" / p.name).read_bytes() == p.read_bytes(), p.name
