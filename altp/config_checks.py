@@ -170,5 +170,9 @@ def check_command_line(argv: Sequence[str], *, conf_dir: Path) -> None:
         (ov,) = parser.parse_overrides([f"{key}={value}"])
         for v in _sweep_values(ov):
             check_value(str(key), v)
+    before = HydraConfig.instance().cfg
     HydraConfig.instance().set_config(cfg)  # ${hydra:...} in out_dir resolves as inside a job
-    check_config(cfg)
+    try:
+        check_config(cfg)
+    finally:
+        HydraConfig.instance().cfg = before  # the job Hydra starts next sets its own
