@@ -300,9 +300,8 @@ def test_model_omg_llava_without_files_exits_with_one_line(
 def test_table2_experiment_composes() -> None:
     from altp.cli import check_overrides
 
-    check_overrides(
-        ["model=omg_llava,omg_llava_tiny", "experiment=table2_omg_llava"]
-    )  # exits 2 if unknown
+    # exits 2 on an unknown name or value (minilm: bert-base-uncased need not be cached here)
+    check_overrides(["-m", "model=omg_llava,omg_llava_tiny", "experiment=table2_omg_llava", "text_encoder=minilm"])
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(
             config_name="config",
