@@ -131,3 +131,23 @@ def test_two_captions_for_one_image_are_refused(tmp_path: Path) -> None:
     _rewrite(gt / "val_gcg_coco_caption_gt.json", edit)
     with pytest.raises(GrandfFormatError, match="image sa_9 has several caption annotations"):
         GrandfSplit(gt, "val", None)
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "LA", "RGBA", "CMYK", "1"])
+def test_eight_bit_modes_convert_as_pil_does(mode) -> None:
+    from altp.data.grandf import to_rgb
+
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8))
+    image = rgb.convert(mode)
+    out = to_rgb(image)
+    assert out.mode == "RGB" and np.array_equal(np.asarray(out), np.asarray(image.convert("RGB")))
+
+
+def test_wide_integer_and_float_images_are_refused_naming_the_mode() -> None:
+    from altp.data.grandf import ImageLoadError, to_rgb
+
+    for mode, arr in (("I", np.full((4, 4), 70000, np.int32)), ("F", np.zeros((4, 4), np.float32))):
+        image = Image.fromarray(arr)
+        assert image.mode == mode
+        with pytest.raises(ImageLoadError, match=f"mode {mode} .*save it as 8-bit RGB"):
+            to_rgb(image, what="image x")
