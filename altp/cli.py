@@ -15,11 +15,9 @@ import sys
 from collections.abc import Iterator
 
 from altp.configs import conf_dir, config_options
+from altp.errors import UserError
 
 __all__ = ["UserError", "check_overrides", "one_line_errors"]
-
-class UserError(Exception):
-    """A mistake in the command, config or inputs; printed as one line without a traceback."""
 
 
 def check_overrides(argv: list[str]) -> None:

@@ -8,7 +8,7 @@ Two entry points share the rules of :func:`check_value`:
   composes or creates the run directory: every value of every sweep, the
   composition itself, and the run directory's writability.
 
-Each raises :class:`altp.cli.UserError` with one line.
+Each raises :class:`altp.errors.UserError` with one line.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ __all__ = ["check_command_line", "check_config", "check_out_dir", "check_text_en
 
 
 def _error(msg: str) -> Exception:
-    from altp.cli import UserError
+    from altp.errors import UserError
 
     return UserError(msg)
 

@@ -182,7 +182,7 @@ def guard_resume(out_dir: Path, current: dict[str, Any]) -> None:
     Raises:
         UserError: one line naming what differs (or why the old fingerprint cannot be read).
     """
-    from altp.cli import UserError
+    from altp.errors import UserError
 
     path = out_dir / FINGERPRINT_FILE
     fix = "pass another out_dir=... or delete that folder"

@@ -78,7 +78,7 @@ def _check_pruner_fits(pruner: Any, model: Any, cfg: DictConfig) -> None:
     token, a PDrop lambda that empties a stage) is one line before the loop, not an error per image."""
     if pruner is None:
         return
-    from altp.cli import UserError
+    from altp.errors import UserError
 
     shape = model.llm_shape
     info = ScheduleInfo(num_visual=model.num_visual, num_text=PAPER_TEXT_TOKENS, num_layers=shape.num_layers,
@@ -114,7 +114,7 @@ def _run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str,
     pred_dir.mkdir(parents=True, exist_ok=True)
     rec_dir.mkdir(parents=True, exist_ok=True)
 
-    from altp.cli import UserError
+    from altp.errors import UserError
 
     pruner = instantiate(cfg.pruner)  # validates the pruner's own arguments
     try:

@@ -587,7 +587,7 @@ def test_retrained_weights_refuse_to_resume(data_root, tmp_path, capsys) -> None
     """The shapes model's weights file changed in one value (same names and shapes): refused."""
     from safetensors.torch import load_file, save_file
 
-    from altp.models.glamm_shapes import SHAPES_DIR
+    from altp.models.glamm_build import SHAPES_DIR
 
     weights = tmp_path / "weights"
     shutil.copytree(SHAPES_DIR, weights)

@@ -38,14 +38,15 @@ PACKAGES = ("altp", "baselines", "eval")
 LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"formats and shared numbers": (
         "altp", "altp.configs", "altp.run_dir", "altp.provenance", "altp.flops", "altp.pruner_order",
-        "altp.predictions", "altp.data", "altp._device",
+        "altp.predictions", "altp.data", "altp._device", "altp.rle", "altp.errors",
     )},
     {"pruner interface": ("altp.pruning", "altp.pruning.base", "altp.pruning.records")},
     {"pruner building blocks": ("altp.superpixels", "altp.budgets"),
      "engine": ("altp.pruning.engine", "altp.pruning._plan", "altp.pruning._scores")},
     {"pruners": ("altp.methods", "baselines"), "models": ("altp.models",)},
     {"catalogue": ("altp.pruners",), "evaluation": ("eval", "altp.coverage")},
-    {"entry points": ("altp.runner", "altp.cli", "altp.app", "altp.train", "altp.viz", "altp.report")},
+    {"entry points": ("altp.runner", "altp.resume", "altp.inference", "altp.run_summary", "altp.fingerprint",
+                      "altp.config_checks", "altp.cli", "altp.app", "altp.train", "altp.viz", "altp.report")},
 ]  # fmt: skip
 # Groups that may import only the bottom layer (data formats), not everything below them.
 FORMATS_ONLY = {"evaluation"}
