@@ -95,7 +95,7 @@ def test_predict_returns_a_consistent_prediction(tiny, image):
     assert isinstance(out, GCGPrediction)
     assert 1 <= out.new_tokens <= NEW
     assert out.num_visual == 576 and out.num_text_tokens == len(tiny.prefix_ids) + len(tiny.suffix_ids)
-    assert set(out.timings) == {"vision_ms", "prefill_ms", "decode_ms", "mask_ms", "total_ms"}
+    assert set(out.timings) == {"vision_ms", "prefill_ms", "decode_ms", "mask_ms", "total_ms", "batch_size"}
     assert all(m.shape == (90, 120) and m.dtype == bool for m in out.masks)
 
 

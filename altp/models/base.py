@@ -14,6 +14,7 @@ tie-breaking sees, so adapters must keep the order the model produced).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -27,8 +28,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from altp.pruning.base import Pruner
     from altp.pruning.records import PruneRecord
 
-__all__ = ["GCGModel", "GCGPrediction", "MissingCheckpointError", "parse_dtype", "restore_rope_fp32",
-           "rope_fp32_masters"]
+__all__ = ["GCGModel", "GCGPrediction", "ImageInputs", "MissingCheckpointError", "parse_dtype",
+           "restore_rope_fp32", "rope_fp32_masters"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -96,7 +97,11 @@ class GCGPrediction:
         num_text_tokens: non-visual prompt tokens (for the FLOPs ratio).
         num_visual: visual tokens before pruning (576 for GLaMM, 256 for OMG-LLaVA).
         new_tokens: generated tokens, EOS included if it was produced.
-        timings: milliseconds: vision_ms, prefill_ms, decode_ms, mask_ms, total_ms.
+        timings: milliseconds: vision_ms, prefill_ms, decode_ms, mask_ms, total_ms,
+            measured from the preprocessed inputs (:class:`ImageInputs`) on; plus
+            ``batch_size``, the images that shared the forwards. In a batch each
+            stage's time is the batch's time divided by ``batch_size`` (amortised
+            per image), so the per-image numbers of a batch sum to its wall time.
     """
 
     caption: str
@@ -107,6 +112,29 @@ class GCGPrediction:
     num_visual: int
     new_tokens: int
     timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImageInputs:
+    """One image preprocessed on the CPU for one model: what :meth:`GCGModel.preprocess` returns.
+
+    Deterministic, picklable and made without the model's weights, so a
+    ``torch.utils.data.DataLoader`` worker can build it while the model runs.
+
+    Attributes:
+        vision_image: (H', W', 3) uint8, exactly the pixels the vision tower sees
+            (``pruner.prepare``'s input; equal to ``model.vision_image(image)``).
+        size: (H, W) of the original image (the size of the predicted masks).
+        tensors: the model's CPU inputs by name, float32 (cast to the model's
+            dtype and device in ``predict_batch``). GLaMM: ``clip`` (3, 336, 336)
+            normalised CLIP input, ``sam`` (3, S, S) normalised and padded SAM
+            input, ``sam_hw`` (2,) long, SAM's (h, w) before padding. OMG-LLaVA:
+            ``pixels`` (3, 1024, 1024) normalised.
+    """
+
+    vision_image: np.ndarray
+    size: tuple[int, int]
+    tensors: dict[str, torch.Tensor]
 
 
 @runtime_checkable
@@ -142,6 +170,14 @@ class GCGModel(Protocol):
         """(H, W, 3) uint8: exactly the pixels the vision tower sees (for Pruner.prepare)."""
         ...
 
+    def preprocess(self, image: Image.Image) -> ImageInputs:
+        """CPU-only, deterministic preprocessing of one decoded image (any mode; converted to RGB).
+
+        Safe in a forked ``DataLoader`` worker: no weights, no device. Its
+        ``vision_image`` equals :meth:`vision_image` of the same image.
+        """
+        ...
+
     def token_grid_fraction(self, mask: np.ndarray) -> np.ndarray:
         """(rows, cols) float64 in [0, 1]: how much of each visual token's patch ``mask`` covers.
 
@@ -149,6 +185,32 @@ class GCGModel(Protocol):
         resize / crop / padding of :meth:`vision_image`, and entry ``[r, c]`` is the
         covered fraction of the area token ``r * cols + c`` stands for (padding and
         cropped-away image parts count as uncovered; see :mod:`altp.models.patch_grid`).
+        """
+        ...
+
+    def predict_batch(
+        self,
+        inputs: Sequence[ImageInputs],
+        *,
+        pruner: Pruner | None,
+        preps: Sequence[Any],
+        seeds: Sequence[int],
+        max_new_tokens: int | None = None,
+        use_cache: bool | None = None,
+    ) -> list[GCGPrediction]:
+        """Greedy GCG inference on a batch of preprocessed images, one prediction per input in order.
+
+        Each image's prediction equals :meth:`predict` on that image alone (the
+        batch only shares the forwards); ``timings`` are amortised per image
+        (see :class:`GCGPrediction`).
+
+        Args:
+            inputs: what :meth:`preprocess` returned, one per image.
+            pruner: the pruner, or None for the full model.
+            preps: per image, ``pruner.prepare(inputs[i].vision_image, self.grid)``
+                (None entries unpruned).
+            seeds: per-image seeds for random pruners.
+            max_new_tokens, use_cache: as :meth:`predict`.
         """
         ...
 
@@ -163,6 +225,8 @@ class GCGModel(Protocol):
         use_cache: bool | None = None,
     ) -> GCGPrediction:
         """Greedy GCG inference on one image with ``pruner`` (None = unpruned).
+
+        ``predict_batch([self.preprocess(image)], preps=[prep], seeds=[seed], ...)[0]``.
 
         Args:
             image: any PIL image (converted to RGB).

@@ -63,7 +63,8 @@ class Decoded(Generic[E]):
         answers: every question asked, in order; the last one is the answer kept.
         caption, phrases: ``parse`` of the kept answer's tokens.
         masks: one (H, W) bool array per ``[SEG]`` state of the kept answer.
-        timings: milliseconds: vision_ms, prefill_ms, decode_ms, mask_ms, total_ms.
+        timings: milliseconds: vision_ms, prefill_ms, decode_ms, mask_ms, total_ms;
+            and batch_size (1: one image per forward).
     """
 
     encoding: E
@@ -155,6 +156,7 @@ def generate_and_decode(
         "decode_ms": sum(float(a.out.decode_ms) for a in answers),
         "mask_ms": (t3 - t2) * 1e3,
         "total_ms": (time.perf_counter() - t0) * 1e3,
+        "batch_size": 1,
     }
     return Decoded(encoding=encoding, answers=answers, caption=caption, phrases=phrases, masks=mask_list,
                    timings=timings)  # fmt: skip

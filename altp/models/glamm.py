@@ -26,6 +26,7 @@ Build a GLaMM by name (official, shapes, tiny, full-size random) with
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,7 @@ from transformers import (
 )
 
 from altp.flops import LLMShape
-from altp.models.base import GCGPrediction, restore_rope_fp32, rope_fp32_masters
+from altp.models.base import GCGPrediction, ImageInputs, restore_rope_fp32, rope_fp32_masters
 from altp.models.generate import generate_and_decode
 from altp.models.patch_grid import rect_area_fractions
 from altp.models.pixels import clip_geometry, clip_resize_crop
@@ -187,13 +188,25 @@ class GLaMM(nn.Module):
         x = (left + np.arange(cols + 1) * (self.clip_size / cols)) * (w / new_w)
         return rect_area_fractions(mask, y, x)
 
+    def preprocess(self, image: Image.Image) -> ImageInputs:
+        """CPU-only inputs of one image: CLIP's crop and normalisation, SAM's resize and padding.
+
+        ``tensors``: ``clip`` (3, 336, 336) and ``sam`` (3, S, S) float32, ``sam_hw``
+        (2,) long (see :class:`altp.models.base.ImageInputs`).
+        """
+        image = image.convert("RGB")
+        pix = self.vision_image(image)
+        x = torch.from_numpy(pix).permute(2, 0, 1).float()
+        mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(CLIP_STD, dtype=torch.float32).view(3, 1, 1)
+        clip = (x / 255.0 - mean) / std  # fp32 like CLIPImageProcessor, cast afterwards like upstream
+        sam, sam_hw = self.grounding_encoder.preprocess(image)
+        return ImageInputs(vision_image=pix, size=(image.height, image.width),
+                           tensors={"clip": clip, "sam": sam[0], "sam_hw": torch.tensor(sam_hw)})
+
     def clip_pixels(self, image: Image.Image) -> torch.Tensor:
         """(1, 3, S, S) normalised CLIP input in the model's dtype."""
-        x = torch.from_numpy(self.vision_image(image)).permute(2, 0, 1).unsqueeze(0).float()
-        mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD, dtype=torch.float32).view(1, 3, 1, 1)
-        x = (x / 255.0 - mean) / std  # fp32 like CLIPImageProcessor, cast afterwards like upstream
-        return x.to(device=self.device, dtype=self.dtype)
+        return self.preprocess(image).tensors["clip"][None].to(device=self.device, dtype=self.dtype)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(1, 3, S, S) -> projected visual tokens (1, V, D), row-major over the grid."""
@@ -215,17 +228,62 @@ class GLaMM(nn.Module):
 
     def masks_from_states(self, image: Image.Image, seg_states: torch.Tensor) -> list[np.ndarray]:
         """``[SEG]`` hidden states (N, D) -> N bool masks (H, W) at the image's size."""
+        return self._masks(self.preprocess(image.convert("RGB")), seg_states)
+
+    def _masks(self, inputs: ImageInputs, seg_states: torch.Tensor) -> list[np.ndarray]:
         if seg_states.shape[0] == 0:
             return []
         sam = self.grounding_encoder
-        pixels, input_hw = sam.preprocess(image)
-        embedding = sam.encode(pixels.to(self.device, self.dtype))
+        embedding = sam.encode(inputs.tensors["sam"][None].to(self.device, self.dtype))
         text = self.text_hidden_fcs(seg_states.to(self.dtype))  # (N, 256)
         low_res = sam.decode(embedding, text)
-        logits = sam.postprocess(low_res, input_hw=input_hw, original_hw=(image.height, image.width))
+        input_hw = (int(inputs.tensors["sam_hw"][0]), int(inputs.tensors["sam_hw"][1]))
+        logits = sam.postprocess(low_res, input_hw=input_hw, original_hw=inputs.size)
         return [m.cpu().numpy() for m in logits > 0]
 
-    # -- the GCGModel entry point --------------------------------------------------------------
+    # -- the GCGModel entry points ------------------------------------------------------------
+    @torch.inference_mode()
+    def predict_batch(
+        self,
+        inputs: Sequence[ImageInputs],
+        *,
+        pruner: Pruner | None,
+        preps: Sequence[Any],
+        seeds: Sequence[int],
+        max_new_tokens: int | None = None,
+        use_cache: bool | None = None,
+    ) -> list[GCGPrediction]:
+        """Greedy GCG inference on preprocessed images; see :meth:`altp.models.base.GCGModel.predict_batch`.
+
+        Args:
+            inputs: :meth:`preprocess` of each image.
+            pruner: a :class:`altp.pruning.base.Pruner`, or None for the full model.
+            preps: per image, ``pruner.prepare(inputs[i].vision_image, self.grid)``.
+            seeds: per-image seeds for random pruners.
+            max_new_tokens, use_cache: as :meth:`predict`.
+        """
+        return [self._predict_one(x, pruner=pruner, prep=p, seed=s, max_new_tokens=max_new_tokens,
+                                  use_cache=use_cache)
+                for x, p, s in zip(inputs, preps, seeds, strict=True)]  # fmt: skip
+
+    def _predict_one(self, inputs: ImageInputs, *, pruner: Pruner | None, prep: Any, seed: int,
+                     max_new_tokens: int | None, use_cache: bool | None) -> GCGPrediction:
+        ids = self.token_ids
+        decoded = generate_and_decode(
+            lm=self.llm, pruner=pruner, device=self.device,
+            # The prompt is built with the image encoding, so vision_ms covers both.
+            encode=lambda: self.build_inputs_embeds(
+                self.encode_image(inputs.tensors["clip"][None].to(device=self.device, dtype=self.dtype))),
+            prompt=lambda embeds, _question: embeds,
+            seg_states=lambda hidden, tokens: hidden[tokens == ids.seg],  # the states that produced [SEG]
+            masks=lambda _embeds, states: self._masks(inputs, states),
+            parse=lambda tokens: parse_gcg_output(self.tokenizer.decode(tokens, skip_special_tokens=False)),
+            visual_start=len(self.prefix_ids), num_visual=self.num_visual, grid=self.grid, prep=prep,
+            max_new_tokens=int(max_new_tokens or self.max_new_tokens), eos_token_id=ids.eos,
+            use_cache=use_cache, seed=seed,
+        )  # fmt: skip
+        return decoded.prediction(num_text_tokens=self.num_text_tokens, num_visual=self.num_visual)
+
     @torch.inference_mode()
     def predict(
         self,
@@ -237,7 +295,7 @@ class GLaMM(nn.Module):
         seed: int = 0,
         use_cache: bool | None = None,
     ) -> GCGPrediction:
-        """Greedy GCG inference on one image.
+        """Greedy GCG inference on one image: :meth:`predict_batch` of ``[self.preprocess(image)]``.
 
         Args:
             image: any PIL image (converted to RGB).
@@ -253,18 +311,5 @@ class GLaMM(nn.Module):
                 cache, not upstream FastV's per-step re-ranking). True forces the
                 cache (an error with a per-step pruner).
         """
-        image = image.convert("RGB")
-        ids = self.token_ids
-        decoded = generate_and_decode(
-            lm=self.llm, pruner=pruner, device=self.device,
-            # The prompt is built with the image encoding, so vision_ms covers both.
-            encode=lambda: self.build_inputs_embeds(self.encode_image(self.clip_pixels(image))),
-            prompt=lambda embeds, _question: embeds,
-            seg_states=lambda hidden, tokens: hidden[tokens == ids.seg],  # the states that produced [SEG]
-            masks=lambda _embeds, states: self.masks_from_states(image, states),
-            parse=lambda tokens: parse_gcg_output(self.tokenizer.decode(tokens, skip_special_tokens=False)),
-            visual_start=len(self.prefix_ids), num_visual=self.num_visual, grid=self.grid, prep=prep,
-            max_new_tokens=int(max_new_tokens or self.max_new_tokens), eos_token_id=ids.eos,
-            use_cache=use_cache, seed=seed,
-        )  # fmt: skip
-        return decoded.prediction(num_text_tokens=self.num_text_tokens, num_visual=self.num_visual)
+        return self.predict_batch([self.preprocess(image)], pruner=pruner, preps=[prep], seeds=[seed],
+                                  max_new_tokens=max_new_tokens, use_cache=use_cache)[0]

@@ -28,6 +28,7 @@ Build an OMG-LLaVA by name (official, tiny) with :mod:`altp.models.omg_llava_bui
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,7 +38,7 @@ from torch import nn
 from transformers import LlamaForCausalLM
 
 from altp.flops import LLMShape
-from altp.models.base import GCGPrediction, restore_rope_fp32, rope_fp32_masters
+from altp.models.base import GCGPrediction, ImageInputs, restore_rope_fp32, rope_fp32_masters
 from altp.models.generate import generate_and_decode
 from altp.models.omg.gcg_output import parse_gcg_text
 from altp.models.omg.internlm2_chat import GCG_QUESTIONS
@@ -161,12 +162,19 @@ class OmgLlava(nn.Module):
         x = np.arange(cols + 1) * (side / cols) - (side - w) // 2
         return rect_area_fractions(mask, y, x)
 
-    def pixels(self, image: Image.Image) -> torch.Tensor:
-        """(1, 3, 1024, 1024) float32 normalised with upstream's truncated CLIP statistics."""
-        x = torch.from_numpy(self.vision_image(image)).permute(2, 0, 1).float() / 255.0
+    def preprocess(self, image: Image.Image) -> ImageInputs:
+        """CPU-only inputs of one image: ``tensors["pixels"]`` (3, 1024, 1024) float32, normalised
+        with upstream's truncated CLIP statistics."""
+        image = image.convert("RGB")
+        pix = self.vision_image(image)
+        x = torch.from_numpy(pix).permute(2, 0, 1).float() / 255.0
         mean = torch.tensor(IMAGE_MEAN).view(3, 1, 1)
         std = torch.tensor(IMAGE_STD).view(3, 1, 1)
-        return ((x - mean) / std).unsqueeze(0).to(self.device)
+        return ImageInputs(vision_image=pix, size=(image.height, image.width), tensors={"pixels": (x - mean) / std})
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """(1, 3, 1024, 1024) float32 normalised with upstream's truncated CLIP statistics."""
+        return self.preprocess(image).tensors["pixels"][None].to(self.device)
 
     def build_inputs_embeds(self, encoding: VisualEncoding, question: int = 0) -> torch.Tensor:
         """Prompt embeddings ``(1, L, D)``: prefix, 256 pixel tokens, separator, N objects, suffix.
@@ -185,13 +193,65 @@ class OmgLlava(nn.Module):
         self, image: Image.Image, encoding: VisualEncoding, seg_states: torch.Tensor
     ) -> list[np.ndarray]:
         """``[SEG]`` states (N, D) -> N bool masks (H, W) at the image's size."""
+        return self._masks((image.height, image.width), encoding, seg_states)
+
+    def _masks(self, size: tuple[int, int], encoding: VisualEncoding, seg_states: torch.Tensor) -> list[np.ndarray]:
         if seg_states.shape[0] == 0:
             return []
         index = torch.zeros(seg_states.shape[0], dtype=torch.long, device=seg_states.device)
         logits = self.visual.seg_masks(seg_states.float(), encoding, index)  # (N, 1, 256, 256)
-        return [m.cpu().numpy() for m in masks_to_original(logits, original_size=image.size)]
+        h, w = size
+        return [m.cpu().numpy() for m in masks_to_original(logits, original_size=(w, h))]
 
-    # -- the GCGModel entry point --------------------------------------------------------------
+    # -- the GCGModel entry points ------------------------------------------------------------
+    @torch.inference_mode()
+    def predict_batch(
+        self,
+        inputs: Sequence[ImageInputs],
+        *,
+        pruner: Pruner | None,
+        preps: Sequence[Any],
+        seeds: Sequence[int],
+        max_new_tokens: int | None = None,
+        use_cache: bool | None = None,
+    ) -> list[GCGPrediction]:
+        """Greedy GCG inference on preprocessed images; see :meth:`altp.models.base.GCGModel.predict_batch`.
+
+        Args:
+            inputs: :meth:`preprocess` of each image.
+            pruner: a :class:`altp.pruning.base.Pruner`, or None for the full model.
+            preps: per image, ``pruner.prepare(inputs[i].vision_image, self.grid)``.
+            seeds: per-image seeds for random pruners.
+            max_new_tokens, use_cache: as :meth:`predict`.
+        """
+        return [self._predict_one(x, pruner=pruner, prep=p, seed=s, max_new_tokens=max_new_tokens,
+                                  use_cache=use_cache)
+                for x, p, s in zip(inputs, preps, seeds, strict=True)]  # fmt: skip
+
+    def _predict_one(self, inputs: ImageInputs, *, pruner: Pruner | None, prep: Any, seed: int,
+                     max_new_tokens: int | None, use_cache: bool | None) -> GCGPrediction:
+        ids = self.token_ids
+        decoded = generate_and_decode(
+            lm=self.llm, pruner=pruner, device=self.device,
+            encode=lambda: self.visual.encode(inputs.tensors["pixels"][None].to(self.device)),
+            prompt=lambda encoding, question: self.build_inputs_embeds(encoding, question),
+            num_questions=len(GCG_QUESTIONS),
+            seg_states=lambda hidden, tokens: seg_hidden_states(hidden, tokens, seg_token_id=ids.seg),
+            masks=lambda encoding, states: self._masks(inputs.size, encoding, states),
+            parse=lambda tokens: parse_gcg_text(decode_answer(self.tokenizer, tokens)),
+            visual_start=len(self.prefix_ids), num_visual=self.num_visual, grid=self.grid, prep=prep,
+            max_new_tokens=int(max_new_tokens or self.max_new_tokens), eos_token_id=list(ids.stop_ids),
+            use_cache=use_cache, seed=seed,
+        )  # fmt: skip
+        q = decoded.answer.question
+        n_objects = int(decoded.encoding.tokens.object_tokens[0].shape[0])
+        decoded.answer.out.record.extras[0].update(
+            question=q, questions_tried=len(decoded.answers), object_tokens=n_objects, separator_tokens=1,
+            llm_weights=self.llm_weights,
+        )  # fmt: skip
+        num_text = len(self.prefix_ids) + len(self.suffix_ids[q]) + 1 + n_objects  # + separator + objects
+        return decoded.prediction(num_text_tokens=num_text, num_visual=self.num_visual)
+
     @torch.inference_mode()
     def predict(
         self,
@@ -223,25 +283,5 @@ class OmgLlava(nn.Module):
         ``separator_tokens`` (1); ``num_text_tokens`` counts both, since they are
         in every layer's sequence.
         """
-        image = image.convert("RGB")
-        ids = self.token_ids
-        decoded = generate_and_decode(
-            lm=self.llm, pruner=pruner, device=self.device,
-            encode=lambda: self.visual.encode(self.pixels(image)),
-            prompt=lambda encoding, question: self.build_inputs_embeds(encoding, question),
-            num_questions=len(GCG_QUESTIONS),
-            seg_states=lambda hidden, tokens: seg_hidden_states(hidden, tokens, seg_token_id=ids.seg),
-            masks=lambda encoding, states: self.masks_from_states(image, encoding, states),
-            parse=lambda tokens: parse_gcg_text(decode_answer(self.tokenizer, tokens)),
-            visual_start=len(self.prefix_ids), num_visual=self.num_visual, grid=self.grid, prep=prep,
-            max_new_tokens=int(max_new_tokens or self.max_new_tokens), eos_token_id=list(ids.stop_ids),
-            use_cache=use_cache, seed=seed,
-        )  # fmt: skip
-        q = decoded.answer.question
-        n_objects = int(decoded.encoding.tokens.object_tokens[0].shape[0])
-        decoded.answer.out.record.extras[0].update(
-            question=q, questions_tried=len(decoded.answers), object_tokens=n_objects, separator_tokens=1,
-            llm_weights=self.llm_weights,
-        )  # fmt: skip
-        num_text = len(self.prefix_ids) + len(self.suffix_ids[q]) + 1 + n_objects  # + separator + objects
-        return decoded.prediction(num_text_tokens=num_text, num_visual=self.num_visual)
+        return self.predict_batch([self.preprocess(image)], pruner=pruner, preps=[prep], seeds=[seed],
+                                  max_new_tokens=max_new_tokens, use_cache=use_cache)[0]
