@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 __all__ = [
     "FLOPS_CONVENTIONS",
@@ -89,8 +90,14 @@ def layer_flops(n: float, d: int, m: int) -> float:
     return 4.0 * n * d * d + 2.0 * n * n * d + 2.0 * n * d * m
 
 
-def _tokens_per_layer(n: int, stages: Sequence[tuple[int, int]], num_layers: int) -> list[int]:
-    """Tokens each layer sees; ``stages`` is [(layer, tokens from that layer on)], layers ascending."""
+_Count = TypeVar("_Count", int, float)
+
+
+def _tokens_per_layer(n: _Count, stages: Sequence[tuple[int, _Count]], num_layers: int) -> list[_Count]:
+    """Tokens each layer sees; ``stages`` is [(layer, tokens from that layer on)], layers ascending.
+
+    Counts are ints, or real-valued for PyramidDrop's continuous lambda solve.
+    """
     counts = [n] * num_layers
     last = -1
     for layer, n_after in stages:
@@ -104,13 +111,13 @@ def _tokens_per_layer(n: int, stages: Sequence[tuple[int, int]], num_layers: int
     return counts
 
 
-def prefill_flops(n: int, stages: Sequence[tuple[int, int]], shape: LLMShape) -> float:
+def prefill_flops(n: float, stages: Sequence[tuple[int, float]], shape: LLMShape) -> float:
     """Decoder FLOPs for a prefill of n tokens under pruning ``stages``.
 
     Args:
         n: total tokens entering layer 0 (text + visual).
         stages: [(layer, total tokens from that layer on)], ascending layers;
-            empty for no pruning.
+            empty for no pruning. Token counts may be real-valued (a continuous solve).
         shape: the decoder shape.
     """
     d, m = shape.hidden_size, shape.intermediate_size
