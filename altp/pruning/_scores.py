@@ -10,8 +10,7 @@ input norm, q/k projections and RoPE, so every layer keeps its fast kernel.
 from __future__ import annotations
 
 import torch
-from torch import nn
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, apply_rotary_pos_emb
 
 __all__ = ["last_row_attention"]
 
@@ -23,7 +22,7 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 
 def last_row_attention(
     *,
-    layer: nn.Module,
+    layer: LlamaDecoderLayer,
     hidden: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,

@@ -45,10 +45,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
-from torch import nn
 from transformers import DynamicCache
 
 from altp._device import synchronize
@@ -56,6 +55,10 @@ from altp.pruning._plan import KeptSetLog, PrunePlan, StageState
 from altp.pruning._scores import last_row_attention
 from altp.pruning.base import PruneContext, Pruner, PruneStage, ScheduleInfo
 from altp.pruning.records import PruneRecord
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from transformers import LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 __all__ = ["GenerateOutput", "PruningEngine"]
 
@@ -93,7 +96,7 @@ class PruningEngine:
         pruner: the pruner, or None for the unpruned model.
     """
 
-    def __init__(self, *, lm: nn.Module, pruner: Pruner | None) -> None:
+    def __init__(self, *, lm: LlamaForCausalLM, pruner: Pruner | None) -> None:
         impl = getattr(lm.config, "_attn_implementation", None) or "eager"
         if impl not in _SUPPORTED_ATTN:
             raise ValueError(
@@ -102,7 +105,8 @@ class PruningEngine:
             )
         self.lm = lm
         self.pruner = pruner
-        self.layers = list(lm.model.layers)[: lm.config.num_hidden_layers]
+        # nn.ModuleList iterates as plain Modules; a LlamaModel's are its decoder layers
+        self.layers = cast("list[LlamaDecoderLayer]", list(lm.model.layers)[: lm.config.num_hidden_layers])
         self._eager = impl == "eager"
 
     # -- public API -------------------------------------------------------------------------------------
@@ -145,7 +149,7 @@ class PruningEngine:
         reselect = self.pruner is not None and self.pruner.reselects_per_step
         if use_cache is None:
             use_cache = not reselect
-        elif use_cache and reselect:
+        elif use_cache and reselect and self.pruner is not None:  # reselect implies a pruner
             raise ValueError(
                 f"pruner {self.pruner.name!r} re-selects its tokens at every decoding step, which needs "
                 "the uncached path; pass use_cache=False (or None) or select once at prefill"
@@ -359,7 +363,8 @@ class PruningEngine:
         if sl is not None:
             h_s, (cos, sin) = score_in if sl < st.stage.layer else (h, pe)
             # The score layer's cached keys are exactly its input's post-RoPE keys when it ran on this token set.
-            keys = cache.layers[sl].keys if (cache is not None and sl < st.stage.layer) else None
+            # (cache.layers is typed with linear-attention layers too; a Llama cache holds DynamicLayers)
+            keys = cache.layers[sl].keys if (cache is not None and sl < st.stage.layer) else None  # pyright: ignore[reportAttributeAccessIssue]
             row = last_row_attention(
                 layer=self.layers[sl], hidden=h_s, cos=cos, sin=sin, keys=keys
             )  # (B, L)
@@ -376,6 +381,7 @@ class PruningEngine:
             prep=plan.prep,
             seed=plan.seed,
         )
+        assert self.pruner is not None  # only a pruner's plan has stages to select at
         sel = self.pruner.select(ctx)
         plan.accept(st, sel)
         timer.stop()
