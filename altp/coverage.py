@@ -25,7 +25,7 @@ an unpruned run at 1.0 by definition.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -44,6 +44,13 @@ __all__ = [
 #: a patch belongs to an object when at least this fraction of its area lies in the mask
 OBJECT_PATCH_FRACTION = 0.5
 _EPS = 1e-9  # a patch exactly half covered must not fall below 0.5 by float round-off
+
+
+class _TokenGrid(Protocol):
+    """The part of :class:`altp.models.base.GCGModel` this diagnostic uses (evaluation does not
+    import the model layer)."""
+
+    def token_grid_fraction(self, mask: np.ndarray) -> np.ndarray: ...
 
 
 def object_patches(fraction: np.ndarray) -> np.ndarray | None:
@@ -93,7 +100,7 @@ def decode_gt_masks(annotations: Sequence[dict[str, Any]]) -> list[np.ndarray]:
 
 
 def image_object_coverage(
-    model: Any, masks: Sequence[np.ndarray], kept_per_stage: Sequence[Sequence[int]]
+    model: _TokenGrid, masks: Sequence[np.ndarray], kept_per_stage: Sequence[Sequence[int]]
 ) -> dict[str, Any]:
     """The record fields of one image: ``object_coverage``, ``gt_objects``, ``gt_objects_out_of_view``.
 

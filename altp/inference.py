@@ -17,12 +17,16 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from altp.coverage import decode_gt_masks, image_object_coverage
 from altp.data.grandf import GrandfSplit, Sample
 from altp.predictions import write_prediction
 from altp.provenance import write_json_atomic
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from altp.models.base import GCGModel
+    from altp.pruning.base import Pruner
 
 __all__ = ["empty_prediction", "failed_record", "image_seed", "predict_image", "write_image"]
 
@@ -37,7 +41,9 @@ def empty_prediction() -> dict[str, Any]:
     return {"caption": "", "phrases": [], "masks": []}
 
 
-def predict_image(model: Any, pruner: Any, split: GrandfSplit, sample: Sample, seed: int) -> tuple[dict, dict]:
+def predict_image(
+    model: GCGModel, pruner: Pruner | None, split: GrandfSplit, sample: Sample, seed: int
+) -> tuple[dict, dict]:
     """Run one image; returns (prediction fields, record). Raises ImageLoadError."""
     t0 = time.perf_counter()
     image = split.load_image(sample)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,6 +21,9 @@ from altp.coverage import summarise_coverage
 from altp.flops import summarise_flops
 from altp.provenance import provenance, write_json_atomic
 from altp.run_dir import effective_keep
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from altp.models.base import GCGModel
 
 __all__ = ["name_ids", "print_metrics", "pruner_config", "summarise", "write_hydra_files", "write_summary"]
 
@@ -90,7 +93,7 @@ def write_summary(
     pruner_name: str,
     records: list[dict],
     scores: dict[str, Any] | None,
-    model: Any,
+    model: GCGModel,
 ) -> dict[str, Any]:
     """Write metrics.json and run.json of a finished run; returns the metrics.
 

@@ -28,7 +28,7 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig
@@ -44,6 +44,10 @@ from altp.pruning.base import ScheduleInfo
 from altp.resume import plan_resume
 from altp.run_dir import locked
 from altp.run_summary import print_metrics, summarise, write_hydra_files, write_summary
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from altp.models.base import GCGModel
+    from altp.pruning.base import Pruner
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +77,7 @@ def _fault_point(where: str, index: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _check_pruner_fits(pruner: Any, model: Any, cfg: DictConfig) -> None:
+def _check_pruner_fits(pruner: Pruner | None, model: GCGModel, cfg: DictConfig) -> None:
     """Schedule the pruner once on the model's shape, so a budget it cannot meet (keep below one
     token, a PDrop lambda that empties a stage) is one line before the loop, not an error per image."""
     if pruner is None:
@@ -116,7 +120,7 @@ def _run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str,
 
     from altp.errors import UserError
 
-    pruner = instantiate(cfg.pruner)  # validates the pruner's own arguments
+    pruner: Pruner | None = instantiate(cfg.pruner)  # validates the pruner's own arguments
     try:
         split = resolve_split(cfg.data)
     except (GrandfFormatError, FileNotFoundError) as err:
@@ -124,7 +128,7 @@ def _run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str,
     samples = list(split)
     if cfg.get("max_images") is not None:
         samples = samples[: int(cfg.max_images)]
-    model = instantiate(cfg.model)
+    model: GCGModel = instantiate(cfg.model)
     _check_pruner_fits(pruner, model, cfg)
     # After the model loads: a missing checkpoint is reported by its builder, not as a difference.
     guard_resume(out_dir, fingerprint(cfg, split))
