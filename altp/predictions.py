@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -30,6 +30,7 @@ from altp.rle import rle_problem
 
 __all__ = [
     "PredictionFormatError",
+    "Rle",
     "OFFICIAL_KEYS",
     "encode_mask",
     "decode_mask",
@@ -47,7 +48,15 @@ class PredictionFormatError(ValueError):
     """A prediction file is not valid JSON or not in GLaMM's format."""
 
 
-def encode_mask(mask: np.ndarray) -> dict[str, Any]:
+class Rle(TypedDict):
+    """A compressed COCO RLE: ``size`` is [H, W]; ``counts`` is an ASCII str in JSON files and
+    bytes where pycocotools made it (both are what pycocotools reads)."""
+
+    size: list[int]
+    counts: str | bytes
+
+
+def encode_mask(mask: np.ndarray) -> Rle:
     """Encode one binary mask as compressed COCO RLE.
 
     Args:
@@ -72,27 +81,32 @@ def encode_mask(mask: np.ndarray) -> dict[str, Any]:
     rle = mask_utils.encode(np.asfortranarray(arr.astype(np.uint8)))
     return {
         "size": [int(rle["size"][0]), int(rle["size"][1])],
-        "counts": rle["counts"].decode("ascii"),
+        "counts": rle["counts"].decode("ascii"),  # pyright: ignore[reportAttributeAccessIssue]  (encode's counts are bytes; the stub says str | bytes)
     }
 
 
-def decode_mask(rle: dict[str, Any]) -> np.ndarray:
+def decode_mask(rle: Mapping[str, Any]) -> np.ndarray:
     """Decode a compressed RLE dict (``counts`` str or bytes) to an ``(H, W)`` bool mask."""
     counts = rle["counts"]
+    enc: Rle
     if isinstance(counts, list):
         h, w = rle["size"]
-        rle = mask_utils.frPyObjects(rle, h, w)
+        # uncompressed RLE (list counts) is a valid frPyObjects input the stub does not list
+        enc = mask_utils.frPyObjects(rle, h, w)  # pyright: ignore[reportCallIssue, reportArgumentType]
     elif isinstance(counts, str):
-        rle = {"size": rle["size"], "counts": counts.encode("ascii")}
-    return mask_utils.decode(rle).astype(bool)
+        enc = {"size": rle["size"], "counts": counts.encode("ascii")}
+    else:
+        enc = cast(Rle, rle)  # bytes counts: already what pycocotools reads
+    return mask_utils.decode(enc).astype(bool)
 
 
-def to_rle(segmentation: dict[str, Any]) -> dict[str, Any]:
+def to_rle(segmentation: Mapping[str, Any]) -> Rle:
     """Normalise an RLE dict for pycocotools: bytes counts (str is encoded, lists compressed)."""
     counts = segmentation["counts"]
     h, w = (int(s) for s in segmentation["size"])
     if isinstance(counts, list):
-        return mask_utils.frPyObjects(segmentation, h, w)
+        # uncompressed RLE (list counts) is a valid frPyObjects input the stub does not list
+        return mask_utils.frPyObjects(segmentation, h, w)  # pyright: ignore[reportCallIssue, reportArgumentType]
     if isinstance(counts, str):
         return {"size": [h, w], "counts": counts.encode("ascii")}
     return {"size": [h, w], "counts": counts}
@@ -109,7 +123,7 @@ def write_prediction(
     image_id: str,
     caption: str,
     phrases: Sequence[str],
-    masks: Sequence[np.ndarray] | Sequence[dict[str, Any]],
+    masks: Sequence[np.ndarray] | Sequence[Rle] | Sequence[dict[str, Any]],
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write one image's prediction atomically, with deterministic bytes.

@@ -11,7 +11,8 @@ frequencies come from the references of the images being scored.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from typing import TypeVar
 
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
@@ -19,8 +20,10 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 __all__ = ["tokenize", "tokenize_pairs", "meteor_score", "cider_score", "caption_scores"]
 
+_Key = TypeVar("_Key", bound=Hashable)
 
-def tokenize(texts: dict[str, str]) -> dict[str, str]:
+
+def tokenize(texts: dict[_Key, str]) -> dict[_Key, str]:
     """PTB-tokenize (lower-case, punctuation dropped) in one Java run.
 
     Empty strings are not sent: ``PTBTokenizer`` pairs output lines with keys

@@ -268,7 +268,7 @@ def format_table(metrics: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m eval.gcg", description=__doc__.split("\n\n")[0]
+        prog="python -m eval.gcg", description=(__doc__ or "").split("\n\n")[0]
     )
     parser.add_argument(
         "--pred-dir", type=Path, required=True, help="folder of <image_id>.json predictions"

@@ -22,9 +22,9 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-__all__ = ["iou_matrix", "greedy_miou", "ap50"]
+from altp.predictions import Rle
 
-Rle = dict[str, Any]
+__all__ = ["iou_matrix", "greedy_miou", "ap50"]
 
 
 def iou_matrix(pred: Sequence[Rle], gt: Sequence[Rle]) -> np.ndarray:
@@ -48,8 +48,9 @@ def iou_matrix(pred: Sequence[Rle], gt: Sequence[Rle]) -> np.ndarray:
             f"masks of one image have different sizes {sorted(sizes)}; predictions must be at the image's original (H, W)"
         )
     out[:] = mask_utils.iou(list(pred), list(gt), [0] * len(gt))
-    empty_pred = mask_utils.area(list(pred)) == 0
-    empty_gt = mask_utils.area(list(gt)) == 0
+    # area() takes a list of RLEs too (one area each); the stub lists only one RLE
+    empty_pred = mask_utils.area(list(pred)) == 0  # pyright: ignore[reportArgumentType]
+    empty_gt = mask_utils.area(list(gt)) == 0  # pyright: ignore[reportArgumentType]
     out[np.outer(empty_pred, empty_gt)] = np.nan
     return out
 
@@ -100,7 +101,7 @@ def ap50(
     """
     with contextlib.redirect_stdout(io.StringIO()):  # COCO/COCOeval print progress
         gt = COCO()
-        gt.dataset = mask_gt
+        gt.dataset = mask_gt  # pyright: ignore[reportAttributeAccessIssue]  (the stub's private TypedDict; this is the GT JSON)
         gt.createIndex()
         detections = [
             {"image_id": image_id, "category_id": 1, "segmentation": rle, "score": 1.0}
@@ -108,7 +109,7 @@ def ap50(
             for rle in pred_masks.get(image_id, [])
         ]
         if detections:
-            dt = gt.loadRes(detections)
+            dt = gt.loadRes(detections)  # pyright: ignore[reportArgumentType]  (loadRes takes a list of results too)
         else:  # loadRes crashes on an empty list; an empty result set is what it would mean
             dt = COCO()
             dt.dataset = {

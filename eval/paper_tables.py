@@ -87,7 +87,7 @@ def load_paper(path: Path) -> list[dict[str, str]]:
         raise ValueError(f"{path} has no rows")
     for line, row in enumerate(rows, start=2):
         try:
-            int(row["table"]), int(row["kept_tokens"]), float(row["keep"]), float(row["value"])
+            _ = int(row["table"]), int(row["kept_tokens"]), float(row["keep"]), float(row["value"])  # parse to validate
             for col in _HPARAM_COLUMNS:
                 if row[col]:
                     float(row[col])

@@ -18,14 +18,14 @@ frequencies come from the whole evaluated set), so none is computed here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from altp.predictions import to_rle
-from eval.masks import Rle, greedy_miou, iou_matrix
+from eval.masks import greedy_miou, iou_matrix
 from eval.recall import match_image
 
 __all__ = ["ImageScores", "image_scores"]
@@ -58,9 +58,9 @@ def _greedy_hits(iou: np.ndarray) -> int:
 
 def image_scores(
     *,
-    pred_masks: Sequence[Rle],
+    pred_masks: Sequence[Mapping[str, Any]],
     pred_phrases: Sequence[str],
-    gt_masks: Sequence[Rle],
+    gt_masks: Sequence[Mapping[str, Any]],
     gt_labels: Sequence[str],
     encoder: Any | None = None,
 ) -> ImageScores:

@@ -17,7 +17,7 @@ from scipy import ndimage
 from skimage import draw
 
 from altp.data.grandf import caption_gt_path, mask_gt_path
-from altp.predictions import encode_mask, write_prediction
+from altp.predictions import Rle, encode_mask, write_prediction
 
 __all__ = ["write_noisy_predictions"]
 
@@ -103,7 +103,7 @@ def write_noisy_predictions(
         h, w = sizes[image_id]
         caption: str = ann["caption"]
         phrases: list[str] = []
-        pred_masks: list[dict] = []
+        pred_masks: list[Rle] = []
         for label, m_ann in zip(ann["labels"], by_image.get(image_id, []), strict=True):
             u_miss, u_text = rng.random(), rng.random()
             mask = _perturb(mask_utils.decode(m_ann["segmentation"]).astype(bool), rng, bad)
