@@ -33,7 +33,7 @@ import json
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -138,7 +138,7 @@ def _data_identity(data_cfg: DictConfig, split: GrandfSplit) -> dict[str, Any]:
 
 def fingerprint(cfg: DictConfig, split: GrandfSplit) -> dict[str, Any]:
     """The fingerprint of a run of ``cfg`` over ``split`` (see the module docstring)."""
-    model = OmegaConf.to_container(cfg.model, resolve=True)
+    model = cast("dict[str, Any]", OmegaConf.to_container(cfg.model, resolve=True))  # a DictConfig's is a dict
     paths = weight_paths(model)
     fp = {
         "fingerprint_version": FINGERPRINT_VERSION,

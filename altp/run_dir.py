@@ -35,7 +35,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -84,7 +84,7 @@ def _text(v: Any) -> str:
 
 def _plain(pruner: DictConfig | dict) -> dict[str, Any]:
     return (
-        OmegaConf.to_container(pruner, resolve=True)
+        cast("dict[str, Any]", OmegaConf.to_container(pruner, resolve=True))  # a DictConfig's is a dict
         if isinstance(pruner, DictConfig)
         else dict(pruner)
     )

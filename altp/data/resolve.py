@@ -11,6 +11,7 @@ import fcntl
 import json
 import logging
 from pathlib import Path
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -31,8 +32,9 @@ def resolve_split(data_cfg: DictConfig) -> GrandfSplit:
         # old folder can never stand in for the split the config asks for.
         from altp.data.synthetic import GENERATOR_VERSION, write_synthetic_split
 
-        params = {k: (list(v) if not isinstance(v, (int, float, str)) else v)
-                  for k, v in OmegaConf.to_container(gen, resolve=True).items()}
+        gen_dict = cast("dict[str, Any]", OmegaConf.to_container(gen, resolve=True))  # a DictConfig's is a dict
+        params: dict[str, Any] = {k: (list(v) if not isinstance(v, (int, float, str)) else v)
+                                  for k, v in gen_dict.items()}
         wanted = {**params, "generator_version": GENERATOR_VERSION}
         root = Path(data_cfg.root)
         root.mkdir(parents=True, exist_ok=True)
