@@ -10,7 +10,7 @@ from altp.configs import conf_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m altp.viz", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m altp.viz", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = ap.add_subparsers(dest="command", required=True)
     tok = sub.add_parser("tokens", help="token-retention figure of one image, one row per run directory")
     tok.add_argument("run_dirs", nargs="+", type=Path, help="run directories (with records/ and predictions/)")

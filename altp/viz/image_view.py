@@ -9,12 +9,12 @@ run recorded (``region_check`` says what differs, if anything).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from altp.predictions import decode_mask
-from altp.superpixels import regions_from_labels, slic_labels
+from altp.superpixels import VarianceMode, regions_from_labels, slic_labels
 from altp.viz.geometry import TokenGeometry, geometry_for
 from altp.viz.overlays import stage_cells
 from altp.viz.rundir import RunDir, kept_per_stage_lists, load_split
@@ -105,7 +105,7 @@ def _regions(run: RunDir, extras: dict[str, Any], pixels: np.ndarray, grid: tupl
     p = run.pruner
     labels = slic_labels(pixels, n_segments=int(p.get("n_segments", 10)),
                          compactness=float(p.get("compactness", 5.0)), sigma=float(p.get("sigma", 1.0)))
-    regions = regions_from_labels(pixels, labels, grid, variance_mode=str(p.get("variance_mode", "channel_mean")))
+    regions = regions_from_labels(pixels, labels, grid, variance_mode=cast("VarianceMode", str(p.get("variance_mode", "channel_mean"))))  # the run's validated config
     ids, sizes = [int(x) for x in extras["region_ids"]], [int(x) for x in extras["region_sizes"]]
     got_ids, got_sizes = regions.region_labels.tolist(), regions.patch_count.tolist()
     check = "" if (got_ids, got_sizes) == (ids, sizes) else (

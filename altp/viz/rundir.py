@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import OmegaConf
 
@@ -117,7 +117,7 @@ def _load(path: Path) -> RunDir:
         data_yaml = conf_dir() / "data" / f"{fp['data']['name']}.yaml"
         if not data_yaml.is_file():
             raise FileNotFoundError(f"{path}/fingerprint.json names data {fp['data']['name']!r} but {data_yaml} does not exist")
-        data = OmegaConf.to_container(OmegaConf.load(data_yaml), resolve=True)
+        data = cast("dict[str, Any]", OmegaConf.to_container(OmegaConf.load(data_yaml), resolve=True))  # a mapping file
         return RunDir(path=path, model=dict(fp["model"]), pruner=dict(fp.get("pruner") or {}),
                       data=dict(data), keep=_keep(fp))
     raise FileNotFoundError(f"{path} has neither run.json nor fingerprint.json; cannot tell which model and data made it")

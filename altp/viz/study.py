@@ -21,11 +21,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 
 from altp.pruner_order import in_display_order
 from altp.viz.style import SYNTHETIC_LABEL, is_synthetic, pruner_colour, save
@@ -132,7 +133,7 @@ def metrics_figure(model: str, data: str, runs: list[RunRecord]) -> Figure:
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=9)
     fig.suptitle(f"{model} · {data}: metrics against kept tokens")
     _footer(fig, model, data, runs)
-    fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))
+    cast(ConstrainedLayoutEngine, fig.get_layout_engine()).set(rect=(0, 0.04, 1, 0.96))  # layout="constrained"
     return fig
 
 
@@ -154,7 +155,7 @@ def pareto_figure(model: str, data: str, runs: list[RunRecord]) -> Figure | None
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside right upper", fontsize=9)
     fig.suptitle(f"{model} · {data}: accuracy against cost (up and left is better)")
     _footer(fig, model, data, runs)
-    fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))
+    cast(ConstrainedLayoutEngine, fig.get_layout_engine()).set(rect=(0, 0.04, 1, 0.96))
     return fig
 
 
@@ -178,7 +179,7 @@ def coverage_figure(model: str, data: str, runs: list[RunRecord]) -> Figure | No
     fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=9)
     fig.suptitle(f"{model} · {data}: object coverage against keep", fontsize=11)
     _footer(fig, model, data, runs)
-    fig.get_layout_engine().set(rect=(0, 0.06, 1, 0.94))
+    cast(ConstrainedLayoutEngine, fig.get_layout_engine()).set(rect=(0, 0.06, 1, 0.94))
     return fig
 
 

@@ -48,12 +48,12 @@ __all__ = ["draw_kept_tokens", "mask_colours", "stage_colours", "token_figure", 
 _STROKE = [patheffects.withStroke(linewidth=2.5, foreground="black")]
 
 
-def mask_colours(n: int) -> list[tuple[float, ...]]:
+def mask_colours(n: int) -> list[tuple[float, float, float, float]]:
     """One tab10 colour per mask, in mask order."""
     return [colormaps["tab10"](i % 10) for i in range(n)]
 
 
-def stage_colours(n_stages: int) -> list[tuple[float, ...]]:
+def stage_colours(n_stages: int) -> list[tuple[float, float, float, float]]:
     """Tints of tokens dropped after stage 1..S-1 (warm = dropped late)."""
     return [colormaps["autumn"](1.0 - s / max(1, n_stages - 1)) for s in range(1, n_stages)]
 
@@ -129,7 +129,7 @@ def _masks_panel(ax: Axes, text_ax: Axes, original: np.ndarray, masks: Sequence[
     text = textwrap.fill(caption or "(empty caption)", 44)
     leg = text_ax.legend(handles=handles, loc="upper center", fontsize=7, frameon=False, title=text,
                          title_fontsize=7)
-    leg._legend_box.align = "left"  # the caption reads as a paragraph
+    leg.set_alignment("left")  # the caption reads as a paragraph
 
 
 def _text_lines(view: ImageView) -> int:
