@@ -53,7 +53,8 @@ def rope_fp32_masters(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     masters at build time and call :func:`restore_rope_fp32` after every cast.
     Meta tensors (shape-only builds) are skipped.
     """
-    return {n: m.inv_freq.detach().float().cpu().clone() for n, m in module.named_modules()
+    # (module attributes are typed Tensor | Module; a rotary embedding's inv_freq is a tensor buffer)
+    return {n: m.inv_freq.detach().float().cpu().clone() for n, m in module.named_modules()  # pyright: ignore[reportCallIssue]
             if "RotaryEmbedding" in type(m).__name__ and hasattr(m, "inv_freq") and not m.inv_freq.is_meta}
 
 
@@ -61,7 +62,7 @@ def restore_rope_fp32(module: torch.nn.Module, masters: dict[str, torch.Tensor])
     """Put the fp32 ``inv_freq`` masters back (on each buffer's current device)."""
     for name, master in masters.items():
         mod = module.get_submodule(name)
-        mod.inv_freq = master.to(mod.inv_freq.device)
+        mod.inv_freq = master.to(mod.inv_freq.device)  # pyright: ignore[reportCallIssue, reportArgumentType]  (as above)
         if hasattr(mod, "original_inv_freq"):
             mod.original_inv_freq = master.to(mod.inv_freq.device).clone()
 

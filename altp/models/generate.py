@@ -29,6 +29,8 @@ from altp._device import synchronize
 from altp.models.base import GCGPrediction
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from transformers import LlamaForCausalLM
+
     from altp.pruning.base import Pruner
     from altp.pruning.engine import GenerateOutput
 
@@ -90,7 +92,7 @@ class Decoded(Generic[E]):
 
 def generate_and_decode(
     *,
-    lm: torch.nn.Module,
+    lm: LlamaForCausalLM,
     pruner: Pruner | None,
     device: torch.device,
     encode: Callable[[], E],

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -142,8 +142,9 @@ class GLaMM(nn.Module):
         self.grounding_encoder = GroundingEncoder(config=config.sam)
         self.text_hidden_fcs = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, config.out_dim))
 
-        side = clip_cfg.image_size // clip_cfg.patch_size
-        self.clip_size = clip_cfg.image_size
+        # CLIPVisionConfig types its sizes as int | list | tuple; GLaMM's CLIP input and patches are square
+        self.clip_size, patch = cast(int, clip_cfg.image_size), cast(int, clip_cfg.patch_size)
+        side = self.clip_size // patch
         self.grid: tuple[int, int] = (side, side)
         self.num_visual = side * side
         self.llm_shape = LLMShape(hidden_size=d, intermediate_size=llm_cfg.intermediate_size,
@@ -161,11 +162,11 @@ class GLaMM(nn.Module):
     # -- properties the runner reads ---------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return self.mm_projector[0].weight.device
+        return self.mm_projector[0].weight.device  # pyright: ignore[reportReturnType]  (Sequential[i] is typed Module)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.mm_projector[0].weight.dtype
+        return self.mm_projector[0].weight.dtype  # pyright: ignore[reportReturnType]  (Sequential[i] is typed Module)
 
     # -- stages --------------------------------------------------------------------------------
     def vision_image(self, image: Image.Image) -> np.ndarray:
@@ -277,7 +278,8 @@ class GLaMM(nn.Module):
             prompt=lambda embeds, _question: embeds,
             seg_states=lambda hidden, tokens: hidden[tokens == ids.seg],  # the states that produced [SEG]
             masks=lambda _embeds, states: self._masks(inputs, states),
-            parse=lambda tokens: parse_gcg_output(self.tokenizer.decode(tokens, skip_special_tokens=False)),
+            # decode() of one id sequence is a str (transformers types the batched form too)
+            parse=lambda tokens: parse_gcg_output(self.tokenizer.decode(tokens, skip_special_tokens=False)),  # pyright: ignore[reportArgumentType]
             visual_start=len(self.prefix_ids), num_visual=self.num_visual, grid=self.grid, prep=prep,
             max_new_tokens=int(max_new_tokens or self.max_new_tokens), eos_token_id=ids.eos,
             use_cache=use_cache, seed=seed,

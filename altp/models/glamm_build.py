@@ -26,6 +26,7 @@ import json
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -306,17 +307,17 @@ def _build_glamm(
     tok, ids = load_glamm_tokenizer(tokenizer_dir)
     if "vocab_size" in config.llm and config.llm["vocab_size"] is None:
         config = replace(config, llm={**config.llm, "vocab_size": len(tok)})
-    parts = dict(config=config, tokenizer=tok, token_ids=ids, name=name, max_new_tokens=max_new_tokens)
+    build = partial(GLaMM, config=config, tokenizer=tok, token_ids=ids, name=name, max_new_tokens=max_new_tokens)
     if on_device:
         previous = torch.get_default_dtype()
         torch.set_default_dtype(dtype)
         try:
             with torch.device(device), (no_init_weights() if weights is not None else nullcontext()):
-                model = GLaMM(**parts)
+                model = build()
         finally:
             torch.set_default_dtype(previous)
     else:
-        model = GLaMM(**parts)
+        model = build()
     if weights is not None:
         weights(model)
     if script is not None:

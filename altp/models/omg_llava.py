@@ -121,7 +121,7 @@ class OmgLlava(nn.Module):
         self.prefix_ids: list[int] = prompts[0][0]
         self.suffix_ids: list[list[int]] = [p[1] for p in prompts]
         self._rope_fp32 = rope_fp32_masters(self.llm)  # RoPE stays fp32 under a bf16 cast
-        self.llm.to(llm_dtype)
+        self.llm.to(llm_dtype)  # pyright: ignore[reportArgumentType]  (transformers' decorated .to confuses the checker)
         restore_rope_fp32(self.llm, self._rope_fp32)
 
     def _apply(self, fn: Any, recurse: bool = True) -> OmgLlava:
@@ -134,11 +134,11 @@ class OmgLlava(nn.Module):
     # -- properties the runner reads ---------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return self.llm.get_input_embeddings().weight.device
+        return self.llm.get_input_embeddings().weight.device  # pyright: ignore[reportReturnType]  (typed Module)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.llm.get_input_embeddings().weight.dtype
+        return self.llm.get_input_embeddings().weight.dtype  # pyright: ignore[reportReturnType]  (typed Module)
 
     # -- stages --------------------------------------------------------------------------------
     def vision_image(self, image: Image.Image) -> np.ndarray:

@@ -10,6 +10,7 @@ makes greedy decoding follow a chosen answer, so tiny runs exercise phrases,
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -57,7 +58,8 @@ def wire_bigram_chain_(lm: LlamaForCausalLM, chain: list[int], *, embed_scale: f
         lm: the model's causal LM (its input embeddings and ``lm_head`` are changed).
         chain: token ids, e.g. ``[last prompt token, *answer, end-of-answer]``.
     """
-    emb, head = lm.get_input_embeddings().weight, lm.lm_head.weight
+    # get_input_embeddings() is typed Module; a LlamaForCausalLM's is an nn.Embedding
+    emb, head = cast(torch.Tensor, lm.get_input_embeddings().weight), lm.lm_head.weight
     with torch.no_grad():
         for a, b in zip(chain[:-1], chain[1:], strict=True):
             head[b] = logit_scale * emb[a] / emb[a].norm()

@@ -66,10 +66,11 @@ class GroundingEncoderConfig:
         decoder = dict(hidden_size=self.prompt_dim, mlp_dim=self.decoder_mlp_dim, num_hidden_layers=self.decoder_layers,
                        num_attention_heads=self.decoder_heads, layer_norm_eps=1e-5)
         cfg = SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
-        cfg.vision_config.scale = 1.0  # PositionEmbeddingRandom(scale=None) -> 1.0
+        # (SamConfig types its sub-configs as dict | config | None; after __init__ they are configs)
+        cfg.vision_config.scale = 1.0  # pyright: ignore[reportAttributeAccessIssue, reportOptionalMemberAccess]  PositionEmbeddingRandom(scale=None) -> 1.0
         # SamModel sets this for its decoder; we build the decoder alone. Eager is the
         # reference math and the decoder's attention is tiny (<= 7 tokens x h*w keys).
-        cfg.mask_decoder_config._attn_implementation = "eager"
+        cfg.mask_decoder_config._attn_implementation = "eager"  # pyright: ignore[reportAttributeAccessIssue, reportOptionalMemberAccess]
         return cfg
 
 
@@ -90,9 +91,9 @@ class GroundingEncoder(nn.Module):
         super().__init__()
         self.config = config
         hf = config.to_hf()
-        self.image_encoder = SamVisionEncoder(hf.vision_config)
+        self.image_encoder = SamVisionEncoder(hf.vision_config)  # pyright: ignore[reportArgumentType]  (as in to_hf)
         self.prompt_encoder = SamPromptEncoder(hf)
-        self.mask_decoder = SamMaskDecoder(hf.mask_decoder_config)
+        self.mask_decoder = SamMaskDecoder(hf.mask_decoder_config)  # pyright: ignore[reportArgumentType]  (as in to_hf)
 
     def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, tuple[int, int]]:
         """RGB image -> ((1, 3, S, S) float32 normalised and padded, (h, w) before padding)."""

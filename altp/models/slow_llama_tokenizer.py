@@ -44,7 +44,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from transformers.tokenization_utils_base import AddedToken
+from transformers import AddedToken
 from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
 
 __all__ = ["SlowLlamaTokenizer", "load_slow_llama_tokenizer"]

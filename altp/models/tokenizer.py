@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -80,7 +81,8 @@ class GLaMMTokenIds:
 
 
 def _check_added_tokens(tok: PreTrainedTokenizerBase, source: str) -> GLaMMTokenIds:
-    ids = {t: tok.convert_tokens_to_ids(t) for t in GLAMM_ADDED_TOKENS}
+    # one token in, one id out (transformers types the list form too)
+    ids = {t: cast(int, tok.convert_tokens_to_ids(t)) for t in GLAMM_ADDED_TOKENS}
     unk = tok.unk_token_id
     missing = [t for t, i in ids.items() if i is None or i == unk]
     if missing:
@@ -102,8 +104,8 @@ def _check_added_tokens(tok: PreTrainedTokenizerBase, source: str) -> GLaMMToken
     if tok.bos_token_id is None or tok.eos_token_id is None:
         raise ValueError(f"tokenizer at {source} has no bos/eos token; GLaMM's prompt needs both")
     return GLaMMTokenIds(
-        bos=int(tok.bos_token_id),
-        eos=int(tok.eos_token_id),
+        bos=int(tok.bos_token_id),  # pyright: ignore[reportArgumentType]  (transformers types token ids as int | list | str)
+        eos=int(tok.eos_token_id),  # pyright: ignore[reportArgumentType]  (transformers types token ids as int | list | str)
         seg=ids["[SEG]"],
         p_start=ids["<p>"],
         p_end=ids["</p>"],
@@ -162,7 +164,7 @@ def encode_like_upstream(text: str, tok: PreTrainedTokenizerBase) -> list[int]:
     ids: list[int] = []
     for i, part in enumerate(parts):
         if i % 2:
-            ids.append(int(tok.convert_tokens_to_ids(part)))
+            ids.append(int(tok.convert_tokens_to_ids(part)))  # pyright: ignore[reportArgumentType]  (transformers types token ids as int | list | str)
             continue
         if i > 0:
             part = part.lstrip()
@@ -188,7 +190,7 @@ def tokenize_with_image(prompt: str, tok: PreTrainedTokenizerBase) -> tuple[list
         raise ValueError(f"prompt must contain exactly one {IMAGE_PLACEHOLDER}, found {len(chunks) - 1}")
     if tok.bos_token_id is None:
         raise ValueError("the tokenizer has no BOS token; GLaMM's prompt starts with it")
-    return [int(tok.bos_token_id), *encode_like_upstream(chunks[0], tok)], encode_like_upstream(chunks[1], tok)
+    return [int(tok.bos_token_id), *encode_like_upstream(chunks[0], tok)], encode_like_upstream(chunks[1], tok)  # pyright: ignore[reportArgumentType]  (transformers types token ids as int | list | str)
 
 
 def as_tensor(ids: list[int], device: torch.device) -> torch.Tensor:

@@ -89,6 +89,8 @@ class OmgSegHead(nn.Module):
     feedforward_channels: OMG-Seg defaults (ConvNeXt-L, 256, 300, 3, 9, 8, 2048).
     """
 
+    cls_embed: Tensor  # (D, K + 1, P) buffer registered in __init__
+
     def __init__(
         self,
         *,

@@ -61,9 +61,9 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from transformers.tokenization_utils_base import AddedToken
+from transformers import AddedToken
 from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
 
 from altp.models.base import MissingCheckpointError
@@ -160,7 +160,7 @@ class InternLM2SentencePieceTokenizer(SentencePieceBackend):
         out += self.sp_model.decode(run)
         return _clean_up_tokenization(out)
 
-    def _decode(
+    def _decode(  # pyright: ignore[reportIncompatibleMethodOverride]  (4.36's signature, mirrored; called by keyword)
         self, token_ids: int | list[int], skip_special_tokens: bool = False, **kwargs: Any
     ) -> str:
         """Mirror of transformers 4.36 ``PreTrainedTokenizer._decode`` (no clean-up: InternLM2 sets it off)."""
@@ -302,8 +302,9 @@ def load_internlm2_tokenizer(
     return tok, OmgTokenIds(
         bos=sp.bos_id(),
         eos=sp.eos_id(),
-        im_start=tok.convert_tokens_to_ids("<|im_start|>"),
-        im_end=tok.convert_tokens_to_ids("<|im_end|>"),
+        # one token in, one id out (transformers types the list form too)
+        im_start=cast(int, tok.convert_tokens_to_ids("<|im_start|>")),
+        im_end=cast(int, tok.convert_tokens_to_ids("<|im_end|>")),
         seg=ids["[SEG]"],
         p_open=ids["<p>"],
         p_close=ids["</p>"],
@@ -386,7 +387,8 @@ def decode_answer(
     """
     clean = [int(i) for i in ids]
     if upstream_class == "InternLM2Tokenizer":
-        return tokenizer.decode(clean, skip_special_tokens=False).strip()
+        # decode() of one id sequence is a str (transformers types the batched form too)
+        return tokenizer.decode(clean, skip_special_tokens=False).strip()  # pyright: ignore[reportAttributeAccessIssue]
     if upstream_class == "InternLM2TokenizerFast":
         return _decode_like_fast(tokenizer, clean).strip()
     raise ValueError(
