@@ -17,6 +17,8 @@ Loss weights default to GLaMM's (``train.py``: ce 1.0, bce 2.0, dice 0.5).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 
@@ -42,7 +44,8 @@ class PatchProbe(torch.nn.Module):
         """Mean CE over the attributes and patch accuracy on colour. visual (B, V, D), labels (B, 4, V)."""
         logits = self.head(visual).float().split(self.sizes, dim=-1)
         labels = labels.to(visual.device)
-        loss = sum(F.cross_entropy(lg.flatten(0, 1), labels[:, i].flatten()) for i, lg in enumerate(logits))
+        # a sum of (at least one) tensors is a tensor; sum() is typed for its int start too
+        loss = cast(torch.Tensor, sum(F.cross_entropy(lg.flatten(0, 1), labels[:, i].flatten()) for i, lg in enumerate(logits)))
         loss = loss / len(self.sizes)
         with torch.no_grad():
             acc = (logits[0].argmax(-1) == labels[:, 0]).float().mean()

@@ -134,7 +134,7 @@ def encode_target(text: str, tok: PreTrainedTokenizerBase, ids: GLaMMTokenIds) -
     out: list[int] = []
     for i, part in enumerate(_ADDED.split(text)):
         if i % 2:
-            out.append(int(tok.convert_tokens_to_ids(part)))
+            out.append(int(tok.convert_tokens_to_ids(part)))  # pyright: ignore[reportArgumentType]  (transformers types token ids as int | list | str)
         elif part.strip():
             piece = tok(" " + part.strip(), add_special_tokens=False)["input_ids"]
             if tok.unk_token_id in piece:
