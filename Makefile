@@ -67,8 +67,10 @@ figures: $(STAMP) ## Draw the study figures (and the README's token panel) from 
 report: $(STAMP) ## Build the shapes study's static HTML report into results/report/index.html
 	$(PY) -m altp.report results/shapes --out results/report
 
-lint: $(STAMP) ## Lint with ruff
+# The type checker's settings are [tool.basedpyright] in pyproject.toml (altp, baselines, eval).
+lint: $(STAMP) ## Lint with ruff, type-check with basedpyright
 	$(VENV)/bin/ruff check altp baselines eval scripts tests run.py
+	$(VENV)/bin/basedpyright
 
 clean: ## Remove caches (keeps .venv)
 	rm -rf .pytest_cache .ruff_cache .hypothesis
