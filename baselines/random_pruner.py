@@ -13,8 +13,8 @@ __all__ = ["RandomPruner"]
 class RandomPruner(Pruner):
     """Keep ``floor(keep * V)`` visual tokens drawn uniformly without replacement.
 
-    The draw depends only on ``(ctx.seed, ctx.stage)`` and the batch position,
-    never on global RNG state, so a run is reproducible image by image.
+    Sample b's draw depends only on ``(ctx.seeds[b], ctx.stage)``, never on the
+    batch it is in or the global RNG state, so a run is reproducible image by image.
 
     Args:
         keep: fraction of visual tokens kept, in (0, 1].
@@ -24,10 +24,9 @@ class RandomPruner(Pruner):
     needs_scores = False
 
     def select(self, ctx: PruneContext) -> Selection:
-        # A private CPU generator: identical draws on every device and untouched global RNG.
-        gen = torch.Generator(device="cpu").manual_seed(
-            (int(ctx.seed) * 1_000_003 + ctx.stage) % (2**63)
-        )
-        noise = torch.rand(ctx.batch_size, ctx.num_current, generator=gen)  # (B, V_cur)
+        # A private CPU generator per sample: identical draws on every device and in any batch,
+        # untouched global RNG.
+        gens = [torch.Generator(device="cpu").manual_seed((s * 1_000_003 + ctx.stage) % (2**63)) for s in ctx.seeds]
+        noise = torch.cat([torch.rand(1, ctx.num_current, generator=g) for g in gens])  # (B, V_cur)
         idx = noise.topk(ctx.n_keep, dim=1).indices.sort(dim=1).values
         return Selection(indices=idx.to(ctx.visual_ids.device))

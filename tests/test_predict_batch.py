@@ -1,4 +1,11 @@
-"""Batched inference: the preprocessing seam and ``predict_batch`` against one image at a time."""
+"""Batched inference: every image of a batch gets exactly its batch-1 prediction.
+
+The oracle is the same model on one image at a time. Compared exactly: caption,
+phrases, masks (bit for bit), the record fields the runner writes, the token
+counts. The cases are checked to occur: images that stop at different lengths
+(glamm_shapes), images with masks, OMG-LLaVA images that need different numbers
+of questions and have different object-token counts (separate engine calls).
+"""
 
 from __future__ import annotations
 
@@ -6,29 +13,140 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from altp.models import build_model
-from altp.models.base import GCGModel, ImageInputs
+from altp.models.base import GCGModel, GCGPrediction, ImageInputs
+from altp.pruners import available_pruners, build_pruner
+from altp.pruning._rowwise import per_sample_linear
+from altp.pruning.engine import PruningEngine
+from altp.train.samples import render_sample
+from tests.test_engine import GRID, PREFIX, V, prompt, tiny_lm
+
+# (registry name, build_pruner kwargs); fastv's per-step re-selection decodes on the uncached path.
+PRUNERS = [(p, {}) for p in available_pruners()] + [("fastv", {"reselect": "per_step"})]
+# The fast suite runs every pruner on glamm_tiny and a few on the others (OMG-LLaVA's vision tower
+# costs ~0.5 s an image on the CPU; per-step re-selection recomputes the sequence every step).
+FAST = {"glamm_tiny": {"altp", "ddc", "fastv", "none", "pdrop", "random", "uniform", "fastv-per_step"},
+        "glamm_shapes": {"none", "fastv", "random", "altp"}, "omg_llava_tiny": {"random"}}
 
 
-@pytest.fixture(scope="module")
-def images() -> list[Image.Image]:
+def _noise_images(sizes: list[tuple[int, int]]) -> list[Image.Image]:
     rng = np.random.default_rng(0)
-    sizes = [(200, 300), (240, 180), (160, 160)]
     return [Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)) for h, w in sizes]
 
 
+_MODELS = {
+    # A scripted answer: a [SEG] state and a mask per image, different images.
+    "glamm_tiny": (lambda: build_model("glamm_tiny", seed=0, num_layers=6, max_new_tokens=12,
+                                       script="<p>A red circle</p>[SEG] on the left."),
+                   lambda: _noise_images([(90, 120), (130, 100), (100, 100)])),
+    # Trained: its answers end at image-dependent lengths (per-sequence stopping; some reach the cap).
+    "glamm_shapes": (lambda: build_model("glamm_shapes", max_new_tokens=60),
+                     lambda: [Image.fromarray(render_sample(seed=0, index=i, split="val").image) for i in range(3)]),
+    # Random: these images take 1, 2 and 6 questions and have 8, 8 and 7 object tokens.
+    "omg_llava_tiny": (lambda: build_model("omg_llava_tiny", seed=0, max_new_tokens=8),
+                       lambda: _noise_images([(200, 300), (240, 180), (160, 160)])),
+}
+
+
+_CASES: dict[str, tuple[str, GCGModel, list[ImageInputs]]] = {}
+
+
+def _case(model_name: str) -> tuple[str, GCGModel, list[ImageInputs]]:
+    """One model and its preprocessed images per test session (built on first use)."""
+    if model_name not in _CASES:
+        build, images = _MODELS[model_name]
+        model = build()
+        _CASES[model_name] = (model_name, model, [model.preprocess(im) for im in images()])
+    return _CASES[model_name]
+
+
+def _fields(p: GCGPrediction) -> tuple:
+    r = p.record
+    return (p.caption, p.phrases, [(m.shape, m.tobytes()) for m in p.masks], r.kept_tokens, r.kept_tokens_per_stage,
+            r.kept_per_stage, r.stage_layers, r.extras, r.hparams, p.num_text_tokens, p.num_visual, p.new_tokens)
+
+
+def _params():
+    for model in _MODELS:
+        for name, kw in PRUNERS:
+            label = f"{name}{'-per_step' if kw else ''}"
+            slow = label not in FAST[model]
+            yield pytest.param(model, name, kw, marks=[pytest.mark.slow] if slow else [], id=f"{model}-{label}")
+
+
+@pytest.mark.parametrize(("model_name", "pruner_name", "kw"), list(_params()))
+def test_batch_equals_batch_of_one(model_name: str, pruner_name: str, kw: dict) -> None:
+    name, model, inputs = _case(model_name)
+    pruner = build_pruner(pruner_name, keep=0.1, **kw)
+    preps = [pruner.prepare(x.vision_image, model.grid) if pruner is not None else None for x in inputs]
+    seeds = [101, 7, 55]
+    alone = [model.predict_batch([x], pruner=pruner, preps=[p], seeds=[s])[0]
+             for x, p, s in zip(inputs, preps, seeds, strict=True)]
+    together = model.predict_batch(inputs, pruner=pruner, preps=preps, seeds=seeds)
+    assert [_fields(p) for p in together] == [_fields(p) for p in alone]
+    assert all(p.timings["batch_size"] == len(inputs) for p in together)
+    assert all(p.timings["batch_size"] == 1 for p in alone)
+    # The cases the batch must get right really occur.
+    if name == "glamm_shapes":
+        assert len({p.new_tokens for p in alone}) > 1 and all(p.masks for p in alone)
+    if name == "glamm_tiny":
+        assert all(len(p.masks) == 1 for p in alone)
+    if name == "omg_llava_tiny":
+        assert len({p.record.extras[0]["questions_tried"] for p in alone}) > 1
+        assert len({p.num_text_tokens - len(model.suffix_ids[p.record.extras[0]["question"]]) for p in alone}) > 1
+
+
+def test_predict_is_predict_batch_of_the_preprocessed_image() -> None:
+    _, model, _ = _case("glamm_tiny")
+    image = _noise_images([(90, 120)])[0]
+    a = model.predict(image, pruner=None, prep=None)
+    b = model.predict_batch([model.preprocess(image)], pruner=None, preps=[None], seeds=[0])[0]
+    assert _fields(a) == _fields(b)
+    with pytest.raises(ValueError, match="one prep and one seed per image"):
+        model.predict_batch([model.preprocess(image)] * 2, pruner=None, preps=[None], seeds=[0, 1])
+
+
 @pytest.mark.parametrize("name", ["glamm_tiny", "omg_llava_tiny"])
-def test_preprocess_is_the_vision_image_and_pickles(name: str, images: list[Image.Image]) -> None:
-    model = build_model(name, seed=0, num_layers=2, max_new_tokens=4) if name == "glamm_tiny" else \
-        build_model(name, seed=0, max_new_tokens=4)
-    assert isinstance(model, GCGModel)
-    for image in images:
+def test_preprocess_is_the_vision_image_and_pickles(name: str) -> None:
+    _, model, _ = _case(name)
+    for image in _noise_images([(200, 300), (240, 180)]):
         x = model.preprocess(image.convert("L"))  # any mode: converted to RGB like vision_image
         assert isinstance(x, ImageInputs) and x.size == (image.height, image.width)
         assert np.array_equal(x.vision_image, model.vision_image(image.convert("L")))
         assert all(t.device.type == "cpu" for t in x.tensors.values())
         y = pickle.loads(pickle.dumps(x))
         assert np.array_equal(y.vision_image, x.vision_image)
-        assert all(np.array_equal(y.tensors[k].numpy(), v.numpy()) for k, v in x.tensors.items())
+        assert all(torch.equal(y.tensors[k], v) for k, v in x.tensors.items())
+
+
+# -- the engine: per-sequence stopping and per-sample bits ---------------------------------------------
+def test_engine_rows_stop_on_their_own_and_keep_their_batch_of_one_bits() -> None:
+    lm, x = tiny_lm(), prompt(4)
+    eng = PruningEngine(lm=lm, pruner=build_pruner("fastv", keep=0.25))
+    kw = dict(visual_start=PREFIX, num_visual=V, grid=GRID, max_new_tokens=10)
+    free = eng.generate(inputs_embeds=x, eos_token_id=None, **kw)
+    eos = int(free.tokens[0, 3])  # ends row 0 at step 3 at the latest; other rows wherever it occurs
+    out = eng.generate(inputs_embeds=x, eos_token_id=eos, **kw)
+    assert len(set(out.lengths.tolist())) > 1  # rows really stop at different steps
+    for b in range(4):
+        one = eng.generate(inputs_embeds=x[b : b + 1], eos_token_id=eos, **kw)
+        n = int(out.lengths[b])
+        assert n == one.tokens.shape[1] and torch.equal(out.tokens[b, :n], one.tokens[0])
+        assert torch.equal(out.step_hidden[b, :n], one.step_hidden[0])  # bit-identical states
+        assert (out.tokens[b, n:] == eos).all()
+
+
+def test_per_sample_linear_matches_one_sample_at_a_time_on_the_cpu() -> None:
+    # The CPU measure the exactness rests on: M = 1..3 rows take other kernels than M >= 4.
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(128, 96)
+    for m in (1, 2, 3, 5):
+        x = torch.randn(8, m, 128)
+        alone = torch.stack([lin(x[i]) for i in range(8)])
+        with per_sample_linear(lin, x):
+            together = lin(x)
+        assert torch.equal(together, alone)
+    assert "forward" not in vars(lin)  # the stock forward is back

@@ -140,10 +140,9 @@ class RegionPruner(Pruner):
 
     def _importance(self, ctx: PruneContext) -> torch.Tensor:
         if self.importance == "random":
-            gen = torch.Generator().manual_seed(int(ctx.seed))
-            return torch.rand(ctx.batch_size, ctx.num_current, generator=gen).to(
-                ctx.visual_ids.device
-            )
+            # One generator per sample: an image's draw never depends on its batch.
+            noise = [torch.rand(1, ctx.num_current, generator=torch.Generator().manual_seed(s)) for s in ctx.seeds]
+            return torch.cat(noise).to(ctx.visual_ids.device)
         if ctx.scores is None:
             raise ValueError(
                 f"{self.name} with importance='attention' needs ctx.scores; the stage must set score_layer"

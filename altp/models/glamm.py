@@ -210,37 +210,49 @@ class GLaMM(nn.Module):
         return self.preprocess(image).tensors["clip"][None].to(device=self.device, dtype=self.dtype)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(1, 3, S, S) -> projected visual tokens (1, V, D), row-major over the grid."""
+        """(B, 3, S, S) -> projected visual tokens (B, V, D), row-major over the grid."""
         out = self.vision_tower(pixel_values=pixels, output_hidden_states=True)
-        feats = out.hidden_states[self.config.select_layer][:, 1:]  # drop CLS: (1, V, C)
+        feats = out.hidden_states[self.config.select_layer][:, 1:]  # drop CLS: (B, V, C)
         return self.mm_projector(feats)
 
     def build_inputs_embeds(self, visual: torch.Tensor) -> torch.Tensor:
-        """Prompt embeddings with ``visual`` (1, V, D) in place of ``<image>``: (1, L, D).
+        """Prompt embeddings with ``visual`` (B, V, D) in place of ``<image>``: (B, L, D).
 
         Layout: ``[BOS ... <im_start>] [V visual] [<im_end> ... ASSISTANT:]``;
         the visual span starts at ``len(self.prefix_ids)``.
         """
         emb = self.llm.get_input_embeddings()
         ids = torch.tensor([self.prefix_ids + self.suffix_ids], device=self.device)
-        text = emb(ids)  # (1, L_text, D)
+        text = emb(ids).expand(visual.shape[0], -1, -1)  # (B, L_text, D)
         k = len(self.prefix_ids)
         return torch.cat([text[:, :k], visual.to(text.dtype), text[:, k:]], dim=1)
 
     def masks_from_states(self, image: Image.Image, seg_states: torch.Tensor) -> list[np.ndarray]:
         """``[SEG]`` hidden states (N, D) -> N bool masks (H, W) at the image's size."""
-        return self._masks(self.preprocess(image.convert("RGB")), seg_states)
+        return self.batch_masks([self.preprocess(image)], [seg_states])[0]
 
-    def _masks(self, inputs: ImageInputs, seg_states: torch.Tensor) -> list[np.ndarray]:
-        if seg_states.shape[0] == 0:
-            return []
+    def batch_masks(self, inputs: Sequence[ImageInputs], seg_states: Sequence[torch.Tensor]) -> list[list[np.ndarray]]:
+        """Per image, its ``[SEG]`` states (N_b, D) -> N_b bool masks (H, W) at that image's size.
+
+        SAM's image encoder runs once over the images that have a state; the
+        prompt decoder runs per image, on that image's N_b prompts, as at batch 1
+        (a few rows per call: see :mod:`altp.pruning._rowwise` for why their
+        count must not change).
+        """
+        out: list[list[np.ndarray]] = [[] for _ in inputs]
+        todo = [b for b, s in enumerate(seg_states) if s.shape[0]]
+        if not todo:
+            return out
         sam = self.grounding_encoder
-        embedding = sam.encode(inputs.tensors["sam"][None].to(self.device, self.dtype))
-        text = self.text_hidden_fcs(seg_states.to(self.dtype))  # (N, 256)
-        low_res = sam.decode(embedding, text)
-        input_hw = (int(inputs.tensors["sam_hw"][0]), int(inputs.tensors["sam_hw"][1]))
-        logits = sam.postprocess(low_res, input_hw=input_hw, original_hw=inputs.size)
-        return [m.cpu().numpy() for m in logits > 0]
+        pixels = torch.stack([inputs[b].tensors["sam"] for b in todo]).to(self.device, self.dtype)
+        embeddings = sam.encode(pixels)  # (B', C, h, w)
+        for i, b in enumerate(todo):
+            text = self.text_hidden_fcs(seg_states[b].to(self.dtype))  # (N_b, 256)
+            low_res = sam.decode(embeddings[i : i + 1], text)
+            hw = inputs[b].tensors["sam_hw"].tolist()
+            logits = sam.postprocess(low_res, input_hw=(hw[0], hw[1]), original_hw=inputs[b].size)
+            out[b] = [m.cpu().numpy() for m in logits > 0]
+        return out
 
     # -- the GCGModel entry points ------------------------------------------------------------
     @torch.inference_mode()
@@ -263,28 +275,23 @@ class GLaMM(nn.Module):
             seeds: per-image seeds for random pruners.
             max_new_tokens, use_cache: as :meth:`predict`.
         """
-        return [self._predict_one(x, pruner=pruner, prep=p, seed=s, max_new_tokens=max_new_tokens,
-                                  use_cache=use_cache)
-                for x, p, s in zip(inputs, preps, seeds, strict=True)]  # fmt: skip
-
-    def _predict_one(self, inputs: ImageInputs, *, pruner: Pruner | None, prep: Any, seed: int,
-                     max_new_tokens: int | None, use_cache: bool | None) -> GCGPrediction:
+        inputs = list(inputs)
         ids = self.token_ids
         decoded = generate_and_decode(
-            lm=self.llm, pruner=pruner, device=self.device,
-            # The prompt is built with the image encoding, so vision_ms covers both.
-            encode=lambda: self.build_inputs_embeds(
-                self.encode_image(inputs.tensors["clip"][None].to(device=self.device, dtype=self.dtype))),
-            prompt=lambda embeds, _question: embeds,
+            lm=self.llm, pruner=pruner, device=self.device, batch_size=len(inputs),
+            # The prompts are built with the image encodings, so vision_ms covers both.
+            encode=lambda: self.build_inputs_embeds(self.encode_image(
+                torch.stack([x.tensors["clip"] for x in inputs]).to(device=self.device, dtype=self.dtype))),
+            prompt=lambda embeds, b, _question: embeds[b : b + 1],
             seg_states=lambda hidden, tokens: hidden[tokens == ids.seg],  # the states that produced [SEG]
-            masks=lambda _embeds, states: self._masks(inputs, states),
+            masks=lambda _embeds, states: self.batch_masks(inputs, states),
             # decode() of one id sequence is a str (transformers types the batched form too)
             parse=lambda tokens: parse_gcg_output(self.tokenizer.decode(tokens, skip_special_tokens=False)),  # pyright: ignore[reportArgumentType]
-            visual_start=len(self.prefix_ids), num_visual=self.num_visual, grid=self.grid, prep=prep,
-            max_new_tokens=int(max_new_tokens or self.max_new_tokens), eos_token_id=ids.eos,
-            use_cache=use_cache, seed=seed,
+            visual_start=len(self.prefix_ids), num_visual=self.num_visual, grid=self.grid, preps=preps,
+            seeds=seeds, max_new_tokens=int(max_new_tokens or self.max_new_tokens), eos_token_id=ids.eos,
+            use_cache=use_cache,
         )  # fmt: skip
-        return decoded.prediction(num_text_tokens=self.num_text_tokens, num_visual=self.num_visual)
+        return [d.prediction(num_text_tokens=self.num_text_tokens, num_visual=self.num_visual) for d in decoded]
 
     @torch.inference_mode()
     def predict(

@@ -50,6 +50,7 @@ from altp.models.omg.preprocess import (
     seg_hidden_states,
 )
 from altp.models.omg.tokenizer import OmgTokenIds, decode_answer, encode_gcg_prompt
+from altp.models.omg.projector import ProjectedVisual
 from altp.models.omg.visual import OmgLlavaVisual, VisualEncoding
 from altp.models.patch_grid import rect_area_fractions
 from altp.models.pixels import omg_square_pixels
@@ -192,16 +193,36 @@ class OmgLlava(nn.Module):
     def masks_from_states(
         self, image: Image.Image, encoding: VisualEncoding, seg_states: torch.Tensor
     ) -> list[np.ndarray]:
-        """``[SEG]`` states (N, D) -> N bool masks (H, W) at the image's size."""
-        return self._masks((image.height, image.width), encoding, seg_states)
+        """``[SEG]`` states (N, D) -> N bool masks (H, W) at the image's size (``encoding`` of it alone)."""
+        return self.batch_masks([(image.height, image.width)], encoding, [seg_states])[0]
 
-    def _masks(self, size: tuple[int, int], encoding: VisualEncoding, seg_states: torch.Tensor) -> list[np.ndarray]:
-        if seg_states.shape[0] == 0:
-            return []
-        index = torch.zeros(seg_states.shape[0], dtype=torch.long, device=seg_states.device)
-        logits = self.visual.seg_masks(seg_states.float(), encoding, index)  # (N, 1, 256, 256)
-        h, w = size
-        return [m.cpu().numpy() for m in masks_to_original(logits, original_size=(w, h))]
+    def batch_masks(
+        self, sizes: Sequence[tuple[int, int]], encoding: VisualEncoding, seg_states: Sequence[torch.Tensor]
+    ) -> list[list[np.ndarray]]:
+        """Per image b of ``encoding``'s batch, its ``[SEG]`` states (N_b, D) -> N_b bool masks at ``sizes[b]`` (H, W).
+
+        The decoder runs per image, on that image's N_b queries against its
+        row of the batch's cached pixel-decoder features, as at batch 1 (a few
+        rows per call: see :mod:`altp.pruning._rowwise` for why their count
+        must not change).
+        """
+        out: list[list[np.ndarray]] = []
+        for b, (states, (h, w)) in enumerate(zip(seg_states, sizes, strict=True)):
+            if states.shape[0] == 0:
+                out.append([])
+                continue
+            index = torch.full((states.shape[0],), b, dtype=torch.long, device=states.device)
+            logits = self.visual.seg_masks(states.float(), encoding, index)  # (N, 1, 256, 256)
+            out.append([m.cpu().numpy() for m in masks_to_original(logits, original_size=(w, h))])
+        return out
+
+    @staticmethod
+    def _sample(encoding: VisualEncoding, b: int) -> VisualEncoding:
+        """Sample b's tokens as a batch of one (the panoptic output stays the batch's)."""
+        t = encoding.tokens
+        tokens = ProjectedVisual(pixel_tokens=t.pixel_tokens[b : b + 1], separator=t.separator,
+                                 object_tokens=(t.object_tokens[b],))  # fmt: skip
+        return VisualEncoding(tokens=tokens, panoptic=encoding.panoptic)
 
     # -- the GCGModel entry points ------------------------------------------------------------
     @torch.inference_mode()
@@ -224,33 +245,31 @@ class OmgLlava(nn.Module):
             seeds: per-image seeds for random pruners.
             max_new_tokens, use_cache: as :meth:`predict`.
         """
-        return [self._predict_one(x, pruner=pruner, prep=p, seed=s, max_new_tokens=max_new_tokens,
-                                  use_cache=use_cache)
-                for x, p, s in zip(inputs, preps, seeds, strict=True)]  # fmt: skip
-
-    def _predict_one(self, inputs: ImageInputs, *, pruner: Pruner | None, prep: Any, seed: int,
-                     max_new_tokens: int | None, use_cache: bool | None) -> GCGPrediction:
+        inputs = list(inputs)
         ids = self.token_ids
         decoded = generate_and_decode(
-            lm=self.llm, pruner=pruner, device=self.device,
-            encode=lambda: self.visual.encode(inputs.tensors["pixels"][None].to(self.device)),
-            prompt=lambda encoding, question: self.build_inputs_embeds(encoding, question),
+            lm=self.llm, pruner=pruner, device=self.device, batch_size=len(inputs),
+            encode=lambda: self.visual.encode(torch.stack([x.tensors["pixels"] for x in inputs]).to(self.device)),
+            prompt=lambda encoding, b, question: self.build_inputs_embeds(self._sample(encoding, b), question),
             num_questions=len(GCG_QUESTIONS),
             seg_states=lambda hidden, tokens: seg_hidden_states(hidden, tokens, seg_token_id=ids.seg),
-            masks=lambda encoding, states: self._masks(inputs.size, encoding, states),
+            masks=lambda encoding, states: self.batch_masks([x.size for x in inputs], encoding, states),
             parse=lambda tokens: parse_gcg_text(decode_answer(self.tokenizer, tokens)),
-            visual_start=len(self.prefix_ids), num_visual=self.num_visual, grid=self.grid, prep=prep,
-            max_new_tokens=int(max_new_tokens or self.max_new_tokens), eos_token_id=list(ids.stop_ids),
-            use_cache=use_cache, seed=seed,
+            visual_start=len(self.prefix_ids), num_visual=self.num_visual, grid=self.grid, preps=preps,
+            seeds=seeds, max_new_tokens=int(max_new_tokens or self.max_new_tokens),
+            eos_token_id=list(ids.stop_ids), use_cache=use_cache,
         )  # fmt: skip
-        q = decoded.answer.question
-        n_objects = int(decoded.encoding.tokens.object_tokens[0].shape[0])
-        decoded.answer.out.record.extras[0].update(
-            question=q, questions_tried=len(decoded.answers), object_tokens=n_objects, separator_tokens=1,
-            llm_weights=self.llm_weights,
-        )  # fmt: skip
-        num_text = len(self.prefix_ids) + len(self.suffix_ids[q]) + 1 + n_objects  # + separator + objects
-        return decoded.prediction(num_text_tokens=num_text, num_visual=self.num_visual)
+        predictions = []
+        for d in decoded:
+            q = d.answer.question
+            n_objects = int(d.encoding.tokens.object_tokens[d.index].shape[0])
+            d.answer.record.extras[0].update(
+                question=q, questions_tried=len(d.answers), object_tokens=n_objects, separator_tokens=1,
+                llm_weights=self.llm_weights,
+            )  # fmt: skip
+            num_text = len(self.prefix_ids) + len(self.suffix_ids[q]) + 1 + n_objects  # + separator + objects
+            predictions.append(d.prediction(num_text_tokens=num_text, num_visual=self.num_visual))
+        return predictions
 
     @torch.inference_mode()
     def predict(

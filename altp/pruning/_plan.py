@@ -98,7 +98,7 @@ class PrunePlan:
     num_visual: int
     grid: tuple[int, int]
     prep: tuple[Any, ...]
-    seed: int
+    seed: int | tuple[int, ...]
     num_layers: int
     pruner_name: str
     device: torch.device

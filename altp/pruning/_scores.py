@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, apply_rotary_pos_emb
 
+from altp.pruning._rowwise import per_sample_linear
+
 __all__ = ["last_row_attention"]
 
 
@@ -45,7 +47,8 @@ def last_row_attention(
     hd = attn.head_dim
     b, n, _ = hidden.shape
     last = layer.input_layernorm(hidden[:, -1:])  # (B, 1, D)
-    q = attn.q_proj(last).view(b, 1, -1, hd).transpose(1, 2)  # (B, H, 1, hd)
+    with per_sample_linear(attn.q_proj, last):  # one row per sample: its batch-1 bits on the CPU
+        q = attn.q_proj(last).view(b, 1, -1, hd).transpose(1, 2)  # (B, H, 1, hd)
     q = _rope(q, cos[:, -1:], sin[:, -1:])
     if keys is None:
         k = (

@@ -140,7 +140,11 @@ class PruneContext:
             the decoding steps of a pruner that :attr:`Pruner.reselects_per_step`.
         prep: one entry per batch element: what :meth:`Pruner.prepare` returned
             for that sample's image (None entries when there was no image).
-        seed: per-sample seed for pruners that draw random numbers.
+        seed: the seeds of pruners that draw random numbers: one per batch
+            element (what the engine passes), or one int ``s`` meaning ``s + b``
+            for element b. Read them through :attr:`seeds`; a pruner that draws
+            sample b's numbers from ``seeds[b]`` alone gives each image the same
+            choice in any batch.
     """
 
     stage: int
@@ -151,11 +155,20 @@ class PruneContext:
     visual_ids: torch.Tensor
     scores: torch.Tensor | None
     prep: tuple[Any, ...]
-    seed: int = 0
+    seed: int | tuple[int, ...] = 0
 
     @property
     def batch_size(self) -> int:
         return int(self.visual_ids.shape[0])
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """(B,) one seed per batch element (see :attr:`seed`)."""
+        if isinstance(self.seed, int):
+            return tuple(self.seed + b for b in range(self.batch_size))
+        if len(self.seed) != self.batch_size:
+            raise ValueError(f"{len(self.seed)} seeds for a batch of {self.batch_size}; pass one per sample")
+        return tuple(int(s) for s in self.seed)
 
     @property
     def num_current(self) -> int:

@@ -27,6 +27,14 @@ Position ids follow each stage's :attr:`PruneStage.renumber_positions`:
 The KV cache is a stock :class:`transformers.DynamicCache`; layers after a
 stage simply hold shorter entries.
 
+Batches: every sample is pruned by its own scores, prep and seed, and every
+pruner keeps the same count for every sample, so the rows stay equal in length.
+Cached decoding stops per sequence: a row that emits EOS leaves the batch (its
+cache rows too) and its remaining tokens repeat that EOS. On the CPU the steps
+that run one row per sample (each decoding step, the last prompt token's
+logits, the scoring row) go through :func:`altp.pruning._rowwise.per_sample_linear`,
+so every sample's tokens are bit-identical to a batch of one.
+
 Two uncached modes (``use_cache=False``; every step recomputes prompt +
 generated tokens through all layers):
 
@@ -44,6 +52,8 @@ generated tokens through all layers):
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -52,6 +62,7 @@ from transformers import DynamicCache
 
 from altp._device import synchronize
 from altp.pruning._plan import KeptSetLog, PrunePlan, StageState
+from altp.pruning._rowwise import per_sample_linear
 from altp.pruning._scores import last_row_attention
 from altp.pruning.base import PruneContext, Pruner, PruneStage, ScheduleInfo
 from altp.pruning.records import PruneRecord
@@ -71,9 +82,12 @@ class GenerateOutput:
 
     Attributes:
         tokens: (B, T) generated ids (EOS included when produced; rows that
-            finished early are padded with EOS).
+            finished early are padded with their EOS).
         step_hidden: (B, T, D) final-layer hidden state after the final norm
-            (HF's ``hidden_states[-1]``) whose logits produced ``tokens[:, t]``.
+            (HF's ``hidden_states[-1]``) whose logits produced ``tokens[:, t]``;
+            zeros after a row's EOS on the cached path (the row left the batch).
+        lengths: (B,) long, tokens of each row up to and including its first
+            EOS (T when it produced none): row b is ``tokens[b, :lengths[b]]``.
         record: the prefill's :class:`PruneRecord`.
         prefill_ms: prompt forward incl. pruning, up to the first token's logits.
         decode_ms: the remaining steps.
@@ -84,6 +98,7 @@ class GenerateOutput:
     record: PruneRecord
     prefill_ms: float
     decode_ms: float
+    lengths: torch.Tensor | None = None
 
 
 class PruningEngine:
@@ -122,7 +137,7 @@ class PruningEngine:
         max_new_tokens: int,
         eos_token_id: int | list[int] | None,
         use_cache: bool | None = None,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
     ) -> GenerateOutput:
         """Prefill with pruning, then greedy decoding.
 
@@ -139,7 +154,8 @@ class PruningEngine:
                 sequence every step (see the module docstring for what that means
                 per pruner); None picks False when the pruner re-selects per step,
                 else True.
-            seed: per-sample seed handed to the pruner.
+            seed: per-sample seeds handed to the pruner (``PruneContext.seed``):
+                one per batch element, or one int ``s`` meaning ``s + b``.
 
         Raises:
             ValueError: ``use_cache=True`` with a pruner that re-selects per step.
@@ -167,7 +183,8 @@ class PruningEngine:
         cache = DynamicCache(config=self.lm.config) if use_cache else None
         hidden = self._forward(inputs_embeds, plan, cache=cache, select=True)  # (B, N, D) normed
         h_last = hidden[:, -1]  # (B, D)
-        tok = self.lm.lm_head(h_last).argmax(-1)  # (B,)
+        with per_sample_linear(self.lm.lm_head, h_last):
+            tok = self.lm.lm_head(h_last).argmax(-1)  # (B,)
         log = None
         if reselect and plan.first_kept is not None:
             log = KeptSetLog(plan.batch)
@@ -175,43 +192,63 @@ class PruningEngine:
         synchronize(dev)
         t1 = time.perf_counter()
         embed = self.lm.get_input_embeddings()
+        b = inputs_embeds.shape[0]
         toks, states = [tok], [h_last]
         done = torch.isin(tok, eos)
+        live = torch.arange(b, device=dev)  # cached path: the rows still in the batch (and the cache)
         seq = inputs_embeds
-        for j in range(max_new_tokens - 1):
-            if bool(done.all()):  # one sync per token: greedy decoding must know when to stop
-                break
-            e = embed(tok[:, None]).to(inputs_embeds.dtype)  # (B, 1, D)
-            if cache is not None:
-                h_last = self._decode_step(e, plan, cache, j)[:, -1]
-            elif reselect:
-                # A fresh plan over the whole sequence: the newest token is its last row, and
-                # accept() keeps every token after the visual span (suffix + generated ones).
-                seq = torch.cat([seq, e], dim=1)
-                step = self._plan(seq, visual_start, num_visual, grid, prep, seed)
-                h_last = self._forward(seq, step, cache=None, select=True)[:, -1]
-                if log is not None and step.first_kept is not None:
-                    log.add(step.first_kept, active=~done)
-            else:
-                seq = torch.cat([seq, e], dim=1)
-                h_last = self._forward(seq, plan, cache=None, select=False)[:, -1]
-            nxt = self.lm.lm_head(h_last).argmax(-1)
-            tok = torch.where(done, toks[-1], nxt) if eos.numel() else nxt
-            toks.append(tok)
-            states.append(h_last)
-            done = done | torch.isin(tok, eos)
+        # A cached step runs one row per sample through every linear layer of the LM.
+        with per_sample_linear(self.lm, tok) if cache is not None and b > 1 else nullcontext():
+            for j in range(max_new_tokens - 1):
+                n_done = int(done.sum())  # one sync per token: greedy decoding must know when to stop
+                if n_done == b:
+                    break
+                if cache is not None:
+                    if n_done > b - live.numel():  # rows finished: they leave the batch and the cache
+                        stay = ~done[live]
+                        cache.batch_select_indices(stay.nonzero()[:, 0])
+                        live = live[stay]
+                    e = embed(tok[live, None]).to(inputs_embeds.dtype)  # (B_live, 1, D)
+                    h = self._decode_step(e, plan, cache, j)[:, -1]  # (B_live, D)
+                    nxt_live = self.lm.lm_head(h).argmax(-1)
+                    if live.numel() == b:
+                        h_last, nxt = h, nxt_live
+                    else:
+                        h_last = h.new_zeros(b, h.shape[-1]).index_copy_(0, live, h)
+                        nxt = tok.clone().index_copy_(0, live, nxt_live)
+                else:
+                    seq = torch.cat([seq, embed(tok[:, None]).to(inputs_embeds.dtype)], dim=1)
+                    if reselect:
+                        # A fresh plan over the whole sequence: the newest token is its last row, and
+                        # accept() keeps every token after the visual span (suffix + generated ones).
+                        step = self._plan(seq, visual_start, num_visual, grid, prep, seed)
+                        h_last = self._forward(seq, step, cache=None, select=True)[:, -1]
+                        if log is not None and step.first_kept is not None:
+                            log.add(step.first_kept, active=~done)
+                    else:
+                        h_last = self._forward(seq, plan, cache=None, select=False)[:, -1]
+                    with per_sample_linear(self.lm.lm_head, h_last):
+                        nxt = self.lm.lm_head(h_last).argmax(-1)
+                tok = torch.where(done, tok, nxt) if eos.numel() else nxt
+                toks.append(tok)
+                states.append(h_last)
+                done = done | torch.isin(tok, eos)
         synchronize(dev)
         t2 = time.perf_counter()
         record = plan.record(self.pruner)
         if log is not None:
             for d, e in zip(record.extras, log.extras(), strict=True):
                 d.update(e)
+        tokens = torch.stack(toks, 1)  # (B, T)
+        ended = torch.isin(tokens, eos)
+        lengths = torch.where(ended.any(1), ended.int().argmax(1) + 1, tokens.shape[1])
         return GenerateOutput(
-            tokens=torch.stack(toks, 1),
+            tokens=tokens,
             step_hidden=torch.stack(states, 1),
             record=record,
             prefill_ms=(t1 - t0) * 1e3,
             decode_ms=(t2 - t1) * 1e3,
+            lengths=lengths,
         )
 
     @torch.inference_mode()
@@ -223,7 +260,7 @@ class PruningEngine:
         num_visual: int,
         grid: tuple[int, int],
         prep: list[Any] | tuple[Any, ...] | None = None,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         use_cache: bool = True,
         last_only: bool = False,
     ) -> tuple[torch.Tensor, PruneRecord]:
@@ -240,7 +277,9 @@ class PruningEngine:
         plan = self._plan(inputs_embeds, visual_start, num_visual, grid, prep, seed)
         cache = DynamicCache(config=self.lm.config) if use_cache else None
         hidden = self._forward(inputs_embeds, plan, cache=cache, select=True)
-        return self.lm.lm_head(hidden[:, -1:] if last_only else hidden), plan.record(self.pruner)
+        with per_sample_linear(self.lm.lm_head, hidden) if last_only else nullcontext():
+            logits = self.lm.lm_head(hidden[:, -1:] if last_only else hidden)
+        return logits, plan.record(self.pruner)
 
     # -- internals --------------------------------------------------------------------------------------
     def _plan(
@@ -250,7 +289,7 @@ class PruningEngine:
         num_visual: int,
         grid: tuple[int, int],
         prep: Any,
-        seed: int,
+        seed: int | Sequence[int],
     ) -> PrunePlan:
         b, n, _ = embeds.shape
         if not (0 <= visual_start and visual_start + num_visual <= n and num_visual >= 1):
@@ -286,7 +325,7 @@ class PruningEngine:
             num_visual=num_visual,
             grid=grid,
             prep=prep_t,
-            seed=seed,
+            seed=seed if isinstance(seed, int) else tuple(int(x) for x in seed),
             num_layers=len(self.layers),
             pruner_name=type(self.pruner).__name__,
             device=embeds.device,

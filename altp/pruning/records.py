@@ -7,7 +7,7 @@ adapters that pass it on, so none of them has to import another for the type.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 __all__ = ["PruneRecord"]
@@ -43,3 +43,21 @@ class PruneRecord:
     select_ms: float
     hparams: dict[str, Any] = field(default_factory=dict)
     kept_tokens_per_stage: list[list[list[int]]] = field(default_factory=list)
+
+    def row(self, b: int, *, select_ms: float | None = None) -> PruneRecord:
+        """Batch element ``b``'s record, shaped as the record of a batch of one.
+
+        Args:
+            b: the batch element.
+            select_ms: its share of the selection time (default: the whole batch's).
+        """
+        return replace(
+            self,
+            kept_tokens=self.kept_tokens[b : b + 1],
+            kept_tokens_per_stage=self.kept_tokens_per_stage[b : b + 1],
+            extras=self.extras[b : b + 1],
+            select_ms=self.select_ms if select_ms is None else select_ms,
+            kept_per_stage=list(self.kept_per_stage),
+            stage_layers=list(self.stage_layers),
+            hparams=dict(self.hparams),
+        )

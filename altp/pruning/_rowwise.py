@@ -1,0 +1,76 @@
+"""Batch-invariant linear layers for the one-row-per-sample steps of a batch on the CPU.
+
+A batch of B images must give each image exactly the tokens it gets alone. On
+the CPU (MKL, fp32) ``F.linear`` on ``M`` rows takes a different kernel for
+``M`` in 1..3 than for ``M >= 4`` (measured: the results differ in the last
+bits; every ``M >= 4`` gives a row the same bits), so the steps that run one
+row per sample at batch 1 -- each cached decoding step, the logits of the last
+prompt token, the scoring row of FastV / PyramidDrop -- would round differently
+when B samples stack into ``M = B`` rows, and greedy decoding amplifies a last
+bit into another token. Multi-row calls (prefill, vision towers: hundreds of
+rows per sample) are already batch-invariant.
+
+:func:`per_sample_linear` fixes it from outside the model: within the context
+each ``nn.Linear`` of a module computes ``x (B, ..., K)`` as one ``baddbmm`` with
+the weight broadcast (stride 0) over dim 0, the sample, so each sample is its
+own ``(m, K) x (K, N)`` problem, which MKL computes with exactly the kernel
+``F.linear`` uses on those ``m`` rows alone (measured bit for bit for m = 1, 2,
+3, 5; a contiguous copy of the weight would NOT be). ``tests/test_predict_batch.py``
+checks the result through the models. It costs about twice a shared-weight GEMM
+of B rows, far less than looping over the samples. The forward is replaced on
+the module instances for the duration (no transformers code is touched); a
+``TorchFunctionMode`` would do the same for every op and measured 65 % slower
+decoding steps.
+
+On CUDA nothing is changed: there batched results may differ in the last bits
+from batch 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import MethodType
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["per_sample_linear"]
+
+
+def _per_sample_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``nn.Linear.forward`` with dim 0 of ``x`` (B, ..., K) as B independent problems."""
+    if x.dim() < 2 or x.shape[0] < 2:
+        return F.linear(x, self.weight, self.bias)
+    b, k, n = x.shape[0], self.in_features, self.out_features
+    rows = x.reshape(b, -1, k)  # (B, m, K): sample b's m rows
+    wt = self.weight.t().expand(b, k, n)  # (B, K, N), stride 0 over B: no copy
+    if self.bias is None:
+        out = torch.bmm(rows, wt)
+    else:  # the bias fused as addmm fuses it in F.linear
+        out = torch.baddbmm(self.bias.expand(b, rows.shape[1], n), rows, wt)
+    return out.reshape(*x.shape[:-1], n)
+
+
+@contextmanager
+def per_sample_linear(module: nn.Module, like: torch.Tensor) -> Iterator[None]:
+    """Within the block, every ``nn.Linear`` in ``module`` gives each sample (dim 0) its batch-1 bits.
+
+    Only on the CPU (see the module docstring); elsewhere a no-op.
+
+    Args:
+        module: the module whose linear layers (itself included) run per sample.
+        like: a tensor of the batch, for its device.
+    """
+    if like.device.type != "cpu":
+        yield
+        return
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    for m in linears:
+        m.forward = MethodType(_per_sample_forward, m)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for m in linears:
+            del m.forward
