@@ -49,8 +49,8 @@ from altp.models.omg.preprocess import (
     masks_to_original,
     seg_hidden_states,
 )
-from altp.models.omg.tokenizer import OmgTokenIds, decode_answer, encode_gcg_prompt
 from altp.models.omg.projector import ProjectedVisual
+from altp.models.omg.tokenizer import OmgTokenIds, decode_answer, encode_gcg_prompt
 from altp.models.omg.visual import OmgLlavaVisual, VisualEncoding
 from altp.models.patch_grid import rect_area_fractions
 from altp.models.pixels import omg_square_pixels
