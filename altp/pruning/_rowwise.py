@@ -68,7 +68,7 @@ def per_sample_linear(module: nn.Module, like: torch.Tensor) -> Iterator[None]:
         return
     linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
     for m in linears:
-        m.forward = MethodType(_per_sample_forward, m)  # type: ignore[method-assign]
+        m.forward = MethodType(_per_sample_forward, m)
     try:
         yield
     finally:
