@@ -95,7 +95,8 @@ def test_batch_equals_batch_of_one(model_name: str, pruner_name: str, kw: dict) 
     if name == "glamm_tiny":
         assert all(len(p.masks) == 1 for p in alone)
     if name == "omg_llava_tiny":
-        assert len({p.record.extras[0]["questions_tried"] for p in alone}) > 1
+        if pruner_name in ("none", "random"):  # under pdrop and per-step fastv all three take six questions
+            assert len({p.record.extras[0]["questions_tried"] for p in alone}) > 1
         assert len({p.num_text_tokens - len(model.suffix_ids[p.record.extras[0]["question"]]) for p in alone}) > 1
 
 
