@@ -151,3 +151,51 @@ def test_per_sample_linear_matches_one_sample_at_a_time_on_the_cpu() -> None:
             together = lin(x)
         assert torch.equal(together, alone)
     assert "forward" not in vars(lin)  # the stock forward is back
+
+
+def _leaves(x, path="enc"):
+    """(path, tensor) of every tensor in a nested encoding (dataclasses, tuples)."""
+    import dataclasses
+
+    if torch.is_tensor(x):
+        yield path, x
+    elif dataclasses.is_dataclass(x):
+        for f in dataclasses.fields(x):
+            yield from _leaves(getattr(x, f.name), f"{path}.{f.name}")
+    elif isinstance(x, tuple):
+        for i, v in enumerate(x):
+            yield from _leaves(v, f"{path}[{i}]")
+
+
+def test_vision_encoders_of_a_batch_give_each_image_its_batch1_bits() -> None:
+    """The batched encodings predict_batch uses equal each image encoded alone, bit for bit.
+
+    Oracle: the encoders on one image. Checked on the encoders where a plain batched call rounds
+    differently on this CPU (oneDNN picks convolution algorithms by batch size): GLaMM-tiny's SAM
+    (256 px) and OMG-LLaVA's visual encoding, whose batch is joined by ``VisualEncoding.concat``.
+    """
+    from altp.models.omg.visual import VisualEncoding
+    from altp.pruning._rowwise import encode_per_sample
+
+    glamm = build_model("glamm_tiny", seed=0, num_layers=2)
+    images = _noise_images([(200, 300), (240, 180), (160, 160)])
+    sam = torch.stack([glamm.preprocess(im).tensors["sam"] for im in images])
+    with torch.inference_mode():
+        batch = encode_per_sample(glamm.grounding_encoder.encode, sam)
+        for b in range(len(images)):
+            assert torch.equal(batch[b], glamm.grounding_encoder.encode(sam[b : b + 1])[0])
+    omg = build_model("omg_llava_tiny", seed=0)
+    pixels = torch.stack([omg.preprocess(im).tensors["pixels"] for im in images])
+    with torch.inference_mode():
+        joined = encode_per_sample(omg.visual.encode, pixels, VisualEncoding.concat)
+        alone = [omg.visual.encode(pixels[b : b + 1]) for b in range(len(images))]
+    leaves = dict(_leaves(joined))
+    for b, one in enumerate(alone):
+        for path, t in _leaves(one):
+            if path.startswith("enc.tokens.object_tokens"):
+                assert torch.equal(leaves[f"enc.tokens.object_tokens[{b}]"], t)
+            elif path in ("enc.tokens.separator",) or ".key_pos" in path:
+                assert torch.equal(leaves[path], t), path  # image-independent: taken from the first image
+            else:
+                assert leaves[path].shape[0] == len(images), path
+                assert torch.equal(leaves[path][b : b + 1], t), path

@@ -55,6 +55,7 @@ from altp.models.tokenizer import (
     parse_gcg_output,
     tokenize_with_image,
 )
+from altp.pruning._rowwise import encode_per_sample
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from altp.pruning.base import Pruner
@@ -245,7 +246,7 @@ class GLaMM(nn.Module):
             return out
         sam = self.grounding_encoder
         pixels = torch.stack([inputs[b].tensors["sam"] for b in todo]).to(self.device, self.dtype)
-        embeddings = sam.encode(pixels)  # (B', C, h, w)
+        embeddings = encode_per_sample(sam.encode, pixels)  # (B', C, h, w)
         for i, b in enumerate(todo):
             text = self.text_hidden_fcs(seg_states[b].to(self.dtype))  # (N_b, 256)
             low_res = sam.decode(embeddings[i : i + 1], text)
@@ -280,7 +281,7 @@ class GLaMM(nn.Module):
         decoded = generate_and_decode(
             lm=self.llm, pruner=pruner, device=self.device, batch_size=len(inputs),
             # The prompts are built with the image encodings, so vision_ms covers both.
-            encode=lambda: self.build_inputs_embeds(self.encode_image(
+            encode=lambda: self.build_inputs_embeds(encode_per_sample(self.encode_image,
                 torch.stack([x.tensors["clip"] for x in inputs]).to(device=self.device, dtype=self.dtype))),
             prompt=lambda embeds, b, _question: embeds[b : b + 1],
             seg_states=lambda hidden, tokens: hidden[tokens == ids.seg],  # the states that produced [SEG]

@@ -54,6 +54,7 @@ from altp.models.omg.tokenizer import OmgTokenIds, decode_answer, encode_gcg_pro
 from altp.models.omg.visual import OmgLlavaVisual, VisualEncoding
 from altp.models.patch_grid import rect_area_fractions
 from altp.models.pixels import omg_square_pixels
+from altp.pruning._rowwise import encode_per_sample
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from altp.pruning.base import Pruner
@@ -249,7 +250,8 @@ class OmgLlava(nn.Module):
         ids = self.token_ids
         decoded = generate_and_decode(
             lm=self.llm, pruner=pruner, device=self.device, batch_size=len(inputs),
-            encode=lambda: self.visual.encode(torch.stack([x.tensors["pixels"] for x in inputs]).to(self.device)),
+            encode=lambda: encode_per_sample(self.visual.encode, torch.stack([x.tensors["pixels"] for x in inputs])
+                                             .to(self.device), VisualEncoding.concat),
             prompt=lambda encoding, b, question: self.build_inputs_embeds(self._sample(encoding, b), question),
             num_questions=len(GCG_QUESTIONS),
             seg_states=lambda hidden, tokens: seg_hidden_states(hidden, tokens, seg_token_id=ids.seg),

@@ -24,19 +24,44 @@ decoding steps.
 
 On CUDA nothing is changed: there batched results may differ in the last bits
 from batch 1.
+
+Vision towers are the other place: oneDNN picks a convolution's algorithm by the
+batch size, so a batched image encoder rounds differently from one image alone
+(measured: the 3 x 3 convolution of SAM's neck at 256 px, OMG-LLaVA's ConvNeXt
+pixel tokens; CLIP's patch convolution happened to agree). On the CPU
+:func:`encode_per_sample` runs an encoder one image at a time -- exactly the
+batch-1 computation -- and concatenates; on CUDA it is one batched call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import MethodType
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["per_sample_linear"]
+__all__ = ["encode_per_sample", "per_sample_linear"]
+
+T = TypeVar("T")
+
+
+def encode_per_sample(encode: Callable[[torch.Tensor], T], pixels: torch.Tensor,
+                      concat: Callable[[list[T]], T] = torch.cat) -> T:
+    """``encode(pixels)`` over a batch of images, with each image's batch-1 bits on the CPU.
+
+    Args:
+        encode: an image encoder, (B, ...) pixels -> its batched result.
+        pixels: (B, ...) the batch.
+        concat: joins the B one-image results into the batched result
+            (``torch.cat`` along dim 0 for a tensor).
+    """
+    if pixels.device.type != "cpu" or pixels.shape[0] < 2:
+        return encode(pixels)
+    return concat([encode(pixels[i : i + 1]) for i in range(pixels.shape[0])])
 
 
 def _per_sample_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from altp.models.omg.convnext import ConvNeXtTrunk
-from altp.models.omg.omg_head import OmgSegHead, PanopticOutput
+from altp.models.omg.omg_head import DecoderCache, OmgSegHead, PanopticOutput
 from altp.models.omg.perception_prior import perception_prior
 from altp.models.omg.pixel_decoder import MSDeformAttnPixelDecoder
 from altp.models.omg.projector import (
@@ -85,6 +85,32 @@ class VisualEncoding:
 
     tokens: ProjectedVisual
     panoptic: PanopticOutput
+
+    @staticmethod
+    def concat(parts: list[VisualEncoding]) -> VisualEncoding:
+        """The encoding of a batch from the encodings of its parts, in order.
+
+        Batch-dim tensors are concatenated, ``object_tokens`` joined per image; the
+        rest (the separator, the positional encodings, the level shapes) does not
+        depend on the image and is taken from the first part.
+        """
+        first = parts[0]
+        t, c = first.tokens, first.panoptic.cache
+        tokens = ProjectedVisual(
+            pixel_tokens=torch.cat([e.tokens.pixel_tokens for e in parts]), separator=t.separator,
+            object_tokens=tuple(o for e in parts for o in e.tokens.object_tokens),
+        )  # fmt: skip
+        cache = DecoderCache(
+            mask_features=torch.cat([e.panoptic.cache.mask_features for e in parts]),
+            keys=tuple(torch.cat(level) for level in zip(*(e.panoptic.cache.keys for e in parts), strict=True)),
+            key_pos=c.key_pos, level_shapes=c.level_shapes,
+        )  # fmt: skip
+        panoptic = PanopticOutput(
+            mask_cls=torch.cat([e.panoptic.mask_cls for e in parts]),
+            mask_pred=torch.cat([e.panoptic.mask_pred for e in parts]),
+            queries=torch.cat([e.panoptic.queries for e in parts]), cache=cache,
+        )  # fmt: skip
+        return VisualEncoding(tokens=tokens, panoptic=panoptic)
 
 
 class OmgLlavaVisual(nn.Module):
