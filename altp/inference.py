@@ -1,8 +1,9 @@
-"""One image through the model: its prediction fields and its record.
+"""Images through the model: their prediction fields and their records.
 
-The runner decides which images to run (:mod:`altp.runner`) and writes and
-summarises the results (:mod:`altp.run_summary`); this module only runs one
-image and says what it produced, or records why it failed.
+The runner decides which images to run (:mod:`altp.runner`), the loop
+(:mod:`altp.batches`) feeds them to the model in batches, and the summary is
+written by :mod:`altp.run_summary`; this module calls the model on a batch and
+says what each image produced, or records why it failed.
 
 A record (``records/<image_id>.json``) holds, for one image: ``error`` (None, or
 ``"<ExceptionType>: message"`` for a failed image), the kept visual tokens
@@ -13,22 +14,24 @@ token counts and timings in milliseconds.
 
 from __future__ import annotations
 
-import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from altp.coverage import decode_gt_masks, image_object_coverage
 from altp.data.grandf import GrandfSplit, Sample
 from altp.predictions import write_prediction
 from altp.provenance import write_json_atomic
 
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from altp.models.base import GCGModel
-    from altp.pruning.base import Pruner
-
-__all__ = ["empty_prediction", "failed_record", "image_seed", "predict_image", "write_image"]
+__all__ = [
+    "empty_prediction",
+    "failed_record",
+    "image_record",
+    "image_seed",
+    "predict_batch",
+    "write_image",
+]
 
 
 def image_seed(base_seed: int, image_id: str) -> int:
@@ -41,20 +44,35 @@ def empty_prediction() -> dict[str, Any]:
     return {"caption": "", "phrases": [], "masks": []}
 
 
-def predict_image(
-    model: GCGModel, pruner: Pruner | None, split: GrandfSplit, sample: Sample, seed: int
+def predict_batch(
+    model: Any, pruner: Any, inputs: Sequence[Any], preps: Sequence[Any], seeds: Sequence[int]
+) -> list[Any]:
+    """The model's predictions for a batch of preprocessed images, one per input, in order.
+
+    A model without ``predict_batch`` (an adapter predating the batched API) runs its
+    ``predict`` once per image, on the PIL image the pipeline passed through.
+    """
+    if hasattr(model, "predict_batch"):
+        return list(model.predict_batch(inputs, pruner=pruner, preps=preps, seeds=seeds))
+    return [
+        model.predict(image, pruner=pruner, prep=prep, seed=seed)
+        for image, prep, seed in zip(inputs, preps, seeds, strict=True)
+    ]
+
+
+def image_record(
+    model: Any, split: GrandfSplit, sample: Sample, out: Any, timings: dict[str, float]
 ) -> tuple[dict, dict]:
-    """Run one image; returns (prediction fields, record). Raises ImageLoadError."""
-    t0 = time.perf_counter()
-    image = split.load_image(sample)
-    prep = None
-    prep_ms = 0.0
-    if pruner is not None:
-        tp = time.perf_counter()
-        prep = pruner.prepare(model.vision_image(image), model.grid)
-        prep_ms = (time.perf_counter() - tp) * 1e3
-    out = model.predict(image, pruner=pruner, prep=prep, seed=seed)
-    wall_ms = (time.perf_counter() - t0) * 1e3  # the diagnostic below is not the model's time
+    """One image's (prediction fields, record) from the model's ``GCGPrediction``.
+
+    Args:
+        model: the model adapter (object coverage maps GT masks onto its token grid).
+        split: the split (its GT masks).
+        sample: the image's sample.
+        out: the image's :class:`altp.models.base.GCGPrediction`.
+        timings: the runner's own timings of this image (input wait, worker times, wall),
+            merged after the model's.
+    """
     rec = out.record
     per_stage = rec.kept_tokens_per_stage[0] if rec.kept_tokens_per_stage else []
     record = {
@@ -65,29 +83,43 @@ def predict_image(
         "stage_layers": list(rec.stage_layers),
         "extras": rec.extras[0] if rec.extras else {},
         "kept_tokens_per_stage": per_stage,
-        **image_object_coverage(model, decode_gt_masks(split.annotations.masks[sample.image_id]), per_stage),
+        **image_object_coverage(
+            model, decode_gt_masks(split.annotations.masks[sample.image_id]), per_stage
+        ),
         "num_visual": out.num_visual,
         "num_text_tokens": out.num_text_tokens,
         "new_tokens": out.new_tokens,
         "n_phrases": len(out.phrases),
         "n_masks": len(out.masks),
-        "timings": {**out.timings, "select_ms": rec.select_ms, "prep_ms": prep_ms,
-                    "wall_ms": wall_ms},
+        "timings": {**out.timings, "select_ms": rec.select_ms, **timings},
     }
     pred = {"caption": out.caption, "phrases": list(out.phrases), "masks": list(out.masks)}
     return pred, record
 
 
-def failed_record(sample: Sample, err: BaseException) -> dict:
-    """The record of an image that failed with ``err``."""
-    return {"image_id": sample.image_id, "error": f"{type(err).__name__}: {err}", "kept_tokens": None,
-            "kept_per_stage": [], "stage_layers": [], "extras": {}, "kept_tokens_per_stage": [],
-            "object_coverage": [], "timings": {}}
+def failed_record(sample: Sample, err: BaseException, *, type_name: str | None = None) -> dict:
+    """The record of an image that failed with ``err`` (``type_name``: the type to name, default ``err``'s)."""
+    return {
+        "image_id": sample.image_id,
+        "error": f"{type_name or type(err).__name__}: {err}",
+        "kept_tokens": None,
+        "kept_per_stage": [],
+        "stage_layers": [],
+        "extras": {},
+        "kept_tokens_per_stage": [],
+        "object_coverage": [],
+        "timings": {},
+    }
 
 
 def write_image(
-    pred_dir: Path, rec_dir: Path, image_id: str, pred: dict, record: dict,
-    *, torn: Callable[[], None] | None = None,
+    pred_dir: Path,
+    rec_dir: Path,
+    image_id: str,
+    pred: dict,
+    record: dict,
+    *,
+    torn: Callable[[], None] | None = None,
 ) -> None:
     """Write one image's record, then its prediction, each atomically.
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,15 +22,12 @@ from altp.flops import summarise_flops
 from altp.provenance import provenance, write_json_atomic
 from altp.run_dir import effective_keep
 
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from altp.models.base import GCGModel
-
 __all__ = ["name_ids", "print_metrics", "pruner_config", "summarise", "write_hydra_files", "write_summary"]
 
 
 def pruner_config(cfg: DictConfig) -> dict[str, Any]:
     """The pruner config group's hyper-parameters as the user set them (no target, name or keep)."""
-    group = cast("dict[str, Any]", OmegaConf.to_container(cfg.pruner, resolve=True))  # a DictConfig's is a dict
+    group = OmegaConf.to_container(cfg.pruner, resolve=True)
     return {k: v for k, v in group.items() if not k.startswith("_") and k not in ("name", "keep")}
 
 
@@ -76,7 +73,7 @@ def summarise(records: list[dict], *, llm_shape: Any) -> dict[str, Any]:
         n_phrase_mask_mismatch=sum(r["n_phrases"] != r["n_masks"] for r in ok),
         time_per_image_s=mean([r["timings"]["wall_ms"] for r in ok]) / 1e3,
     )
-    for key in ("prefill_ms", "decode_ms", "select_ms", "prep_ms", "vision_ms", "mask_ms"):
+    for key in ("prefill_ms", "decode_ms", "select_ms", "prep_ms", "vision_ms", "mask_ms", "input_wait_ms"):
         vals = [r["timings"][key] for r in ok if key in r["timings"]]
         if vals:
             out[key] = mean(vals)
@@ -93,7 +90,8 @@ def write_summary(
     pruner_name: str,
     records: list[dict],
     scores: dict[str, Any] | None,
-    model: GCGModel,
+    model: Any,
+    world_size: int = 1,
 ) -> dict[str, Any]:
     """Write metrics.json and run.json of a finished run; returns the metrics.
 
@@ -105,6 +103,7 @@ def write_summary(
         records: one record per scored image, in split order.
         scores: :func:`eval.gcg.evaluate`'s result, or None when not scored.
         model: the model adapter (``llm_shape``, ``device``, ``dtype``).
+        world_size: processes that ran the images (run.json's ``throughput``).
     """
     metrics: dict[str, Any] = {
         "model": choices.get("model", ""),
@@ -130,6 +129,9 @@ def write_summary(
         "choices": choices,
         "provenance": prov,
         "pruner_hparams": hp,
+        # How this (last) invocation ran; not in the fingerprint: none of it changes the outputs.
+        "throughput": {"batch_size": int(cfg.get("batch_size", 1)), "num_workers": int(cfg.get("num_workers", 0)),
+                       "world_size": int(world_size)},
         "per_image": [{"image_id": r["image_id"], "error": r.get("error"), **r.get("timings", {})} for r in records],
     })
     return metrics
@@ -150,7 +152,7 @@ def write_hydra_files(out_dir: Path, cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     folder = out_dir / ".hydra"
     folder.mkdir(parents=True, exist_ok=True)
-    task = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
+    task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
     for name, node in (("config.yaml", task), ("hydra.yaml", OmegaConf.create({"hydra": hydra_cfg})),
                        ("overrides.yaml", hydra_cfg.overrides.task)):
         (folder / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")

@@ -46,7 +46,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
                 "altp.pruning._rowwise")},
     {"pruners": ("altp.methods", "baselines"), "models": ("altp.models",)},
     {"catalogue": ("altp.pruners",), "evaluation": ("eval", "altp.coverage")},
-    {"entry points": ("altp.runner", "altp.resume", "altp.inference", "altp.run_summary", "altp.fingerprint",
+    {"entry points": ("altp.runner", "altp.resume", "altp.inference", "altp.batches", "altp.pipeline", "altp.distributed", "altp.run_summary", "altp.fingerprint",
                       "altp.config_checks", "altp.cli", "altp.app", "altp.train", "altp.viz", "altp.report")},
 ]  # fmt: skip
 # Groups that may import only the bottom layer (data formats), not everything below them.

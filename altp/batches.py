@@ -1,0 +1,186 @@
+"""The loop: images from the input pipeline through the model in batches, each written as it finishes.
+
+:func:`run_images` is what a run (:mod:`altp.runner`, on every rank) and the
+throughput benchmark (``scripts/bench_throughput.py``) both call. Images come from
+:func:`altp.pipeline.load_images` (decoded, preprocessed and prepared in worker
+processes, in order), are grouped ``batch_size`` at a time and go through the
+model's batched API (:func:`altp.inference.predict_batch`); then each image's
+record and prediction are written atomically, record first, in sample order.
+
+Per image, ``timings`` gain what the loop measured: ``input_wait_ms`` (how long the
+model waited for the pipeline, the batch's wait shared over its images),
+``load_ms`` and ``prep_ms`` (decoding + preprocessing and ``pruner.prepare`` in the
+worker, off the critical path when ``num_workers`` > 0) and ``wall_ms`` (the batch's
+wait, model and record time shared over its images: 1000 / ``wall_ms`` is the loop's
+images per second).
+
+An image that fails to load is a failed record, always. Any other error stops the
+run, unless ``continue_on_error``: then a failed batch is run again one image at a
+time, so only the images that fail alone are recorded as failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from altp.data.grandf import GrandfSplit, Sample
+from altp.inference import (
+    empty_prediction,
+    failed_record,
+    image_record,
+    image_seed,
+    predict_batch,
+    write_image,
+)
+from altp.pipeline import LoadedImage, error_name, load_images
+
+__all__ = ["InjectedFault", "run_images"]
+
+log = logging.getLogger(__name__)
+
+
+class InjectedFault(BaseException):
+    """Raised by ``ALTP_TEST_FAULT=raise@k`` (tests only); not an Exception, so nothing swallows it."""
+
+
+def fault_point(where: str, index: int) -> None:
+    """Test-only fault injection, read from ``ALTP_TEST_FAULT=<action>[-torn]@<k>``.
+
+    At the k-th image (0-based) this process writes, ``raise`` raises :class:`InjectedFault`
+    and ``kill`` SIGKILLs the process: before the image's files are written, or with
+    ``-torn`` after its record is written and before its prediction. Images of a batch
+    are written one by one, so the fault lands at the same image whatever the batch size
+    (with several ranks, at each rank's k-th image). Resume tests interrupt a run at an
+    exact image this way instead of racing a timer. Unset in normal use.
+    """
+    spec = os.environ.get("ALTP_TEST_FAULT")
+    if not spec:
+        return
+    action, _, at = spec.partition("@")
+    if int(at) != index or action.endswith("-torn") != (where == "torn"):
+        return
+    if action.removesuffix("-torn") == "raise":
+        raise InjectedFault(f"ALTP_TEST_FAULT={spec}")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _batches(items: Iterable[LoadedImage], size: int) -> Iterator[tuple[list[LoadedImage], float]]:
+    """Consecutive groups of ``size`` items, with the time each group took to arrive (ms)."""
+    batch: list[LoadedImage] = []
+    t0 = time.perf_counter()
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch, (time.perf_counter() - t0) * 1e3
+            batch, t0 = [], time.perf_counter()
+    if batch:
+        yield batch, (time.perf_counter() - t0) * 1e3
+
+
+def _predict(
+    model: Any, pruner: Any, items: list[LoadedImage], seed: int, continue_on_error: bool
+) -> list[Any]:
+    """One output per item: its ``GCGPrediction``, or the exception it failed with (``continue_on_error``)."""
+    if not items:
+        return []
+    seeds = [image_seed(seed, it.sample.image_id) for it in items]
+    try:
+        return predict_batch(
+            model, pruner, [it.inputs for it in items], [it.prep for it in items], seeds
+        )
+    except Exception as err:
+        if not continue_on_error:
+            raise
+        if len(items) == 1:
+            return [err]
+        log.warning("a batch of %d images failed (%s); running them one at a time", len(items), err)
+        return [
+            out for it in items for out in _predict(model, pruner, [it], seed, continue_on_error)
+        ]
+
+
+def run_images(
+    model: Any,
+    pruner: Any,
+    split: GrandfSplit,
+    samples: list[Sample],
+    *,
+    pred_dir: Path,
+    rec_dir: Path,
+    seed: int,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    continue_on_error: bool = False,
+    desc: str = "run",
+) -> dict[str, dict[str, Any]]:
+    """Run ``samples`` through the model, writing each image's record and prediction.
+
+    Args:
+        model: the model adapter.
+        pruner: the pruner, or None unpruned.
+        split: the split the samples belong to.
+        samples: the images to run, in the order their files are written.
+        pred_dir: where predictions go.
+        rec_dir: where records go.
+        seed: the run's base seed (per image: :func:`altp.inference.image_seed`).
+        batch_size: images per call of the model's batched API.
+        num_workers: input-pipeline worker processes (0: in this process).
+        continue_on_error: record a model error on an image as a failed image and go on.
+        desc: the progress bar's label.
+
+    Returns:
+        image id -> its record as it reads back from disk, for every sample.
+    """
+    from tqdm import tqdm
+
+    records: dict[str, dict[str, Any]] = {}
+    written = 0
+    bar = tqdm(total=len(samples), desc=desc, unit="img")
+    loaded = load_images(
+        model, pruner, split, samples, num_workers=num_workers, lookahead=2 * batch_size
+    )
+    for batch, arrival_ms in _batches(loaded, batch_size):
+        t0 = time.perf_counter()
+        for it in batch:
+            if it.error is not None and not it.load_failed and not continue_on_error:
+                raise it.error
+        ready = [it for it in batch if it.error is None]
+        outs = dict(zip((id(it) for it in ready), _predict(model, pruner, ready, seed, continue_on_error),
+                        strict=True))  # fmt: skip
+        wait_ms = sum(it.wait_ms for it in batch) / len(batch)
+        results = []
+        for it in batch:
+            out = it.error if it.error is not None else outs[id(it)]
+            if isinstance(out, BaseException):
+                log.warning("image %s failed: %s", it.sample.image_id, out)
+                results.append(
+                    (
+                        it,
+                        empty_prediction(),
+                        failed_record(it.sample, out, type_name=error_name(out)),
+                    )
+                )
+                continue
+            timings = {"input_wait_ms": wait_ms, "load_ms": it.load_ms, "prep_ms": it.prep_ms}
+            results.append((it, *image_record(model, split, it.sample, out, timings)))
+        wall_ms = (arrival_ms + (time.perf_counter() - t0) * 1e3) / len(batch)
+        for it, pred, record in results:
+            if record["error"] is None:
+                record["timings"]["wall_ms"] = wall_ms
+            fault_point("before", written)
+            write_image(pred_dir, rec_dir, it.sample.image_id, pred, record,
+                        torn=lambda k=written: fault_point("torn", k))  # fmt: skip
+            records[it.sample.image_id] = json.loads(
+                json.dumps(record)
+            )  # as a resumed run reads it back
+            written += 1
+            bar.update(1)
+    bar.close()
+    return records

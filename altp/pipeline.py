@@ -1,0 +1,220 @@
+"""The input pipeline: images decoded, preprocessed and prepared for the pruner, ahead of the model.
+
+Everything a run does to an image before the model sees it depends on that image
+alone: decoding (:meth:`altp.data.grandf.GrandfSplit.load_image`), the model's
+preprocessing (``model.preprocess``) and the pruner's image-only preparation
+(``pruner.prepare``, e.g. ALTP's SLIC superpixels and densities). It runs in a
+:class:`torch.utils.data.DataLoader` with ``num_workers`` processes, each with one
+torch thread, prefetching ahead of the model, so on the critical path the model
+only waits for what the workers have not finished yet (``input_wait_ms``).
+
+Results come back in the order of the samples given, whatever the number of
+workers: the same bytes with 0, 1 or 8 workers. An image that fails here (a
+missing or undecodable file, an error in ``prepare``) comes back as a
+:class:`LoadedImage` with ``error`` set, for the runner to record as it always did.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import pickle
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from altp.data.grandf import GrandfSplit, ImageLoadError, Sample
+
+__all__ = ["LoadedImage", "RemoteError", "error_name", "load_images"]
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class RemoteError(Exception):
+    """An error raised in a worker whose own type cannot cross the process boundary.
+
+    ``type_name`` is the original type's name, so the failed record reads as if it
+    had been raised in the main process.
+    """
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(type_name, message)
+        self.type_name, self.message = type_name, message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
+class LoadedImage:
+    """One image, ready for the model (or why it is not).
+
+    Attributes:
+        sample: the split's sample.
+        inputs: ``model.preprocess(image)`` (None when ``error`` is set).
+        prep: ``pruner.prepare(inputs.vision_image, model.grid)``, None without a pruner.
+        error: what went wrong, None on success.
+        load_ms: decoding and preprocessing time in the worker, milliseconds.
+        prep_ms: ``pruner.prepare``'s time in the worker, milliseconds.
+        wait_ms: how long the model's loop waited for this image, milliseconds.
+    """
+
+    sample: Sample
+    inputs: Any
+    prep: Any
+    error: BaseException | None
+    load_ms: float = 0.0
+    prep_ms: float = 0.0
+    wait_ms: float = 0.0
+
+    @property
+    def load_failed(self) -> bool:
+        """The image itself could not be read (always a recorded failure, never a crash)."""
+        return isinstance(self.error, ImageLoadError)
+
+
+def _sendable(err: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(err))
+    except Exception:
+        return RemoteError(type(err).__name__, str(err))
+    return err
+
+
+def error_name(err: BaseException) -> str:
+    """The error's type name as a record writes it (the original type for a :class:`RemoteError`)."""
+    return err.type_name if isinstance(err, RemoteError) else type(err).__name__
+
+
+class _Images(Dataset):
+    """Map-style dataset over ``samples``: item i is sample i loaded and prepared."""
+
+    def __init__(
+        self,
+        split: GrandfSplit,
+        samples: Sequence[Sample],
+        preprocess: Callable[[Any], Any],
+        vision_image: Callable[[Any], Any],
+        prepare: Callable[..., Any] | None,
+        grid: tuple[int, int],
+    ) -> None:
+        self.split, self.samples, self.grid = split, list(samples), grid
+        self.preprocess, self.vision_image, self.prepare = preprocess, vision_image, prepare
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> LoadedImage:
+        sample = self.samples[index]
+        t0 = time.perf_counter()
+        try:
+            inputs = self.preprocess(self.split.load_image(sample))
+        except Exception as err:
+            return LoadedImage(sample=sample, inputs=None, prep=None, error=_sendable(err))
+        t1 = time.perf_counter()
+        prep = None
+        if self.prepare is not None:
+            try:
+                prep = self.prepare(self.vision_image(inputs), self.grid)
+            except Exception as err:
+                return LoadedImage(
+                    sample=sample,
+                    inputs=None,
+                    prep=None,
+                    error=_sendable(err),
+                    load_ms=(t1 - t0) * 1e3,
+                )
+        return LoadedImage(
+            sample=sample,
+            inputs=inputs,
+            prep=prep,
+            error=None,
+            load_ms=(t1 - t0) * 1e3,
+            prep_ms=(time.perf_counter() - t1) * 1e3,
+        )
+
+
+def _init_worker(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # workers run beside the model: they must not compete for its cores
+    if sys.platform.startswith("linux"):
+        # Die with the parent: a worker of a killed run would otherwise block forever on its
+        # full result pipe (it holds the read end too) and keep the run's stdout open.
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before the line above
+            os._exit(1)
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+def _preprocessing(model: Any) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    """``(preprocess, vision_image)``: the model's, or the PIL image itself for a model without ``preprocess``."""
+    if hasattr(model, "preprocess"):
+        return model.preprocess, _vision_image_of_inputs
+    return _as_is, model.vision_image
+
+
+def _vision_image_of_inputs(inputs: Any) -> Any:
+    return inputs.vision_image
+
+
+def load_images(
+    model: Any,
+    pruner: Any,
+    split: GrandfSplit,
+    samples: Sequence[Sample],
+    *,
+    num_workers: int,
+    lookahead: int = 2,
+) -> Iterator[LoadedImage]:
+    """Load, preprocess and prepare ``samples`` in ``num_workers`` processes; yields them in order.
+
+    Args:
+        model: the model adapter (``preprocess``, ``grid``).
+        pruner: the pruner (``prepare``), or None unpruned.
+        split: the split the samples belong to.
+        samples: the images to load, in the order they are yielded.
+        num_workers: worker processes (0: in this process, on demand).
+        lookahead: images kept in flight ahead of the consumer, in total over the workers
+            (the runner passes two batches' worth).
+
+    Yields:
+        :class:`LoadedImage` per sample, ``wait_ms`` set to how long this generator's
+        consumer waited for it.
+    """
+    preprocess, vision_image = _preprocessing(model)
+    dataset = _Images(
+        split,
+        samples,
+        preprocess,
+        vision_image,
+        None if pruner is None else pruner.prepare,
+        model.grid,
+    )
+    options: dict[str, Any] = {}
+    if num_workers > 0:
+        options = {
+            "worker_init_fn": _init_worker,
+            "prefetch_factor": max(2, math.ceil(lookahead / num_workers)),
+            # fork: the workers share the loaded model's preprocessing instead of unpickling it.
+            "multiprocessing_context": "fork" if sys.platform != "win32" else None,
+        }
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=_as_is,
+                        **options)  # fmt: skip
+    it = iter(loader)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        item.wait_ms = (time.perf_counter() - t0) * 1e3
+        yield item
