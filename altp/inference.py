@@ -21,8 +21,10 @@ from typing import Any
 
 from altp.coverage import decode_gt_masks, image_object_coverage
 from altp.data.grandf import GrandfSplit, Sample
+from altp.models.base import GCGModel, GCGPrediction, ImageInputs
 from altp.predictions import write_prediction
 from altp.provenance import write_json_atomic
+from altp.pruning.base import Pruner
 
 __all__ = [
     "empty_prediction",
@@ -45,19 +47,10 @@ def empty_prediction() -> dict[str, Any]:
 
 
 def predict_batch(
-    model: Any, pruner: Any, inputs: Sequence[Any], preps: Sequence[Any], seeds: Sequence[int]
-) -> list[Any]:
-    """The model's predictions for a batch of preprocessed images, one per input, in order.
-
-    A model without ``predict_batch`` (an adapter predating the batched API) runs its
-    ``predict`` once per image, on the PIL image the pipeline passed through.
-    """
-    if hasattr(model, "predict_batch"):
-        return list(model.predict_batch(inputs, pruner=pruner, preps=preps, seeds=seeds))
-    return [
-        model.predict(image, pruner=pruner, prep=prep, seed=seed)
-        for image, prep, seed in zip(inputs, preps, seeds, strict=True)
-    ]
+    model: GCGModel, pruner: Pruner | None, inputs: Sequence[ImageInputs], preps: Sequence[Any], seeds: Sequence[int]
+) -> list[GCGPrediction]:
+    """The model's predictions for a batch of preprocessed images, one per input, in order."""
+    return list(model.predict_batch(inputs, pruner=pruner, preps=preps, seeds=seeds))
 
 
 def image_record(

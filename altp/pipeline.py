@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from altp.data.grandf import GrandfSplit, ImageLoadError, Sample
+from altp.models.base import ImageInputs
 
 __all__ = ["LoadedImage", "RemoteError", "error_name", "load_images"]
 
@@ -67,7 +68,7 @@ class LoadedImage:
     """
 
     sample: Sample
-    inputs: Any
+    inputs: ImageInputs | None
     prep: Any
     error: BaseException | None
     load_ms: float = 0.0
@@ -100,13 +101,12 @@ class _Images(Dataset):
         self,
         split: GrandfSplit,
         samples: Sequence[Sample],
-        preprocess: Callable[[Any], Any],
-        vision_image: Callable[[Any], Any],
+        preprocess: Callable[[Any], ImageInputs],
         prepare: Callable[..., Any] | None,
         grid: tuple[int, int],
     ) -> None:
         self.split, self.samples, self.grid = split, list(samples), grid
-        self.preprocess, self.vision_image, self.prepare = preprocess, vision_image, prepare
+        self.preprocess, self.prepare = preprocess, prepare
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -122,7 +122,7 @@ class _Images(Dataset):
         prep = None
         if self.prepare is not None:
             try:
-                prep = self.prepare(self.vision_image(inputs), self.grid)
+                prep = self.prepare(inputs.vision_image, self.grid)
             except Exception as err:
                 return LoadedImage(
                     sample=sample,
@@ -151,19 +151,8 @@ def _init_worker(_worker_id: int) -> None:
             os._exit(1)
 
 
-def _as_is(item: Any) -> Any:
+def _as_is(item: LoadedImage) -> LoadedImage:
     return item
-
-
-def _preprocessing(model: Any) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
-    """``(preprocess, vision_image)``: the model's, or the PIL image itself for a model without ``preprocess``."""
-    if hasattr(model, "preprocess"):
-        return model.preprocess, _vision_image_of_inputs
-    return _as_is, model.vision_image
-
-
-def _vision_image_of_inputs(inputs: Any) -> Any:
-    return inputs.vision_image
 
 
 def load_images(
@@ -190,15 +179,7 @@ def load_images(
         :class:`LoadedImage` per sample, ``wait_ms`` set to how long this generator's
         consumer waited for it.
     """
-    preprocess, vision_image = _preprocessing(model)
-    dataset = _Images(
-        split,
-        samples,
-        preprocess,
-        vision_image,
-        None if pruner is None else pruner.prepare,
-        model.grid,
-    )
+    dataset = _Images(split, samples, model.preprocess, None if pruner is None else pruner.prepare, model.grid)
     options: dict[str, Any] = {}
     if num_workers > 0:
         options = {

@@ -131,8 +131,11 @@ CONFIG_CASES = [
     ("max_images=abc", "max_images must be an integer >= 1 or null"),
     ("continue_on_error=maybe", "continue_on_error must be true or false"),
     ("evaluate=2", "evaluate must be true or false"),
-    ("+batch_size=0", "batch_size must be an integer >= 1"),
-    ("+num_workers=-1", "num_workers must be an integer >= 0"),
+    ("batch_size=0", "batch_size must be an integer >= 1"),
+    ("batch_size=1.5", "batch_size must be an integer >= 1"),
+    ("batch_size=abc", "batch_size must be an integer >= 1"),
+    ("num_workers=-1", "num_workers must be an integer >= 0"),
+    ("num_workers=two", "num_workers must be an integer >= 0"),
     ("pruner.layer=40", "pruning layer 40 >= num_layers 32"),
     ("pruner=pdrop pruner.lambda_=0.01 pruner.layers=[2,8,16]", "leaves 0 visual tokens at layer 16; raise lambda_"),
     ("evaluate=true text_encoder=/nonexistent", "text_encoder", "/nonexistent"),
@@ -172,6 +175,8 @@ CLI_CASES = [
     (["seed=abc"], "seed must be an integer >= 0"),
     (["+foo=${oops}"], "Interpolation key 'oops' not found"),
     (["max_images=-1"], "max_images must be an integer >= 1 or null"),
+    (["batch_size=0"], "batch_size must be an integer >= 1"),
+    (["-m", "num_workers=0,-2"], "num_workers must be an integer >= 0"),
 ]
 
 
