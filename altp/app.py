@@ -3,7 +3,7 @@
 Thin on purpose: Hydra composes the config from :func:`altp.configs.conf_dir` (the
 checkout's ``conf/``, or its copy inside an installed wheel), :func:`altp.runner.run`
 does the work and returns the flat metrics. Sweeps: ``altp-run -m pruner=fastv,altp
-keep=0.1,0.25``. ``run.py`` at the repository root calls :func:`main`.
+keep=0.1,0.25``. Data parallel: ``torchrun --nproc-per-node=N run.py ...`` (:mod:`altp.distributed`). ``run.py`` at the repository root calls :func:`main`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from altp.cli import check_overrides, one_line_errors
 from altp.configs import conf_dir
+from altp.distributed import main_process
 
 __all__ = ["main", "run_app"]
 
@@ -28,11 +29,18 @@ def run_app(cfg: DictConfig) -> dict:
 
     with one_line_errors():
         metrics = run(cfg, choices=dict(HydraConfig.get().runtime.choices))
-    print_metrics(metrics)
+    if main_process():
+        print_metrics(metrics)
     return metrics
 
 
 def main() -> None:
-    """Command-line entry point: check the overrides a user types most (one-line errors), then run."""
+    """Command-line entry point: check the overrides a user types most (one-line errors), then run.
+
+    Under ``torchrun`` (or one SLURM task per GPU) every rank runs this; ranks other than 0
+    log to the console only, so the run directory's ``run.log`` is rank 0's.
+    """
     check_overrides(sys.argv[1:])
+    if not main_process() and not any(a.startswith("hydra/job_logging=") for a in sys.argv[1:]):
+        sys.argv.append("hydra/job_logging=stdout")
     run_app()

@@ -76,12 +76,10 @@ def first_slurm_host(nodelist: str) -> str:
         >>> first_slurm_host("gpu[007-010,12],cpu3"), first_slurm_host("node5")
         ('gpu007', 'node5')
     """
-    first = re.match(r"[^,\[]*(\[[^\]]*\])?", nodelist.strip())
-    text = first.group(0) if first else nodelist
-    prefix, _, ranges = text.partition("[")
+    prefix, ranges, suffix = re.match(r"([^,\[]*)(?:\[([^\]]*)\])?([^,\[]*)", nodelist.strip()).groups()
     if not ranges:
         return prefix
-    return prefix + re.split(r"[-,\]]", ranges)[0]
+    return prefix + re.split(r"[-,]", ranges)[0] + suffix
 
 
 def env_from_slurm(env: MutableMapping[str, str] | None = None) -> None:
@@ -132,6 +130,12 @@ def init_world(device: str = "cpu") -> World:
         backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
         dist.init_process_group(backend=backend, timeout=_TIMEOUT)
     return world
+
+
+def main_process() -> bool:
+    """Whether this process is rank 0 (or alone), from the environment; joins no process group."""
+    env_from_slurm()
+    return _world_from_env(os.environ).is_main
 
 
 def barrier(world: World) -> None:
