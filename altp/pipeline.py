@@ -137,7 +137,7 @@ class _Images(Dataset):
             prep=prep,
             error=None,
             load_ms=(t1 - t0) * 1e3,
-            prep_ms=(time.perf_counter() - t1) * 1e3,
+            prep_ms=(time.perf_counter() - t1) * 1e3 if self.prepare is not None else 0.0,
         )
 
 

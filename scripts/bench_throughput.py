@@ -1,0 +1,249 @@
+"""Throughput of the runner's own loop: images/s per pruner, keep, batch size, workers and ranks.
+
+Runs :func:`altp.batches.run_images` -- the input pipeline (DataLoader workers decoding,
+preprocessing and running ``pruner.prepare``), the batched model and the per-image
+writes a real run does -- in this process, into a temporary folder, without scoring.
+Per configuration: images/s over the timed images (after a warm-up batch), and per
+image the mean of each stage from the records (input wait, vision, prefill, decode per
+generated token, masks) and the peak memory (CUDA: peak allocated; CPU: the process's
+peak RSS so far, which only grows). ``--ranks 1,2`` measures world sizes instead: one
+``torchrun`` launch of this script per size, each rank one thread, timing between two
+barriers around every rank's share.
+
+    .venv/bin/python scripts/bench_throughput.py --json results/throughput.json
+    .venv/bin/python scripts/bench_throughput.py --pruners fastv,altp --batch-sizes 1,8 --workers 1
+    .venv/bin/python scripts/bench_throughput.py --pruners fastv --batch-sizes 8 --ranks 1,2
+    .venv/bin/python scripts/bench_throughput.py --model glamm_full_random --data synthetic \\
+        --set model.device=cuda model.max_new_tokens=32 --images 32   # what scripts/gpu_check.sh runs
+
+Ratios (batch b over batch 1, ALTP over FastV at the same batch size, r ranks over 1)
+are printed under the table; timing targets live here, not in the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from altp._device import synchronize  # noqa: E402
+from altp.batches import run_images  # noqa: E402
+from altp.distributed import World, barrier, init_world, rank_share  # noqa: E402
+
+STAGES = ("input_wait_ms", "vision_ms", "prefill_ms", "decode_ms_per_token", "mask_ms")
+
+
+def _csv(kind: type) -> Any:
+    return lambda text: [kind(x) for x in text.split(",") if x]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="glamm_shapes", help="conf/model/ name (default glamm_shapes)")
+    ap.add_argument("--data", default="shapes_val", help="conf/data/ name (default shapes_val; synthetic: generated)")
+    ap.add_argument("--data-root", default=None, help="data.root override (where a generated split lives)")
+    ap.add_argument("--images", type=int, default=64, help="first N images of the split (default 64)")
+    ap.add_argument("--pruners", type=_csv(str), default=["none", "fastv", "pdrop", "altp"])
+    ap.add_argument("--keeps", type=_csv(float), default=[0.1])
+    ap.add_argument("--batch-sizes", type=_csv(int), default=[1, 4, 8, 16])
+    ap.add_argument("--workers", type=_csv(int), default=[1], help="num_workers values (default 1)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the model's process (default 1)")
+    ap.add_argument("--ranks", type=_csv(int), default=None,
+                    help="world sizes to measure with torchrun, one thread per rank (e.g. 1,2)")
+    ap.add_argument("--warmup", type=int, default=1, help="warm-up batches before timing (default 1)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra Hydra overrides (model.device=cuda model.dtype=bfloat16 ...)")
+    ap.add_argument("--json", type=Path, default=None, help="write the rows here")
+    ap.add_argument("--rank-worker", action="store_true", help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def _compose(args: argparse.Namespace, pruner: str = "none", keep: float = 0.1) -> Any:
+    from hydra import compose, initialize_config_dir
+
+    overrides = [f"model={args.model}", f"data={args.data}", f"pruner={pruner}", f"keep={keep}", *args.set]
+    if args.data_root:
+        overrides.append(f"data.root={args.data_root}")
+    if args.data == "synthetic" and not any(s.startswith("data.generate.n_images") for s in args.set):
+        overrides.append(f"data.generate.n_images={args.images}")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def _peak_memory(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_peak_allocated_mb"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_rss_mb"
+
+
+def _stage_means(records: list[dict]) -> dict[str, float]:
+    ok = [r for r in records if r.get("error") is None]
+    mean = lambda key: sum(r["timings"].get(key, 0.0) for r in ok) / max(len(ok), 1)  # noqa: E731
+    tokens = sum(r["new_tokens"] for r in ok)
+    out = {k: mean(k) for k in ("input_wait_ms", "vision_ms", "prefill_ms", "mask_ms", "prep_ms")}
+    out["decode_ms_per_token"] = sum(r["timings"].get("decode_ms", 0.0) for r in ok) / max(tokens, 1)
+    out["new_tokens"] = tokens / max(len(ok), 1)
+    return out
+
+
+def measure(model: Any, pruner: Any, split: Any, samples: list, *, batch_size: int, workers: int, warmup: int,
+            world: World | None = None) -> dict[str, Any]:  # fmt: skip
+    """One configuration through :func:`altp.batches.run_images` on this rank's share of ``samples``."""
+    world = world or World()
+    device = torch.device(model.device)
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+        folders = {"pred_dir": Path(tmp) / "predictions", "rec_dir": Path(tmp) / "records"}
+        for d in folders.values():
+            d.mkdir()
+        if warmup:
+            warm = rank_share(samples[: warmup * batch_size * world.size], world)
+            run_images(model, pruner, split, warm, seed=0, batch_size=batch_size, num_workers=0, desc="warm-up",
+                       **folders)  # fmt: skip
+            for d in folders.values():
+                for p in d.iterdir():
+                    p.unlink()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        synchronize(device)
+        barrier(world)
+        t0 = time.perf_counter()
+        records = run_images(model, pruner, split, rank_share(samples, world), seed=0, batch_size=batch_size,
+                             num_workers=workers, desc=f"{getattr(pruner, 'name', 'none')} b{batch_size}",
+                             **folders)  # fmt: skip
+        synchronize(device)
+        barrier(world)
+        seconds = time.perf_counter() - t0
+    peak, kind = _peak_memory(device)
+    return {"images": len(samples), "seconds": seconds, "images_per_s": len(samples) / seconds,
+            **_stage_means(list(records.values())), "peak_memory_mb": peak, "peak_memory_kind": kind}  # fmt: skip
+
+
+def bench(args: argparse.Namespace, world: World | None = None) -> list[dict[str, Any]]:
+    """Every (pruner, keep, batch size, workers) of ``args`` on one model; rows in that order."""
+    world = world or World()
+    from hydra.utils import instantiate
+
+    import altp.pruners  # noqa: F401  (registers the built-in pruners)
+    from altp.data.resolve import resolve_split
+
+    torch.set_num_threads(args.threads)
+    base = _compose(args)
+    split = resolve_split(base.data) if world.is_main else None
+    barrier(world)
+    split = split or resolve_split(base.data)
+    samples = list(split)[: args.images]
+    model = instantiate(base.model, **({"device": f"cuda:{world.local_rank}"} if world.distributed
+                                       and str(base.model.device) == "cuda" else {}))  # fmt: skip
+    rows = []
+    for pruner_name in args.pruners:
+        for keep in args.keeps if pruner_name != "none" else args.keeps[:1]:
+            pruner = instantiate(_compose(args, pruner_name, keep).pruner)
+            for batch_size in args.batch_sizes:
+                for workers in args.workers:
+                    row = {"pruner": pruner_name, "keep": keep if pruner_name != "none" else 1.0,
+                           "batch_size": batch_size, "workers": workers, "ranks": world.size}  # fmt: skip
+                    row.update(measure(model, pruner, split, samples, batch_size=batch_size, workers=workers,
+                                       warmup=args.warmup, world=world))  # fmt: skip
+                    rows.append(row)
+                    if world.is_main:
+                        print(_line(row), flush=True)
+    return rows
+
+
+def _ranks(args: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]:
+    """Each world size of ``--ranks`` as one torchrun launch of this script (one thread per rank)."""
+    rows = []
+    for size in args.ranks:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "rows.json"
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={size}",
+                   str(Path(__file__).resolve()), *_without(argv, "--ranks", "--json", "--threads"), "--threads", "1",
+                   "--rank-worker", "--json", str(out)]  # fmt: skip
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+            rows += json.loads(out.read_text())["rows"]
+    return rows
+
+
+def _without(argv: list[str], *options: str) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in options:
+            skip = True
+            continue
+        if any(a.startswith(f"{o}=") for o in options):
+            continue
+        out.append(a)
+    return out
+
+
+HEADER = (f"{'pruner':<7} {'keep':>5} {'batch':>5} {'wrk':>3} {'rk':>2} {'img/s':>7} {'wait':>7} {'vision':>7} "
+          f"{'prefill':>8} {'dec/tok':>8} {'masks':>7} {'prep':>7} {'peak MB':>8}")  # fmt: skip
+
+
+def _line(row: dict[str, Any]) -> str:
+    return (f"{row['pruner']:<7} {row['keep']:>5} {row['batch_size']:>5} {row['workers']:>3} {row['ranks']:>2} "
+            f"{row['images_per_s']:>7.2f} {row['input_wait_ms']:>7.1f} {row['vision_ms']:>7.1f} "
+            f"{row['prefill_ms']:>8.1f} {row['decode_ms_per_token']:>8.2f} {row['mask_ms']:>7.1f} "
+            f"{row['prep_ms']:>7.1f} {row['peak_memory_mb']:>8.0f}")  # fmt: skip
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[str]:
+    """The ratios the acceptance targets name, for whatever the rows hold."""
+    key = lambda r: (r["pruner"], r["keep"], r["batch_size"], r["workers"], r["ranks"])  # noqa: E731
+    by = {key(r): r["images_per_s"] for r in rows}
+    out = []
+    for (p, k, b, w, n), ips in by.items():
+        if b != 1 and (p, k, 1, w, n) in by:
+            out.append(f"{p} keep={k} workers={w} ranks={n}: batch {b} / batch 1 = {ips / by[(p, k, 1, w, n)]:.2f}x")
+        if p == "altp" and ("fastv", k, b, w, n) in by:
+            out.append(f"keep={k} batch={b} workers={w} ranks={n}: altp / fastv = {ips / by[('fastv', k, b, w, n)]:.2f}x")
+        if n != 1 and (p, k, b, w, 1) in by:
+            out.append(f"{p} keep={k} batch={b} workers={w}: {n} ranks / 1 rank = {ips / by[(p, k, b, w, 1)]:.2f}x")
+    return out
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    world = init_world(next((s.split("=", 1)[1] for s in args.set if s.startswith("model.device=")), "cpu")) \
+        if args.rank_worker else World()  # fmt: skip
+    if world.is_main:
+        print(HEADER, flush=True)
+    rows = _ranks(args, argv) if args.ranks else bench(args, world)
+    if not world.is_main:
+        return rows
+    device = rows and ("cuda" if "cuda" in rows[0]["peak_memory_kind"] else "cpu")
+    info = {"model": args.model, "data": args.data, "images": args.images, "threads": args.threads,
+            "overrides": args.set, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+            "torch": torch.__version__, "rows": rows}  # fmt: skip
+    if not args.rank_worker:
+        print("\n" + HEADER)
+        for row in rows:
+            print(_line(row))
+        for line in ratios(rows):
+            print(line)
+        info["ratios"] = ratios(rows)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""scripts/bench_throughput.py runs the runner's own loop on the CPU with a tiny model (the path
+scripts/gpu_check.sh takes on a GPU with the full-size random GLaMM)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_throughput", ROOT / "scripts" / "bench_throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_rows_cover_every_configuration_and_stage(tmp_path: Path, capsys) -> None:
+    bench = _bench()
+    out = tmp_path / "bench.json"
+    rows = bench.main(["--model", "glamm_tiny", "--data", "synthetic", "--data-root", str(tmp_path / "data"),
+                       "--images", "3", "--pruners", "none,altp", "--keeps", "0.25", "--batch-sizes", "1,2",
+                       "--workers", "0,1", "--json", str(out)])  # fmt: skip
+    assert [(r["pruner"], r["batch_size"], r["workers"]) for r in rows] == [
+        (p, b, w) for p in ("none", "altp") for b in (1, 2) for w in (0, 1)]
+    for row in rows:
+        assert row["images"] == 3 and row["images_per_s"] > 0 and row["peak_memory_mb"] > 0
+        assert all(row[k] >= 0 for k in bench.STAGES)
+        assert row["vision_ms"] > 0 and row["prefill_ms"] > 0 and row["decode_ms_per_token"] > 0
+        assert (row["prep_ms"] > 0) == (row["pruner"] == "altp")  # SLIC ran in the pipeline
+    saved = json.loads(out.read_text())
+    assert saved["rows"] == json.loads(json.dumps(rows)) and saved["device"] == "cpu"
+    assert any("batch 2 / batch 1" in line for line in saved["ratios"])
+    printed = capsys.readouterr().out
+    assert "img/s" in printed and "altp" in printed
