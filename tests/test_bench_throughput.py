@@ -21,12 +21,12 @@ def test_bench_rows_cover_every_configuration_and_stage(tmp_path: Path, capsys) 
     bench = _bench()
     out = tmp_path / "bench.json"
     rows = bench.main(["--model", "glamm_tiny", "--data", "synthetic", "--data-root", str(tmp_path / "data"),
-                       "--images", "3", "--pruners", "none,altp", "--keeps", "0.25", "--batch-sizes", "1,2",
-                       "--workers", "0,1", "--json", str(out)])  # fmt: skip
+                       "--images", "2", "--pruners", "none,altp", "--keeps", "0.25", "--batch-sizes", "1,2",
+                       "--workers", "1", "--json", str(out)])  # fmt: skip
     assert [(r["pruner"], r["batch_size"], r["workers"]) for r in rows] == [
-        (p, b, w) for p in ("none", "altp") for b in (1, 2) for w in (0, 1)]
+        (p, b, w) for p in ("none", "altp") for b in (1, 2) for w in (1,)]
     for row in rows:
-        assert row["images"] == 3 and row["images_per_s"] > 0 and row["peak_memory_mb"] > 0
+        assert row["images"] == 2 and row["images_per_s"] > 0 and row["peak_memory_mb"] > 0
         assert all(row[k] >= 0 for k in bench.STAGES)
         assert row["vision_ms"] > 0 and row["prefill_ms"] > 0 and row["decode_ms_per_token"] > 0
         assert (row["prep_ms"] > 0) == (row["pruner"] == "altp")  # SLIC ran in the pipeline

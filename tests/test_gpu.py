@@ -60,3 +60,47 @@ def test_cuda_run_resumes_to_identical_bytes(tmp_path: Path, monkeypatch) -> Non
     _run(tmp_path / "data", tmp_path / "cut", *args)
     for p in sorted((tmp_path / "ref" / "predictions").glob("*.json")):
         assert (tmp_path / "cut" / "predictions" / p.name).read_bytes() == p.read_bytes(), p.name
+
+
+def _predictions(run_dir: Path) -> dict[str, dict]:
+    return {p.name: json.loads(p.read_text()) for p in sorted((run_dir / "predictions").glob("*.json"))}
+
+
+@pytest.mark.parametrize("pruner", ["none", "fastv", "altp"])
+def test_bf16_cached_decoding_matches_recomputation(pruner: str, tmp_path: Path) -> None:
+    # bf16 on the GPU: the KV-cached steps and the full recomputation per step (groundingLMM's own
+    # decoding) round differently, so masks may differ in a few boundary pixels; the tokens may not.
+    args = ("model=glamm_tiny", "model.device=cuda", "model.dtype=bfloat16", f"pruner={pruner}", "keep=0.25")
+    cached = _run(tmp_path / "data", tmp_path / "cached", *args, "batch_size=1")
+    from hydra.utils import instantiate
+
+    from altp.data.resolve import resolve_split
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["data=synthetic", f"data.root={tmp_path / 'data'}",
+                                                       "data.generate.n_images=3", *args])  # fmt: skip
+    model, prune = instantiate(cfg.model), instantiate(cfg.pruner)
+    assert cached["n_failed"] == 0
+    split = resolve_split(cfg.data)
+    for sample in split:
+        inputs = model.preprocess(split.load_image(sample))
+        prep = prune.prepare(inputs.vision_image, model.grid) if prune is not None else None
+        outs = {c: model.predict_batch([inputs], pruner=prune, preps=[prep], seeds=[0], use_cache=c)[0]
+                for c in (True, False)}  # fmt: skip
+        assert outs[True].new_tokens == outs[False].new_tokens
+        assert outs[True].caption == outs[False].caption and outs[True].phrases == outs[False].phrases
+        assert outs[True].record.kept_tokens == outs[False].record.kept_tokens
+        for a, b in zip(outs[True].masks, outs[False].masks, strict=True):
+            assert (a != b).mean() < 0.01  # bf16 rounding flips at most a boundary pixel or so
+
+
+def test_batch_16_generates_the_tokens_of_batch_1(tmp_path: Path) -> None:
+    args = ("model=glamm_tiny", "model.device=cuda", "model.dtype=bfloat16", "pruner=altp", "keep=0.25",
+            "data.generate.n_images=16", "num_workers=2")  # fmt: skip
+    _run(tmp_path / "data", tmp_path / "b1", *args, "batch_size=1")
+    _run(tmp_path / "data", tmp_path / "b16", *args, "batch_size=16")
+    one, many = _predictions(tmp_path / "b1"), _predictions(tmp_path / "b16")
+    assert len(one) == 16 and one.keys() == many.keys()
+    for name in one:
+        assert (many[name]["caption"], many[name]["phrases"]) == (one[name]["caption"], one[name]["phrases"]), name
+        assert len(many[name]["pred_masks"]) == len(one[name]["pred_masks"]), name
