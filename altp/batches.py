@@ -91,10 +91,9 @@ def _predict(
     if not items:
         return []
     seeds = [image_seed(seed, it.sample.image_id) for it in items]
+    inputs = [it.inputs for it in items if it.inputs is not None]  # all of them: the loop passes ready items
     try:
-        return predict_batch(
-            model, pruner, [it.inputs for it in items], [it.prep for it in items], seeds
-        )
+        return predict_batch(model, pruner, inputs, [it.prep for it in items], seeds)
     except Exception as err:
         if not continue_on_error:
             raise

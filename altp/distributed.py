@@ -76,7 +76,9 @@ def first_slurm_host(nodelist: str) -> str:
         >>> first_slurm_host("gpu[007-010,12],cpu3"), first_slurm_host("node5")
         ('gpu007', 'node5')
     """
-    prefix, ranges, suffix = re.match(r"([^,\[]*)(?:\[([^\]]*)\])?([^,\[]*)", nodelist.strip()).groups()
+    first = re.match(r"([^,\[]*)(?:\[([^\]]*)\])?([^,\[]*)", nodelist.strip())
+    assert first is not None  # every group of the pattern may be empty: it always matches
+    prefix, ranges, suffix = first.groups()
     if not ranges:
         return prefix
     return prefix + re.split(r"[-,]", ranges)[0] + suffix

@@ -151,7 +151,7 @@ def _init_worker(_worker_id: int) -> None:
             os._exit(1)
 
 
-def _as_is(item: LoadedImage) -> LoadedImage:
+def _as_is(item: Any) -> Any:
     return item
 
 

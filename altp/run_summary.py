@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,12 +22,15 @@ from altp.flops import summarise_flops
 from altp.provenance import provenance, write_json_atomic
 from altp.run_dir import effective_keep
 
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from altp.models.base import GCGModel
+
 __all__ = ["name_ids", "print_metrics", "pruner_config", "summarise", "write_hydra_files", "write_summary"]
 
 
 def pruner_config(cfg: DictConfig) -> dict[str, Any]:
     """The pruner config group's hyper-parameters as the user set them (no target, name or keep)."""
-    group = OmegaConf.to_container(cfg.pruner, resolve=True)
+    group = cast("dict[str, Any]", OmegaConf.to_container(cfg.pruner, resolve=True))  # a DictConfig's is a dict
     return {k: v for k, v in group.items() if not k.startswith("_") and k not in ("name", "keep")}
 
 
@@ -90,7 +93,7 @@ def write_summary(
     pruner_name: str,
     records: list[dict],
     scores: dict[str, Any] | None,
-    model: Any,
+    model: GCGModel,
     world_size: int = 1,
 ) -> dict[str, Any]:
     """Write metrics.json and run.json of a finished run; returns the metrics.
@@ -152,7 +155,7 @@ def write_hydra_files(out_dir: Path, cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     folder = out_dir / ".hydra"
     folder.mkdir(parents=True, exist_ok=True)
-    task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
+    task = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
     for name, node in (("config.yaml", task), ("hydra.yaml", OmegaConf.create({"hydra": hydra_cfg})),
                        ("overrides.yaml", hydra_cfg.overrides.task)):
         (folder / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig
@@ -38,7 +38,7 @@ from omegaconf import DictConfig
 import altp.pruners  # noqa: F401  (registers the built-in pruners conf/pruner/*.yaml build)
 from altp.batches import InjectedFault, run_images
 from altp.config_checks import check_config
-from altp.data.grandf import GrandfFormatError
+from altp.data.grandf import GrandfFormatError, GrandfSplit
 from altp.data.resolve import resolve_split
 from altp.distributed import World, barrier, broadcast_object, init_world, rank_share
 from altp.fingerprint import fingerprint, guard_resume
@@ -49,12 +49,16 @@ from altp.resume import plan_resume, read_record
 from altp.run_dir import locked
 from altp.run_summary import print_metrics, summarise, write_hydra_files, write_summary
 
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from altp.models.base import GCGModel
+    from altp.pruning.base import Pruner
+
 log = logging.getLogger(__name__)
 
 __all__ = ["InjectedFault", "image_seed", "print_metrics", "resolve_split", "run", "summarise"]
 
 
-def _check_pruner_fits(pruner: Any, model: Any, cfg: DictConfig) -> None:
+def _check_pruner_fits(pruner: Pruner | None, model: GCGModel, cfg: DictConfig) -> None:
     """Schedule the pruner once on the model's shape, so a budget it cannot meet (keep below one
     token, a PDrop lambda that empties a stage) is one line before the loop, not an error per image."""
     if pruner is None:
@@ -99,7 +103,7 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str, 
         return _run(cfg, choices=choices, world=world)
 
 
-def _model_on_rank(cfg: DictConfig, world: World) -> Any:
+def _model_on_rank(cfg: DictConfig, world: World) -> GCGModel:
     """The model, on ``cuda:LOCAL_RANK`` for a rank of a CUDA run (the config, and so the fingerprint, unchanged)."""
     from hydra.utils import instantiate
 
@@ -107,6 +111,22 @@ def _model_on_rank(cfg: DictConfig, world: World) -> Any:
     if world.distributed and device == "cuda":
         return instantiate(cfg.model, device=f"cuda:{world.local_rank}")
     return instantiate(cfg.model)
+
+
+def _split_on_ranks(cfg: DictConfig, world: World) -> GrandfSplit:
+    """The run's split: rank 0 (re)generates a generated split before the others read it; its error is everyone's."""
+    from altp.errors import UserError
+
+    split, failure = None, None
+    if world.is_main:
+        try:
+            split = resolve_split(cfg.data)
+        except (GrandfFormatError, FileNotFoundError) as err:
+            failure = str(err)
+    failure = broadcast_object(world, failure)
+    if failure is not None:
+        raise UserError(failure)
+    return split if split is not None else resolve_split(cfg.data)
 
 
 def _plan(
@@ -139,19 +159,8 @@ def _run(cfg: DictConfig, *, choices: dict[str, str] | None, world: World) -> di
 
     from altp.errors import UserError
 
-    pruner = instantiate(cfg.pruner)  # validates the pruner's own arguments
-    # Rank 0 (re)generates a generated split before the others read it; its error is everyone's.
-    failure = None
-    if world.is_main:
-        try:
-            split = resolve_split(cfg.data)
-        except (GrandfFormatError, FileNotFoundError) as err:
-            failure = str(err)
-    failure = broadcast_object(world, failure)
-    if failure is not None:
-        raise UserError(failure)
-    if not world.is_main:
-        split = resolve_split(cfg.data)
+    pruner: Pruner | None = instantiate(cfg.pruner)  # validates the pruner's own arguments
+    split = _split_on_ranks(cfg, world)
     samples = list(split)
     if cfg.get("max_images") is not None:
         samples = samples[: int(cfg.max_images)]
@@ -159,14 +168,15 @@ def _run(cfg: DictConfig, *, choices: dict[str, str] | None, world: World) -> di
     _check_pruner_fits(pruner, model, cfg)
     # After the model loads: a missing checkpoint is reported by its builder, not as a difference.
     # Rank 0 alone checks and decides; the others get its to-do list, or its error, before anyone writes.
-    decision: tuple[str, Any]
+    decision: tuple[str, Any] | None = None
     if world.is_main:
         try:
             decision = ("plan", _plan(cfg, split, samples, out_dir))
         except UserError as err:
             broadcast_object(world, ("error", str(err)))
             raise
-    decision = broadcast_object(world, decision if world.is_main else None)
+    decision = broadcast_object(world, decision)
+    assert decision is not None
     if decision[0] == "error":
         raise UserError(decision[1])
     done, todo_ids = decision[1]
