@@ -174,3 +174,10 @@ def test_slurm_variables_map_onto_torchrun_names() -> None:
                                                  ("x1,y[2-4]", "x1"), ("n[10-11]-ib", "n10-ib")])  # fmt: skip
 def test_first_slurm_host(nodelist: str, first: str) -> None:
     assert first_slurm_host(nodelist) == first
+
+
+def test_slurm_launcher_runs_one_task_per_gpu() -> None:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4"],
+                      return_hydra_config=True)  # fmt: skip
+    assert cfg.hydra.launcher.tasks_per_node == cfg.hydra.launcher.gpus_per_node == 4
