@@ -43,7 +43,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"pruner interface": ("altp.pruning", "altp.pruning.base", "altp.pruning.records")},
     {"pruner building blocks": ("altp.superpixels", "altp.budgets"),
      "engine": ("altp.pruning.engine", "altp.pruning._plan", "altp.pruning._scores",
-                "altp.pruning._rowwise")},
+                "altp.pruning._rowwise", "altp.pruning._kv_cache")},
     {"pruners": ("altp.methods", "baselines"), "models": ("altp.models",)},
     {"catalogue": ("altp.pruners",), "evaluation": ("eval", "altp.coverage")},
     {"entry points": ("altp.runner", "altp.resume", "altp.inference", "altp.batches", "altp.pipeline", "altp.distributed", "altp.run_summary", "altp.fingerprint",

@@ -24,8 +24,9 @@ Position ids follow each stage's :attr:`PruneStage.renumber_positions`:
   unpruned cache length and, after each stage layer, subtracts the tokens that
   stage dropped, which is the same number.
 
-The KV cache is a stock :class:`transformers.DynamicCache`; layers after a
-stage simply hold shorter entries.
+The KV cache is a stock :class:`transformers.DynamicCache` whose layers append
+in place (:mod:`altp.pruning._kv_cache`, bit-identical to the stock layers);
+layers after a stage simply hold shorter entries.
 
 Batches: every sample is pruned by its own scores, prep and seed, and every
 pruner keeps the same count for every sample, so the rows stay equal in length.
@@ -61,6 +62,7 @@ import torch
 from transformers import DynamicCache
 
 from altp._device import synchronize
+from altp.pruning._kv_cache import growing_cache
 from altp.pruning._plan import KeptSetLog, PrunePlan, StageState
 from altp.pruning._rowwise import per_sample_linear
 from altp.pruning._scores import last_row_attention
@@ -180,7 +182,7 @@ class PruningEngine:
         synchronize(dev)
         t0 = time.perf_counter()
         plan = self._plan(inputs_embeds, visual_start, num_visual, grid, prep, seed)
-        cache = DynamicCache(config=self.lm.config) if use_cache else None
+        cache = growing_cache(self.lm.config) if use_cache else None
         hidden = self._forward(inputs_embeds, plan, cache=cache, select=True)  # (B, N, D) normed
         h_last = hidden[:, -1]  # (B, D)
         with per_sample_linear(self.lm.lm_head, h_last):
@@ -275,7 +277,7 @@ class PruningEngine:
             the :class:`PruneRecord`.
         """
         plan = self._plan(inputs_embeds, visual_start, num_visual, grid, prep, seed)
-        cache = DynamicCache(config=self.lm.config) if use_cache else None
+        cache = growing_cache(self.lm.config) if use_cache else None
         hidden = self._forward(inputs_embeds, plan, cache=cache, select=True)
         with per_sample_linear(self.lm.lm_head, hidden) if last_only else nullcontext():
             logits = self.lm.lm_head(hidden[:, -1:] if last_only else hidden)
