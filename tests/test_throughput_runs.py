@@ -113,7 +113,8 @@ def _common(data_root: Path) -> list[str]:
             f"keep={KEEP}", "evaluate=false"]  # fmt: skip
 
 
-@pytest.mark.slow  # one torchrun launch, every pruner in one -m sweep (about a minute on 2 cores)
+# In the default suite: the data-parallel guarantee for every pruner. One torchrun launch, every
+# pruner in one -m sweep (about 40 s on 2 cores).
 def test_two_ranks_write_what_one_process_writes_for_every_pruner(data_root, reference, tmp_path) -> None:
     out = tmp_path / "ranks"
     proc = _torchrun(tmp_path, "-m", *_common(data_root), f"pruner={','.join(PRUNERS)}", "batch_size=2",
