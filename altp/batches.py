@@ -26,9 +26,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from altp.data.grandf import GrandfSplit, Sample
 from altp.inference import (
@@ -40,6 +40,10 @@ from altp.inference import (
     write_image,
 )
 from altp.pipeline import LoadedImage, error_name, load_images
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from altp.models.base import GCGModel, GCGPrediction
+    from altp.pruning.base import Pruner
 
 __all__ = ["InjectedFault", "run_images"]
 
@@ -85,8 +89,8 @@ def _batches(items: Iterable[LoadedImage], size: int) -> Iterator[tuple[list[Loa
 
 
 def _predict(
-    model: Any, pruner: Any, items: list[LoadedImage], seed: int, continue_on_error: bool
-) -> list[Any]:
+    model: GCGModel, pruner: Pruner | None, items: list[LoadedImage], seed: int, continue_on_error: bool
+) -> Sequence[GCGPrediction | Exception]:
     """One output per item: its ``GCGPrediction``, or the exception it failed with (``continue_on_error``)."""
     if not items:
         return []
@@ -106,8 +110,8 @@ def _predict(
 
 
 def run_images(
-    model: Any,
-    pruner: Any,
+    model: GCGModel,
+    pruner: Pruner | None,
     split: GrandfSplit,
     samples: list[Sample],
     *,

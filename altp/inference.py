@@ -54,7 +54,7 @@ def predict_batch(
 
 
 def image_record(
-    model: Any, split: GrandfSplit, sample: Sample, out: Any, timings: dict[str, float]
+    model: GCGModel, split: GrandfSplit, sample: Sample, out: GCGPrediction, timings: dict[str, float]
 ) -> tuple[dict, dict]:
     """One image's (prediction fields, record) from the model's ``GCGPrediction``.
 

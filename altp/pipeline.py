@@ -25,13 +25,17 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from altp.data.grandf import GrandfSplit, ImageLoadError, Sample
 from altp.models.base import ImageInputs
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from altp.models.base import GCGModel
+    from altp.pruning.base import Pruner
 
 __all__ = ["LoadedImage", "RemoteError", "error_name", "load_images"]
 
@@ -156,8 +160,8 @@ def _as_is(item: Any) -> Any:
 
 
 def load_images(
-    model: Any,
-    pruner: Any,
+    model: GCGModel,
+    pruner: Pruner | None,
     split: GrandfSplit,
     samples: Sequence[Sample],
     *,
