@@ -180,9 +180,7 @@ def run_images(
             fault_point("before", written)
             write_image(pred_dir, rec_dir, it.sample.image_id, pred, record,
                         torn=lambda k=written: fault_point("torn", k))  # fmt: skip
-            records[it.sample.image_id] = json.loads(
-                json.dumps(record)
-            )  # as a resumed run reads it back
+            records[it.sample.image_id] = json.loads(json.dumps(record))  # as a resumed run reads it back
             written += 1
             bar.update(1)
     bar.close()

@@ -134,9 +134,8 @@ def _plan(
 ) -> tuple[dict[str, dict], list[str]]:
     """Rank 0's decision: the fingerprint guard, ``.hydra/``, and (done records, to-do ids)."""
     guard_resume(out_dir, fingerprint(cfg, split))
-    write_hydra_files(
-        out_dir, cfg
-    )  # only now: a refused resume leaves the folder's .hydra/ as it was
+    # Only now: a refused resume leaves the folder's .hydra/ as it was.
+    write_hydra_files(out_dir, cfg)
     plan = plan_resume(samples, out_dir / "predictions", out_dir / "records")
     log.info("%d images, %d already done, writing to %s", len(samples), len(plan.done), out_dir)
     if plan.retried:
