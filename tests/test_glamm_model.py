@@ -47,6 +47,27 @@ def test_clip_resize_crop_equals_transformers_clip_processor(image):
     assert np.array_equal(clip_resize_crop(image, 336), want)
 
 
+def test_clip_input_is_the_clip_processors_normalised_pixels(tiny, image):
+    # preprocess sends uint8; the model normalises on its side. Oracle: transformers' own CLIP processor.
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    proc = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                                 image_mean=[0.48145466, 0.4578275, 0.40821073],
+                                 image_std=[0.26862954, 0.26130258, 0.27577711])
+    want = torch.from_numpy(proc(image, return_tensors="np")["pixel_values"])
+    got = tiny.clip_input([tiny.preprocess(image)])
+    assert got.shape == want.shape == (1, 3, 336, 336)
+    assert torch.allclose(got, want.float(), atol=1e-5)
+
+
+def test_sam_pixels_cross_as_uint8_and_normalise_to_preprocess(tiny, image):
+    x = tiny.preprocess(image)
+    sam = x.pixels["sam"]
+    assert sam.dtype == np.uint8 and max(sam.shape[:2]) == tiny.grounding_encoder.config.image_size
+    want, hw = tiny.grounding_encoder.preprocess(image)
+    assert hw == sam.shape[:2] and torch.equal(tiny.grounding_encoder.normalise(sam), want)
+
+
 def test_sam_preprocess_resizes_longest_side_normalises_and_pads(tiny):
     white = Image.new("RGB", (400, 300), (255, 255, 255))
     x, hw = tiny.grounding_encoder.preprocess(white)

@@ -117,10 +117,12 @@ def test_preprocess_is_the_vision_image_and_pickles(name: str) -> None:
         x = model.preprocess(image.convert("L"))  # any mode: converted to RGB like vision_image
         assert isinstance(x, ImageInputs) and x.size == (image.height, image.width)
         assert np.array_equal(x.vision_image, model.vision_image(image.convert("L")))
-        assert all(t.device.type == "cpu" for t in x.tensors.values())
+        assert x.vision_image.dtype == np.uint8
+        assert all(isinstance(a, np.ndarray) and a.dtype == np.uint8 for a in x.pixels.values())
         y = pickle.loads(pickle.dumps(x))
         assert np.array_equal(y.vision_image, x.vision_image)
-        assert all(torch.equal(y.tensors[k], v) for k, v in x.tensors.items())
+        assert y.pixels.keys() == x.pixels.keys()
+        assert all(np.array_equal(y.pixels[k], v) for k, v in x.pixels.items())
 
 
 # -- the engine: per-sequence stopping and per-sample bits ---------------------------------------------
@@ -179,13 +181,13 @@ def test_vision_encoders_of_a_batch_give_each_image_its_batch1_bits() -> None:
 
     glamm = build_model("glamm_tiny", seed=0, num_layers=2)
     images = _noise_images([(200, 300), (240, 180), (160, 160)])
-    sam = torch.stack([glamm.preprocess(im).tensors["sam"] for im in images])
+    sam = torch.cat([glamm.grounding_encoder.preprocess(im)[0] for im in images])
     with torch.inference_mode():
         batch = encode_per_sample(glamm.grounding_encoder.encode, sam)
         for b in range(len(images)):
             assert torch.equal(batch[b], glamm.grounding_encoder.encode(sam[b : b + 1])[0])
     omg = build_model("omg_llava_tiny", seed=0)
-    pixels = torch.stack([omg.preprocess(im).tensors["pixels"] for im in images])
+    pixels = omg.pixel_input([omg.preprocess(im) for im in images])
     with torch.inference_mode():
         joined = encode_per_sample(omg.visual.encode, pixels, VisualEncoding.concat)
         alone = [omg.visual.encode(pixels[b : b + 1]) for b in range(len(images))]

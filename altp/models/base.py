@@ -121,21 +121,24 @@ class ImageInputs:
 
     Deterministic, picklable and made without the model's weights, so a
     ``torch.utils.data.DataLoader`` worker can build it while the model runs.
+    Only uint8 pixels: the model normalises them into its float inputs itself, on
+    its own device, in ``predict_batch`` (a quarter of float32's bytes between
+    processes and to the GPU, and numpy arrays cross a process boundary inside
+    the pickle, without a shared-memory segment per tensor).
 
     Attributes:
         vision_image: (H', W', 3) uint8, exactly the pixels the vision tower sees
             (``pruner.prepare``'s input; equal to ``model.vision_image(image)``).
+            GLaMM normalises it into CLIP's input, OMG-LLaVA into its 1024 px input.
         size: (H, W) of the original image (the size of the predicted masks).
-        tensors: the model's CPU inputs by name, float32 (cast to the model's
-            dtype and device in ``predict_batch``). GLaMM: ``clip`` (3, 336, 336)
-            normalised CLIP input, ``sam`` (3, S, S) normalised and padded SAM
-            input, ``sam_hw`` (2,) long, SAM's (h, w) before padding. OMG-LLaVA:
-            ``pixels`` (3, 1024, 1024) normalised.
+        pixels: any other uint8 arrays the model needs, by name. GLaMM: ``sam``
+            (h, w, 3), SAM's longest-side resize before normalising and padding
+            (:meth:`altp.models.sam.GroundingEncoder.resize`). OMG-LLaVA: none.
     """
 
     vision_image: np.ndarray
     size: tuple[int, int]
-    tensors: dict[str, torch.Tensor]
+    pixels: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @runtime_checkable

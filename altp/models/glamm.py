@@ -191,24 +191,23 @@ class GLaMM(nn.Module):
         return rect_area_fractions(mask, y, x)
 
     def preprocess(self, image: Image.Image) -> ImageInputs:
-        """CPU-only inputs of one image: CLIP's crop and normalisation, SAM's resize and padding.
-
-        ``tensors``: ``clip`` (3, 336, 336) and ``sam`` (3, S, S) float32, ``sam_hw``
-        (2,) long (see :class:`altp.models.base.ImageInputs`).
-        """
+        """CPU-only inputs of one image: CLIP's resize + crop and SAM's resize, uint8
+        (``pixels["sam"]``; see :class:`altp.models.base.ImageInputs`)."""
         image = image.convert("RGB")
-        pix = self.vision_image(image)
-        x = torch.from_numpy(pix).permute(2, 0, 1).float()
-        mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(CLIP_STD, dtype=torch.float32).view(3, 1, 1)
-        clip = (x / 255.0 - mean) / std  # fp32 like CLIPImageProcessor, cast afterwards like upstream
-        sam, sam_hw = self.grounding_encoder.preprocess(image)
-        return ImageInputs(vision_image=pix, size=(image.height, image.width),
-                           tensors={"clip": clip, "sam": sam[0], "sam_hw": torch.tensor(sam_hw)})
+        return ImageInputs(vision_image=self.vision_image(image), size=(image.height, image.width),
+                           pixels={"sam": self.grounding_encoder.resize(image)})
+
+    def clip_input(self, inputs: Sequence[ImageInputs]) -> torch.Tensor:
+        """(B, 3, 336, 336) CLIP input of preprocessed images, normalised on the model's device, in its dtype."""
+        x = torch.stack([torch.from_numpy(i.vision_image) for i in inputs]).to(self.device)
+        x = x.permute(0, 3, 1, 2).float()
+        mean = torch.tensor(CLIP_MEAN, dtype=torch.float32, device=x.device).view(3, 1, 1)
+        std = torch.tensor(CLIP_STD, dtype=torch.float32, device=x.device).view(3, 1, 1)
+        return ((x / 255.0 - mean) / std).to(self.dtype)  # fp32 like CLIPImageProcessor, cast afterwards like upstream
 
     def clip_pixels(self, image: Image.Image) -> torch.Tensor:
         """(1, 3, S, S) normalised CLIP input in the model's dtype."""
-        return self.preprocess(image).tensors["clip"][None].to(device=self.device, dtype=self.dtype)
+        return self.clip_input([self.preprocess(image)])
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> projected visual tokens (B, V, D), row-major over the grid."""
@@ -245,13 +244,13 @@ class GLaMM(nn.Module):
         if not todo:
             return out
         sam = self.grounding_encoder
-        pixels = torch.stack([inputs[b].tensors["sam"] for b in todo]).to(self.device, self.dtype)
+        pixels = torch.cat([sam.normalise(inputs[b].pixels["sam"], self.device) for b in todo]).to(self.dtype)
         embeddings = encode_per_sample(sam.encode, pixels)  # (B', C, h, w)
         for i, b in enumerate(todo):
             text = self.text_hidden_fcs(seg_states[b].to(self.dtype))  # (N_b, 256)
             low_res = sam.decode(embeddings[i : i + 1], text)
-            hw = inputs[b].tensors["sam_hw"].tolist()
-            logits = sam.postprocess(low_res, input_hw=(hw[0], hw[1]), original_hw=inputs[b].size)
+            h, w = inputs[b].pixels["sam"].shape[:2]  # SAM's input before padding
+            logits = sam.postprocess(low_res, input_hw=(h, w), original_hw=inputs[b].size)
             out[b] = [m.cpu().numpy() for m in logits > 0]
         return out
 
@@ -281,8 +280,7 @@ class GLaMM(nn.Module):
         decoded = generate_and_decode(
             lm=self.llm, pruner=pruner, device=self.device, batch_size=len(inputs),
             # The prompts are built with the image encodings, so vision_ms covers both.
-            encode=lambda: self.build_inputs_embeds(encode_per_sample(self.encode_image,
-                torch.stack([x.tensors["clip"] for x in inputs]).to(device=self.device, dtype=self.dtype))),
+            encode=lambda: self.build_inputs_embeds(encode_per_sample(self.encode_image, self.clip_input(inputs))),
             prompt=lambda embeds, b, _question: embeds[b : b + 1],
             seg_states=lambda hidden, tokens: hidden[tokens == ids.seg],  # the states that produced [SEG]
             masks=lambda _embeds, states: self.batch_masks(inputs, states),

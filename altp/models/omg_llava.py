@@ -165,18 +165,22 @@ class OmgLlava(nn.Module):
         return rect_area_fractions(mask, y, x)
 
     def preprocess(self, image: Image.Image) -> ImageInputs:
-        """CPU-only inputs of one image: ``tensors["pixels"]`` (3, 1024, 1024) float32, normalised
-        with upstream's truncated CLIP statistics."""
+        """CPU-only inputs of one image: its mean-colour square at 1024 px, uint8 (``vision_image``)."""
         image = image.convert("RGB")
-        pix = self.vision_image(image)
-        x = torch.from_numpy(pix).permute(2, 0, 1).float() / 255.0
-        mean = torch.tensor(IMAGE_MEAN).view(3, 1, 1)
-        std = torch.tensor(IMAGE_STD).view(3, 1, 1)
-        return ImageInputs(vision_image=pix, size=(image.height, image.width), tensors={"pixels": (x - mean) / std})
+        return ImageInputs(vision_image=self.vision_image(image), size=(image.height, image.width))
+
+    def pixel_input(self, inputs: Sequence[ImageInputs]) -> torch.Tensor:
+        """(B, 3, 1024, 1024) float32 of preprocessed images on the model's device, normalised with
+        upstream's truncated CLIP statistics."""
+        x = torch.stack([torch.from_numpy(i.vision_image) for i in inputs]).to(self.device)
+        x = x.permute(0, 3, 1, 2).float() / 255.0
+        mean = torch.tensor(IMAGE_MEAN, device=x.device).view(3, 1, 1)
+        std = torch.tensor(IMAGE_STD, device=x.device).view(3, 1, 1)
+        return (x - mean) / std
 
     def pixels(self, image: Image.Image) -> torch.Tensor:
         """(1, 3, 1024, 1024) float32 normalised with upstream's truncated CLIP statistics."""
-        return self.preprocess(image).tensors["pixels"][None].to(self.device)
+        return self.pixel_input([self.preprocess(image)])
 
     def build_inputs_embeds(self, encoding: VisualEncoding, question: int = 0) -> torch.Tensor:
         """Prompt embeddings ``(1, L, D)``: prefix, 256 pixel tokens, separator, N objects, suffix.
@@ -250,8 +254,7 @@ class OmgLlava(nn.Module):
         ids = self.token_ids
         decoded = generate_and_decode(
             lm=self.llm, pruner=pruner, device=self.device, batch_size=len(inputs),
-            encode=lambda: encode_per_sample(self.visual.encode, torch.stack([x.tensors["pixels"] for x in inputs])
-                                             .to(self.device), VisualEncoding.concat),
+            encode=lambda: encode_per_sample(self.visual.encode, self.pixel_input(inputs), VisualEncoding.concat),
             prompt=lambda encoding, b, question: self.build_inputs_embeds(self._sample(encoding, b), question),
             num_questions=len(GCG_QUESTIONS),
             seg_states=lambda hidden, tokens: seg_hidden_states(hidden, tokens, seg_token_id=ids.seg),

@@ -95,17 +95,28 @@ class GroundingEncoder(nn.Module):
         self.prompt_encoder = SamPromptEncoder(hf)
         self.mask_decoder = SamMaskDecoder(hf.mask_decoder_config)  # pyright: ignore[reportArgumentType]  (as in to_hf)
 
-    def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, tuple[int, int]]:
-        """RGB image -> ((1, 3, S, S) float32 normalised and padded, (h, w) before padding)."""
+    def resize(self, image: Image.Image) -> np.ndarray:
+        """RGB image -> (h, w, 3) uint8, its longest side resized to S (bilinear): SAM's pixels before
+        normalising and padding (what a DataLoader worker sends: a quarter of the float32 bytes)."""
         s = self.config.image_size
         h, w = resize_longest_side_shape(image.height, image.width, s)
-        arr = np.asarray(image.convert("RGB").resize((w, h), Image.Resampling.BILINEAR))  # (h, w, 3) uint8
-        x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float()  # (3, h, w)
-        mean = torch.tensor(SAM_PIXEL_MEAN, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(SAM_PIXEL_STD, dtype=torch.float32).view(3, 1, 1)
+        return np.asarray(image.convert("RGB").resize((w, h), Image.Resampling.BILINEAR)).copy()
+
+    def normalise(self, pixels: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
+        """(h, w, 3) uint8 from :meth:`resize` -> (1, 3, S, S) float32 normalised and padded, on ``device``."""
+        s = self.config.image_size
+        h, w = pixels.shape[:2]
+        x = torch.from_numpy(pixels).to(device).permute(2, 0, 1).float()  # (3, h, w)
+        mean = torch.tensor(SAM_PIXEL_MEAN, dtype=torch.float32, device=x.device).view(3, 1, 1)
+        std = torch.tensor(SAM_PIXEL_STD, dtype=torch.float32, device=x.device).view(3, 1, 1)
         x = (x - mean) / std  # fp32 (upstream normalises before casting to bf16)
         x = F.pad(x, (0, s - w, 0, s - h))  # pad right and bottom with zeros (after normalising)
-        return x.unsqueeze(0), (h, w)
+        return x.unsqueeze(0)
+
+    def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, tuple[int, int]]:
+        """RGB image -> ((1, 3, S, S) float32 normalised and padded, (h, w) before padding)."""
+        pixels = self.resize(image)
+        return self.normalise(pixels), (pixels.shape[0], pixels.shape[1])
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """(1, 3, S, S) -> image embedding (1, C=prompt_dim, S/patch, S/patch)."""
