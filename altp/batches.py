@@ -9,8 +9,9 @@ record and prediction are written atomically, record first, in sample order.
 
 Per image, ``timings`` gain what the loop measured: ``input_wait_ms`` (how long the
 model waited for the pipeline, the batch's wait shared over its images),
-``load_ms`` and ``prep_ms`` (decoding + preprocessing and ``pruner.prepare`` in the
-worker, off the critical path when ``num_workers`` > 0) and ``wall_ms`` (the batch's
+``load_ms``, ``prep_ms`` and ``gt_ms`` (decoding + preprocessing, ``pruner.prepare``
+and the GT objects on the token grid, for the object coverage, in the worker: off the
+critical path when ``num_workers`` > 0) and ``wall_ms`` (the batch's
 wait, model and record time shared over its images: 1000 / ``wall_ms`` is the loop's
 images per second).
 
@@ -27,6 +28,7 @@ import os
 import signal
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +39,7 @@ from altp.inference import (
     image_record,
     image_seed,
     predict_batch,
+    sample_gt_patches,
     write_image,
 )
 from altp.pipeline import LoadedImage, error_name, load_images
@@ -146,9 +149,8 @@ def run_images(
     records: dict[str, dict[str, Any]] = {}
     written = 0
     bar = tqdm(total=len(samples), desc=desc, unit="img")
-    loaded = load_images(
-        model, pruner, split, samples, num_workers=num_workers, lookahead=2 * batch_size
-    )
+    loaded = load_images(model, pruner, split, samples, num_workers=num_workers, lookahead=2 * batch_size,
+                         gt_patches=partial(sample_gt_patches, model, split))  # fmt: skip
     for batch, arrival_ms in _batches(loaded, batch_size):
         t0 = time.perf_counter()
         for it in batch:
@@ -171,8 +173,8 @@ def run_images(
                     )
                 )
                 continue
-            timings = {"input_wait_ms": wait_ms, "load_ms": it.load_ms, "prep_ms": it.prep_ms}
-            results.append((it, *image_record(model, split, it.sample, out, timings)))
+            timings = {"input_wait_ms": wait_ms, "load_ms": it.load_ms, "prep_ms": it.prep_ms, "gt_ms": it.gt_ms}
+            results.append((it, *image_record(it.sample, out, it.gt_patches, timings)))
         wall_ms = (arrival_ms + (time.perf_counter() - t0) * 1e3) / len(batch)
         for it, pred, record in results:
             if record["error"] is None:

@@ -34,7 +34,9 @@ from altp.predictions import to_rle
 
 __all__ = [
     "OBJECT_PATCH_FRACTION",
+    "coverage_fields",
     "decode_gt_masks",
+    "gt_object_patches",
     "image_object_coverage",
     "object_patches",
     "stage_coverage",
@@ -99,6 +101,26 @@ def decode_gt_masks(annotations: Sequence[dict[str, Any]]) -> list[np.ndarray]:
     return [mask_utils.decode(to_rle(a["segmentation"])).astype(bool) for a in annotations]
 
 
+def gt_object_patches(model: _TokenGrid, masks: Sequence[np.ndarray]) -> list[np.ndarray | None]:
+    """Per GT mask, its patch indices (:func:`object_patches`; None: out of view).
+
+    Depends on the image's GT and the model's geometry only, so the input
+    pipeline computes it in its workers, beside the image.
+    """
+    return [object_patches(model.token_grid_fraction(m)) for m in masks]
+
+
+def coverage_fields(patches: Sequence[np.ndarray | None], kept_per_stage: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """The record fields of one image from its :func:`gt_object_patches`: ``object_coverage``,
+    ``gt_objects``, ``gt_objects_out_of_view``."""
+    in_view = [p for p in patches if p is not None]
+    return {
+        "object_coverage": stage_coverage(in_view, kept_per_stage),
+        "gt_objects": len(in_view),
+        "gt_objects_out_of_view": len(patches) - len(in_view),
+    }
+
+
 def image_object_coverage(
     model: _TokenGrid, masks: Sequence[np.ndarray], kept_per_stage: Sequence[Sequence[int]]
 ) -> dict[str, Any]:
@@ -109,13 +131,7 @@ def image_object_coverage(
         masks: the image's GT masks at its original size.
         kept_per_stage: per stage, original visual indices kept (empty: unpruned).
     """
-    patches = [object_patches(model.token_grid_fraction(m)) for m in masks]
-    in_view = [p for p in patches if p is not None]
-    return {
-        "object_coverage": stage_coverage(in_view, kept_per_stage),
-        "gt_objects": len(in_view),
-        "gt_objects_out_of_view": len(patches) - len(in_view),
-    }
+    return coverage_fields(gt_object_patches(model, masks), kept_per_stage)
 
 
 def summarise_coverage(records: Sequence[dict[str, Any]]) -> dict[str, Any]:

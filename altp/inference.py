@@ -19,7 +19,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from altp.coverage import decode_gt_masks, image_object_coverage
+import numpy as np
+
+from altp.coverage import coverage_fields, decode_gt_masks, gt_object_patches
 from altp.data.grandf import GrandfSplit, Sample
 from altp.models.base import GCGModel, GCGPrediction, ImageInputs
 from altp.predictions import write_prediction
@@ -32,6 +34,7 @@ __all__ = [
     "image_record",
     "image_seed",
     "predict_batch",
+    "sample_gt_patches",
     "write_image",
 ]
 
@@ -53,16 +56,23 @@ def predict_batch(
     return list(model.predict_batch(inputs, pruner=pruner, preps=preps, seeds=seeds))
 
 
+def sample_gt_patches(model: GCGModel, split: GrandfSplit, sample: Sample) -> list[np.ndarray | None]:
+    """The image's GT objects on the model's token grid (:func:`altp.coverage.gt_object_patches`).
+
+    Image-only work: the input pipeline does it in its workers.
+    """
+    return gt_object_patches(model, decode_gt_masks(split.annotations.masks[sample.image_id]))
+
+
 def image_record(
-    model: GCGModel, split: GrandfSplit, sample: Sample, out: GCGPrediction, timings: dict[str, float]
+    sample: Sample, out: GCGPrediction, gt_patches: Sequence[np.ndarray | None], timings: dict[str, float]
 ) -> tuple[dict, dict]:
     """One image's (prediction fields, record) from the model's ``GCGPrediction``.
 
     Args:
-        model: the model adapter (object coverage maps GT masks onto its token grid).
-        split: the split (its GT masks).
         sample: the image's sample.
         out: the image's :class:`altp.models.base.GCGPrediction`.
+        gt_patches: the image's :func:`sample_gt_patches` (for the object coverage).
         timings: the runner's own timings of this image (input wait, worker times, wall),
             merged after the model's.
     """
@@ -76,9 +86,7 @@ def image_record(
         "stage_layers": list(rec.stage_layers),
         "extras": rec.extras[0] if rec.extras else {},
         "kept_tokens_per_stage": per_stage,
-        **image_object_coverage(
-            model, decode_gt_masks(split.annotations.masks[sample.image_id]), per_stage
-        ),
+        **coverage_fields(gt_patches, per_stage),
         "num_visual": out.num_visual,
         "num_text_tokens": out.num_text_tokens,
         "new_tokens": out.new_tokens,

@@ -2,8 +2,10 @@
 
 Everything a run does to an image before the model sees it depends on that image
 alone: decoding (:meth:`altp.data.grandf.GrandfSplit.load_image`), the model's
-preprocessing (``model.preprocess``) and the pruner's image-only preparation
-(``pruner.prepare``, e.g. ALTP's SLIC superpixels and densities). It runs in a
+preprocessing (``model.preprocess``), the pruner's image-only preparation
+(``pruner.prepare``, e.g. ALTP's SLIC superpixels and densities) and, for the
+record's object coverage, the GT objects mapped onto the token grid
+(``gt_patches``, e.g. :func:`altp.inference.sample_gt_patches`). It runs in a
 :class:`torch.utils.data.DataLoader` with ``num_workers`` processes, each with one
 torch thread, prefetching ahead of the model, so on the critical path the model
 only waits for what the workers have not finished yet (``input_wait_ms``).
@@ -66,8 +68,10 @@ class LoadedImage:
         inputs: ``model.preprocess(image)`` (None when ``error`` is set).
         prep: ``pruner.prepare(inputs.vision_image, model.grid)``, None without a pruner.
         error: what went wrong, None on success.
+        gt_patches: what ``load_images``'s ``gt_patches`` returned for the sample (None without it).
         load_ms: decoding and preprocessing time in the worker, milliseconds.
         prep_ms: ``pruner.prepare``'s time in the worker, milliseconds.
+        gt_ms: ``gt_patches``'s time in the worker, milliseconds.
         wait_ms: how long the model's loop waited for this image, milliseconds.
     """
 
@@ -75,8 +79,10 @@ class LoadedImage:
     inputs: ImageInputs | None
     prep: Any
     error: BaseException | None
+    gt_patches: Any = None
     load_ms: float = 0.0
     prep_ms: float = 0.0
+    gt_ms: float = 0.0
     wait_ms: float = 0.0
 
     @property
@@ -108,9 +114,10 @@ class _Images(Dataset):
         preprocess: Callable[[Any], ImageInputs],
         prepare: Callable[..., Any] | None,
         grid: tuple[int, int],
+        gt_patches: Callable[[Sample], Any] | None = None,
     ) -> None:
         self.split, self.samples, self.grid = split, list(samples), grid
-        self.preprocess, self.prepare = preprocess, prepare
+        self.preprocess, self.prepare, self.gt_patches = preprocess, prepare, gt_patches
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -135,13 +142,23 @@ class _Images(Dataset):
                     error=_sendable(err),
                     load_ms=(t1 - t0) * 1e3,
                 )
+        t2 = time.perf_counter()
+        gt = None
+        if self.gt_patches is not None:
+            try:
+                gt = self.gt_patches(sample)
+            except Exception as err:
+                return LoadedImage(sample=sample, inputs=None, prep=None, error=_sendable(err),
+                                   load_ms=(t1 - t0) * 1e3, prep_ms=(t2 - t1) * 1e3)  # fmt: skip
         return LoadedImage(
             sample=sample,
             inputs=inputs,
             prep=prep,
             error=None,
+            gt_patches=gt,
             load_ms=(t1 - t0) * 1e3,
-            prep_ms=(time.perf_counter() - t1) * 1e3 if self.prepare is not None else 0.0,
+            prep_ms=(t2 - t1) * 1e3 if self.prepare is not None else 0.0,
+            gt_ms=(time.perf_counter() - t2) * 1e3 if self.gt_patches is not None else 0.0,
         )
 
 
@@ -167,6 +184,7 @@ def load_images(
     *,
     num_workers: int,
     lookahead: int = 2,
+    gt_patches: Callable[[Sample], Any] | None = None,
 ) -> Iterator[LoadedImage]:
     """Load, preprocess and prepare ``samples`` in ``num_workers`` processes; yields them in order.
 
@@ -178,12 +196,15 @@ def load_images(
         num_workers: worker processes (0: in this process, on demand).
         lookahead: images kept in flight ahead of the consumer, in total over the workers
             (the runner passes two batches' worth).
+        gt_patches: sample -> what the record needs of its GT (the runner passes
+            :func:`altp.inference.sample_gt_patches`), or None.
 
     Yields:
         :class:`LoadedImage` per sample, ``wait_ms`` set to how long this generator's
         consumer waited for it.
     """
-    dataset = _Images(split, samples, model.preprocess, None if pruner is None else pruner.prepare, model.grid)
+    dataset = _Images(split, samples, model.preprocess, None if pruner is None else pruner.prepare, model.grid,
+                      gt_patches)
     options: dict[str, Any] = {}
     if num_workers > 0:
         options = {
