@@ -18,8 +18,10 @@ missing or undecodable file, an error in ``prepare``) comes back as a
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
+import multiprocessing.context
 import os
 import pickle
 import signal
@@ -27,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -176,6 +179,40 @@ def _as_is(item: Any) -> Any:
     return item
 
 
+_F_SETPIPE_SZ = 1031  # linux/fcntl.h
+
+
+def _pipe_max_size() -> int:
+    try:
+        return int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+class _WidePipeFork(multiprocessing.context.ForkContext):
+    """The fork context, with its queues' pipes widened to the system's maximum (1 MiB by default).
+
+    A worker's result (a few hundred KB of uint8 pixels) then crosses in one write instead
+    of 64 KiB chunks, each of which needed the worker's feeder thread to wake up while
+    the model kept the other core busy: measured on the 2-core VM, the model's wait per
+    glamm_shapes image fell from ~6 to ~1.3 ms. Where the pipe cannot be widened
+    (another OS, a lower limit) it stays as it is.
+    """
+
+    _size = 0
+
+    def Queue(self, maxsize: int = 0) -> Any:  # noqa: N802  (multiprocessing's name)
+        queue = super().Queue(maxsize)
+        if self._size == 0:
+            type(self)._size = _pipe_max_size() or -1
+        if self._size > 0:
+            import fcntl  # Linux only, like this class
+
+            with contextlib.suppress(OSError, AttributeError):
+                fcntl.fcntl(queue._reader.fileno(), _F_SETPIPE_SZ, self._size)  # pyright: ignore[reportAttributeAccessIssue]
+        return queue
+
+
 def load_images(
     model: GCGModel,
     pruner: Pruner | None,
@@ -211,7 +248,8 @@ def load_images(
             "worker_init_fn": _init_worker,
             "prefetch_factor": max(2, math.ceil(lookahead / num_workers)),
             # fork: the workers share the loaded model's preprocessing instead of unpickling it.
-            "multiprocessing_context": "fork" if sys.platform != "win32" else None,
+            "multiprocessing_context": (_WidePipeFork() if sys.platform.startswith("linux")
+                                        else "fork" if sys.platform != "win32" else None),  # fmt: skip
         }
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=_as_is,
                         **options)  # fmt: skip

@@ -182,3 +182,20 @@ def test_slurm_launcher_runs_one_task_per_gpu() -> None:
         cfg = compose(config_name="config", overrides=["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4"],
                       return_hydra_config=True)  # fmt: skip
     assert cfg.hydra.launcher.tasks_per_node == cfg.hydra.launcher.gpus_per_node == 4
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="F_SETPIPE_SZ is Linux's")
+def test_worker_result_pipes_are_widened_to_the_system_maximum() -> None:
+    # A worker's result must cross in one write, not 64 KiB chunks (see altp.pipeline._WidePipeFork).
+    import fcntl
+
+    from altp.pipeline import _pipe_max_size, _WidePipeFork
+
+    queue = _WidePipeFork().Queue()
+    try:
+        size = fcntl.fcntl(queue._reader.fileno(), 1032)  # F_GETPIPE_SZ
+        assert size == _pipe_max_size() > 0  # 1 MiB unless the system says otherwise
+        queue.put(b"x" * 700_000)
+        assert queue.get(timeout=10) == b"x" * 700_000
+    finally:
+        queue.close()
