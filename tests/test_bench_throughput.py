@@ -35,3 +35,14 @@ def test_bench_rows_cover_every_configuration_and_stage(tmp_path: Path, capsys) 
     assert any("batch 2 / batch 1" in line for line in saved["ratios"])
     printed = capsys.readouterr().out
     assert "img/s" in printed and "altp" in printed
+
+
+def test_repeats_report_the_median_run_of_each_configuration(tmp_path: Path) -> None:
+    bench = _bench()
+    rows = bench.main(["--model", "glamm_tiny", "--data", "synthetic", "--data-root", str(tmp_path / "data"),
+                       "--images", "2", "--pruners", "fastv", "--keeps", "0.25", "--batch-sizes", "1,2",
+                       "--workers", "0", "--repeats", "3"])  # fmt: skip
+    assert [r["batch_size"] for r in rows] == [1, 2]
+    for row in rows:
+        runs = row["images_per_s_runs"]
+        assert len(runs) == 3 and row["images_per_s"] == sorted(runs)[1]
