@@ -152,6 +152,12 @@ def test_per_sample_linear_matches_one_sample_at_a_time_on_the_cpu() -> None:
         with per_sample_linear(lin, x):
             together = lin(x)
         assert torch.equal(together, alone)
+    # Within one context: 2-D and 4-D inputs, and the batch shrinking and growing (rows leaving a
+    # decoding batch), each call against its own samples alone (the views are kept per batch shape).
+    x2, x4 = torch.randn(8, 128), torch.randn(8, 2, 3, 128)
+    with per_sample_linear(lin, x2):
+        for x in (x2, x2[:5], x2[:2], x2, x4, x4[:3]):
+            assert torch.equal(lin(x), torch.stack([lin(x[i : i + 1])[0] for i in range(x.shape[0])]))
     assert "forward" not in vars(lin)  # the stock forward is back
 
 
