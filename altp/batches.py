@@ -27,7 +27,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,6 +125,7 @@ def run_images(
     num_workers: int = 0,
     continue_on_error: bool = False,
     desc: str = "run",
+    on_written: Callable[[int], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run ``samples`` through the model, writing each image's record and prediction.
 
@@ -140,6 +141,8 @@ def run_images(
         num_workers: input-pipeline worker processes (0: in this process).
         continue_on_error: record a model error on an image as a failed image and go on.
         desc: the progress bar's label.
+        on_written: called after each batch's files are written, with the number of images
+            written so far (``scripts/bench_throughput.py`` starts its clock after the warm-up).
 
     Returns:
         image id -> its record as it reads back from disk, for every sample.
@@ -185,5 +188,7 @@ def run_images(
             records[it.sample.image_id] = json.loads(json.dumps(record))  # as a resumed run reads it back
             written += 1
             bar.update(1)
+        if on_written is not None:
+            on_written(written)
     bar.close()
     return records
