@@ -3,12 +3,15 @@
 Runs :func:`altp.batches.run_images` -- the input pipeline (DataLoader workers decoding,
 preprocessing and running ``pruner.prepare``), the batched model and the per-image
 writes a real run does -- in this process, into a temporary folder, without scoring.
-Per configuration: images/s over the timed images (after a warm-up batch), and per
+Per configuration: images/s over the timed images in steady state (the warm-up batch,
+of other images, goes first through the same pipeline and the clock starts once it is
+written: a 64-image run would otherwise charge the fill of the input pipeline, which a
+run of thousands of images pays once, to 64 images), and per
 image the mean of each stage from the records (input wait, vision, prefill, decode per
 generated token, masks) and the peak memory (CUDA: peak allocated; CPU: the process's
 peak RSS so far, which only grows). ``--ranks 1,2`` measures world sizes instead: one
-``torchrun`` launch of this script per size, each rank one thread, timing between two
-barriers around every rank's share.
+``torchrun`` launch of this script per size, each rank one thread, its share of the
+warm-up and timed images each: images/s over the slowest rank's time.
 
     .venv/bin/python scripts/bench_throughput.py --json results/throughput.json
     .venv/bin/python scripts/bench_throughput.py --pruners fastv,altp --batch-sizes 1,8 --workers 1 --repeats 3
@@ -64,7 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the model's process (default 1)")
     ap.add_argument("--ranks", type=_csv(int), default=None,
                     help="world sizes to measure with torchrun, one thread per rank (e.g. 1,2)")
-    ap.add_argument("--warmup", type=int, default=1, help="warm-up batches before timing (default 1)")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="warm-up batches per rank before the clock starts, of images after the timed ones, "
+                         "through the same input pipeline (default 1)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="time every configuration N times, round-robin over the batch sizes and worker counts "
                          "of a pruner, and report the run with the median images/s (default 1)")
@@ -82,7 +87,9 @@ def _compose(args: argparse.Namespace, pruner: str = "none", keep: float = 0.1) 
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
     if args.data == "synthetic" and not any(s.startswith("data.generate.n_images") for s in args.set):
-        overrides.append(f"data.generate.n_images={args.images}")
+        # the timed images, then the warm-up batches' (other images than the timed ones)
+        warm = args.warmup * max(args.batch_sizes) * max(args.ranks or [int(os.environ.get("WORLD_SIZE", 1))])
+        overrides.append(f"data.generate.n_images={args.images + warm}")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
 
@@ -103,36 +110,68 @@ def _stage_means(records: list[dict]) -> dict[str, float]:
     return out
 
 
-def measure(model: Any, pruner: Any, split: Any, samples: list, *, batch_size: int, workers: int, warmup: int,
-            world: World | None = None) -> dict[str, Any]:  # fmt: skip
-    """One configuration through :func:`altp.batches.run_images` on this rank's share of ``samples``."""
+def _slowest(world: World, seconds: float) -> float:
+    """The largest of every rank's ``seconds`` (this rank's own when alone)."""
+    if not world.distributed:
+        return seconds
+    import torch.distributed as dist
+
+    every: list[Any] = [None] * world.size
+    dist.all_gather_object(every, seconds)
+    return max(every)
+
+
+def measure(model: Any, pruner: Any, split: Any, samples: list, *, batch_size: int, workers: int,
+            warm_samples: list | None = None, world: World | None = None) -> dict[str, Any]:  # fmt: skip
+    """One configuration through :func:`altp.batches.run_images` on this rank's share of ``samples``.
+
+    The warm-up images (this rank's share of ``warm_samples``, other images than ``samples``)
+    go first through the same call, so the same input pipeline: the clock starts when they
+    are written, with the model warmed up for this batch size and the workers already
+    running ahead, as through most of a long run. Images/s = the timed images over the
+    slowest rank's time from there to its last image written.
+    """
     world = world or World()
     device = torch.device(model.device)
+    warm = rank_share(list(warm_samples or []), world)
+    timed = rank_share(samples, world)
+    clock: dict[str, float] = {}
+
+    def start_after_warm_up(written: int) -> None:
+        if warm and written >= len(warm) and "warm" not in clock:  # (warm is whole batches: == here)
+            synchronize(device)
+            clock["start"] = clock["warm"] = time.perf_counter()
+
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         folders = {"pred_dir": Path(tmp) / "predictions", "rec_dir": Path(tmp) / "records"}
         for d in folders.values():
             d.mkdir()
-        if warmup:
-            warm = rank_share(samples[: warmup * batch_size * world.size], world)
-            run_images(model, pruner, split, warm, seed=0, batch_size=batch_size, num_workers=0, desc="warm-up",
-                       **folders)  # fmt: skip
-            for d in folders.values():
-                for p in d.iterdir():
-                    p.unlink()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         synchronize(device)
         barrier(world)
-        t0 = time.perf_counter()
-        records = run_images(model, pruner, split, rank_share(samples, world), seed=0, batch_size=batch_size,
-                             num_workers=workers, desc=f"{getattr(pruner, 'name', 'none')} b{batch_size}",
+        clock["start"] = time.perf_counter()  # (no warm-up images: from here)
+        records = run_images(model, pruner, split, warm + timed, seed=0, batch_size=batch_size, num_workers=workers,
+                             desc=f"{getattr(pruner, 'name', 'none')} b{batch_size}", on_written=start_after_warm_up,
                              **folders)  # fmt: skip
         synchronize(device)
+        seconds = _slowest(world, time.perf_counter() - clock["start"])
         barrier(world)
-        seconds = time.perf_counter() - t0
     peak, kind = _peak_memory(device)
-    return {"images": len(samples), "seconds": seconds, "images_per_s": len(samples) / seconds,
-            **_stage_means(list(records.values())), "peak_memory_mb": peak, "peak_memory_kind": kind}  # fmt: skip
+    ours = [records[s.image_id] for s in timed]
+    return {"images": len(samples), "warmup_images": len(warm_samples or []), "seconds": seconds,
+            "images_per_s": len(samples) / seconds, **_stage_means(ours), "peak_memory_mb": peak,
+            "peak_memory_kind": kind}  # fmt: skip
+
+
+def _warm_up(extra: list, batches: int, batch_size: int, world: World) -> list:
+    """``batches`` whole batches per rank of the split's images after the timed ones (fewer if it is short)."""
+    per_round = batch_size * world.size
+    n = min(batches * per_round, len(extra) // per_round * per_round)
+    if n < batches * per_round:
+        print(f"warning: the split has {len(extra)} images beyond the timed ones, "
+              f"so {n // per_round} warm-up batch(es) instead of {batches}", file=sys.stderr)  # fmt: skip
+    return extra[:n]
 
 
 def bench(args: argparse.Namespace, world: World | None = None) -> list[dict[str, Any]]:
@@ -148,7 +187,8 @@ def bench(args: argparse.Namespace, world: World | None = None) -> list[dict[str
     split = resolve_split(base.data) if world.is_main else None
     barrier(world)
     split = split or resolve_split(base.data)
-    samples = list(split)[: args.images]
+    every = list(split)
+    samples, extra = every[: args.images], every[args.images :]
     model = instantiate(base.model, **({"device": f"cuda:{world.local_rank}"} if world.distributed
                                        and str(base.model.device) == "cuda" else {}))  # fmt: skip
     rows = []
@@ -162,7 +202,7 @@ def bench(args: argparse.Namespace, world: World | None = None) -> list[dict[str
                 for batch_size, workers in configs:
                     runs[(batch_size, workers)].append(
                         measure(model, pruner, split, samples, batch_size=batch_size, workers=workers,
-                                warmup=args.warmup, world=world))  # fmt: skip
+                                warm_samples=_warm_up(extra, args.warmup, batch_size, world), world=world))  # fmt: skip
             for (batch_size, workers), timed in runs.items():
                 ranked = sorted(timed, key=lambda r: r["images_per_s"])
                 row = {"pruner": pruner_name, "keep": keep if pruner_name != "none" else 1.0,

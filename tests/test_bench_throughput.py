@@ -27,6 +27,7 @@ def test_bench_rows_cover_every_configuration_and_stage(tmp_path: Path, capsys) 
         (p, b, w) for p in ("none", "altp") for b in (1, 2) for w in (1,)]
     for row in rows:
         assert row["images"] == 2 and row["images_per_s"] > 0 and row["peak_memory_mb"] > 0
+        assert row["warmup_images"] == row["batch_size"]  # one warm-up batch of other images, not timed
         assert all(row[k] >= 0 for k in bench.STAGES)
         assert row["vision_ms"] > 0 and row["prefill_ms"] > 0 and row["decode_ms_per_token"] > 0
         assert (row["prep_ms"] > 0) == (row["pruner"] == "altp")  # SLIC ran in the pipeline
