@@ -22,7 +22,8 @@ warm-up and timed images each: images/s over the slowest rank's time.
 Ratios (batch b over batch 1, ALTP over FastV at the same batch size, r ranks over 1)
 are printed under the table; timing targets live here, not in the tests. On a shared
 machine (a VM whose neighbours come and go) one timing can be 10-20 % off: ``--repeats
-N`` times each configuration N times, round-robin, and keeps the median run.
+N`` times every configuration N times, round-robin over all of them (pruners included),
+and keeps each one's median run.
 """
 
 from __future__ import annotations
@@ -191,28 +192,31 @@ def bench(args: argparse.Namespace, world: World | None = None) -> list[dict[str
     samples, extra = every[: args.images], every[args.images :]
     model = instantiate(base.model, **({"device": f"cuda:{world.local_rank}"} if world.distributed
                                        and str(base.model.device) == "cuda" else {}))  # fmt: skip
+    cells = [(name, keep) for name in args.pruners for keep in (args.keeps if name != "none" else args.keeps[:1])]
+    pruners = {cell: instantiate(_compose(args, *cell).pruner) for cell in cells}
+    configs = [(cell, b, w) for cell in cells for b in args.batch_sizes for w in args.workers]
+    runs: dict[Any, list[dict[str, Any]]] = {c: [] for c in configs}
+    # Round-robin over every configuration: a slow spell of a shared machine falls on them alike.
+    for _ in range(max(1, args.repeats)):
+        for config in configs:
+            cell, batch_size, workers = config
+            runs[config].append(measure(model, pruners[cell], split, samples, batch_size=batch_size, workers=workers,
+                                        warm_samples=_warm_up(extra, args.warmup, batch_size, world), world=world))  # fmt: skip
+            if world.is_main:  # each timing as it comes (the table under them has the medians)
+                print(_line({**_config_row(*cell, batch_size, workers, world), **runs[config][-1]}), flush=True)
     rows = []
-    for pruner_name in args.pruners:
-        for keep in args.keeps if pruner_name != "none" else args.keeps[:1]:
-            pruner = instantiate(_compose(args, pruner_name, keep).pruner)
-            configs = [(b, w) for b in args.batch_sizes for w in args.workers]
-            runs: dict[tuple[int, int], list[dict[str, Any]]] = {c: [] for c in configs}
-            # Round-robin: a slow spell of a shared machine falls on every configuration alike.
-            for _ in range(max(1, args.repeats)):
-                for batch_size, workers in configs:
-                    runs[(batch_size, workers)].append(
-                        measure(model, pruner, split, samples, batch_size=batch_size, workers=workers,
-                                warm_samples=_warm_up(extra, args.warmup, batch_size, world), world=world))  # fmt: skip
-            for (batch_size, workers), timed in runs.items():
-                ranked = sorted(timed, key=lambda r: r["images_per_s"])
-                row = {"pruner": pruner_name, "keep": keep if pruner_name != "none" else 1.0,
-                       "batch_size": batch_size, "workers": workers, "ranks": world.size}  # fmt: skip
-                row.update(ranked[(len(ranked) - 1) // 2])  # the median run (the lower one of an even count)
-                row["images_per_s_runs"] = [r["images_per_s"] for r in timed]
-                rows.append(row)
-                if world.is_main:
-                    print(_line(row), flush=True)
+    for ((name, keep), batch_size, workers), timed in runs.items():
+        ranked = sorted(timed, key=lambda r: r["images_per_s"])
+        row = _config_row(name, keep, batch_size, workers, world)
+        row.update(ranked[(len(ranked) - 1) // 2])  # the median run (the lower one of an even count)
+        row["images_per_s_runs"] = [r["images_per_s"] for r in timed]
+        rows.append(row)
     return rows
+
+
+def _config_row(name: str, keep: float, batch_size: int, workers: int, world: World) -> dict[str, Any]:
+    return {"pruner": name, "keep": keep if name != "none" else 1.0, "batch_size": batch_size, "workers": workers,
+            "ranks": world.size}  # fmt: skip
 
 
 def _ranks(args: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]:
