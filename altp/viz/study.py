@@ -19,6 +19,7 @@ Example (what ``make figures`` runs)::
 
 from __future__ import annotations
 
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, cast
@@ -38,6 +39,8 @@ METRICS = (("meteor", "METEOR"), ("cider", "CIDEr"), ("ap50", "AP50"), ("miou", 
 _GROUNDING = (("ap50", "AP50"), ("miou", "mIoU"), ("recall", "Recall"))
 _COST_LABELS = {
     "flops_ratio": "remaining FLOPs, prefill (eq. 5), %",
+    "flops_ratio_paper": "remaining FLOPs, eq. 5, 32 text tokens (paper), %",
+    "generation_flops_ratio": "remaining FLOPs, prefill + decoding, %",
     "time_per_image_s": "measured time per image, s",
 }
 
@@ -84,6 +87,8 @@ def _footer(fig: Figure, model: str, data: str, runs: list[RunRecord]) -> None:
     note = f"{model} on {data}: {len(runs)} runs; device {', '.join(devices)}; recall text encoder {', '.join(encoders)}"
     if is_synthetic(model, data):
         note = f"{SYNTHETIC_LABEL}. {note}"
+    # wrapped to the figure's width (about 15 characters of 8 pt text per inch), never cut off at its edges
+    note = "\n".join(textwrap.wrap(note, width=max(40, int(fig.get_figwidth() * 15))))
     fig.text(0.5, 0.005, note, ha="center", va="bottom", fontsize=8, color="dimgrey")
 
 
@@ -176,10 +181,13 @@ def coverage_figure(model: str, data: str, runs: list[RunRecord]) -> Figure | No
     ax.set_xlabel("keep (fraction of visual tokens)")
     ax.set_ylabel("object coverage" + (" (solid: first stage, dotted: final)" if len(keys) > 1 else ""))
     ax.grid(alpha=0.3)
-    fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=9)
+    ax.set_ylim(-0.05, 1.1)
+    # inside the axes, where the curves leave room (high keep, low coverage): outside, a figure
+    # legend ran into the title
+    ax.legend(loc="lower right", ncols=2, fontsize=8, framealpha=0.9)
     fig.suptitle(f"{model} · {data}: object coverage against keep", fontsize=11)
     _footer(fig, model, data, runs)
-    cast(ConstrainedLayoutEngine, fig.get_layout_engine()).set(rect=(0, 0.06, 1, 0.94))
+    cast(ConstrainedLayoutEngine, fig.get_layout_engine()).set(rect=(0, 0.1, 1, 0.9))
     return fig
 
 
