@@ -47,3 +47,17 @@ def test_repeats_report_the_median_run_of_each_configuration(tmp_path: Path) -> 
     for row in rows:
         runs = row["images_per_s_runs"]
         assert len(runs) == 3 and row["images_per_s"] == sorted(runs)[1]
+
+
+def test_ranks_rows_come_from_torchrun_launches(tmp_path: Path) -> None:
+    # --ranks 1,2: one torchrun launch per world size; each rank its share of the warm-up and timed
+    # images, images/s over the slowest rank (all_gather across the gloo group).
+    bench = _bench()
+    rows = bench.main(["--model", "glamm_tiny", "--data", "synthetic", "--data-root", str(tmp_path / "data"),
+                       "--images", "4", "--pruners", "fastv", "--keeps", "0.25", "--batch-sizes", "2",
+                       "--workers", "0", "--ranks", "1,2"])  # fmt: skip
+    assert [r["ranks"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["images"] == 4 and row["images_per_s"] > 0
+        assert row["warmup_images"] == 2 * row["ranks"]  # one batch of 2 per rank
+        assert row["images_per_s"] == row["images"] / row["seconds"]
