@@ -12,8 +12,9 @@ model waited for the pipeline, the batch's wait shared over its images),
 ``load_ms``, ``prep_ms`` and ``gt_ms`` (decoding + preprocessing, ``pruner.prepare``
 and the GT objects on the token grid, for the object coverage, in the worker: off the
 critical path when ``num_workers`` > 0) and ``wall_ms`` (the batch's
-wait, model and record time shared over its images: 1000 / ``wall_ms`` is the loop's
-images per second).
+wait, model and record-building time shared over its images; not the file writes that
+follow, ~1-2 ms per image with their fsyncs, so 1000 / ``wall_ms`` slightly overstates the
+loop's images per second: ``scripts/bench_throughput.py`` keeps its own clock).
 
 An image that fails to load is a failed record, always. Any other error stops the
 run, unless ``continue_on_error``: then a failed batch is run again one image at a
