@@ -17,6 +17,12 @@ def _bench():
     return module
 
 
+def _tiny_fastv(tmp_path: Path, *options: str) -> list[dict]:
+    """bench_throughput's rows for FastV at keep 0.25 on glamm_tiny over generated images."""
+    return _bench().main(["--model", "glamm_tiny", "--data", "synthetic", "--data-root", str(tmp_path / "data"),
+                          "--pruners", "fastv", "--keeps", "0.25", "--workers", "0", *options])  # fmt: skip
+
+
 def test_bench_rows_cover_every_configuration_and_stage(tmp_path: Path, capsys) -> None:
     bench = _bench()
     out = tmp_path / "bench.json"
@@ -39,10 +45,7 @@ def test_bench_rows_cover_every_configuration_and_stage(tmp_path: Path, capsys) 
 
 
 def test_repeats_report_the_median_run_of_each_configuration(tmp_path: Path) -> None:
-    bench = _bench()
-    rows = bench.main(["--model", "glamm_tiny", "--data", "synthetic", "--data-root", str(tmp_path / "data"),
-                       "--images", "2", "--pruners", "fastv", "--keeps", "0.25", "--batch-sizes", "1,2",
-                       "--workers", "0", "--repeats", "3"])  # fmt: skip
+    rows = _tiny_fastv(tmp_path, "--images", "2", "--batch-sizes", "1,2", "--repeats", "3")
     assert [r["batch_size"] for r in rows] == [1, 2]
     for row in rows:
         runs = row["images_per_s_runs"]
@@ -52,10 +55,7 @@ def test_repeats_report_the_median_run_of_each_configuration(tmp_path: Path) -> 
 def test_ranks_rows_come_from_torchrun_launches(tmp_path: Path) -> None:
     # --ranks 1,2: one torchrun launch per world size; each rank its share of the warm-up and timed
     # images, images/s over the slowest rank (all_gather across the gloo group).
-    bench = _bench()
-    rows = bench.main(["--model", "glamm_tiny", "--data", "synthetic", "--data-root", str(tmp_path / "data"),
-                       "--images", "4", "--pruners", "fastv", "--keeps", "0.25", "--batch-sizes", "2",
-                       "--workers", "0", "--ranks", "1,2"])  # fmt: skip
+    rows = _tiny_fastv(tmp_path, "--images", "4", "--batch-sizes", "2", "--ranks", "1,2")
     assert [r["ranks"] for r in rows] == [1, 2]
     for row in rows:
         assert row["images"] == 4 and row["images_per_s"] > 0
