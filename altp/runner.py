@@ -55,7 +55,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InjectedFault", "image_seed", "print_metrics", "resolve_split", "run", "summarise"]
+__all__ = ["InjectedFault", "image_seed", "model_on_rank", "print_metrics", "resolve_split", "run", "split_on_ranks",
+           "summarise"]
 
 
 def _check_pruner_fits(pruner: Pruner | None, model: GCGModel, cfg: DictConfig) -> None:
@@ -103,7 +104,7 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str, 
         return _run(cfg, choices=choices, world=world)
 
 
-def _model_on_rank(cfg: DictConfig, world: World) -> GCGModel:
+def model_on_rank(cfg: DictConfig, world: World) -> GCGModel:
     """The model, on ``cuda:LOCAL_RANK`` for a rank of a CUDA run (the config, and so the fingerprint, unchanged)."""
     from hydra.utils import instantiate
 
@@ -113,7 +114,7 @@ def _model_on_rank(cfg: DictConfig, world: World) -> GCGModel:
     return instantiate(cfg.model)
 
 
-def _split_on_ranks(cfg: DictConfig, world: World) -> GrandfSplit:
+def split_on_ranks(cfg: DictConfig, world: World) -> GrandfSplit:
     """The run's split: rank 0 (re)generates a generated split before the others read it; its error is everyone's."""
     from altp.errors import UserError
 
@@ -159,11 +160,11 @@ def _run(cfg: DictConfig, *, choices: dict[str, str] | None, world: World) -> di
     from altp.errors import UserError
 
     pruner: Pruner | None = instantiate(cfg.pruner)  # validates the pruner's own arguments
-    split = _split_on_ranks(cfg, world)
+    split = split_on_ranks(cfg, world)
     samples = list(split)
     if cfg.get("max_images") is not None:
         samples = samples[: int(cfg.max_images)]
-    model = _model_on_rank(cfg, world)
+    model = model_on_rank(cfg, world)
     _check_pruner_fits(pruner, model, cfg)
     # After the model loads: a missing checkpoint is reported by its builder, not as a difference.
     # Rank 0 alone checks and decides; the others get its to-do list, or its error, before anyone writes.

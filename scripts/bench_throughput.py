@@ -181,17 +181,14 @@ def bench(args: argparse.Namespace, world: World | None = None) -> list[dict[str
     from hydra.utils import instantiate
 
     import altp.pruners  # noqa: F401  (registers the built-in pruners)
-    from altp.data.resolve import resolve_split
+    from altp.runner import model_on_rank, split_on_ranks
 
     torch.set_num_threads(args.threads)
     base = _compose(args)
-    split = resolve_split(base.data) if world.is_main else None
-    barrier(world)
-    split = split or resolve_split(base.data)
+    split = split_on_ranks(base, world)  # as a run: rank 0 generates a generated split first
     every = list(split)
     samples, extra = every[: args.images], every[args.images :]
-    model = instantiate(base.model, **({"device": f"cuda:{world.local_rank}"} if world.distributed
-                                       and str(base.model.device) == "cuda" else {}))  # fmt: skip
+    model = model_on_rank(base, world)  # as a run: cuda:LOCAL_RANK on each rank of a CUDA run
     cells = [(name, keep) for name in args.pruners for keep in (args.keeps if name != "none" else args.keeps[:1])]
     pruners = {cell: instantiate(_compose(args, *cell).pruner) for cell in cells}
     configs = [(cell, b, w) for cell in cells for b in args.batch_sizes for w in args.workers]
