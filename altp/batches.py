@@ -79,17 +79,16 @@ def fault_point(where: str, index: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _batches(items: Iterable[LoadedImage], size: int) -> Iterator[tuple[list[LoadedImage], float]]:
-    """Consecutive groups of ``size`` items, with the time each group took to arrive (ms)."""
+def _batches(items: Iterable[LoadedImage], size: int) -> Iterator[list[LoadedImage]]:
+    """Consecutive groups of ``size`` items (the last one shorter)."""
     batch: list[LoadedImage] = []
-    t0 = time.perf_counter()
     for item in items:
         batch.append(item)
         if len(batch) == size:
-            yield batch, (time.perf_counter() - t0) * 1e3
-            batch, t0 = [], time.perf_counter()
+            yield batch
+            batch = []
     if batch:
-        yield batch, (time.perf_counter() - t0) * 1e3
+        yield batch
 
 
 def _predict(
@@ -155,7 +154,7 @@ def run_images(
     bar = tqdm(total=len(samples), desc=desc, unit="img")
     loaded = load_images(model, pruner, split, samples, num_workers=num_workers, lookahead=2 * batch_size,
                          gt_patches=partial(sample_gt_patches, model, split))  # fmt: skip
-    for batch, arrival_ms in _batches(loaded, batch_size):
+    for batch in _batches(loaded, batch_size):
         t0 = time.perf_counter()
         for it in batch:
             if it.error is not None and not it.load_failed and not continue_on_error:
@@ -163,7 +162,7 @@ def run_images(
         ready = [it for it in batch if it.error is None]
         outs = dict(zip((id(it) for it in ready), _predict(model, pruner, ready, seed, continue_on_error),
                         strict=True))  # fmt: skip
-        wait_ms = sum(it.wait_ms for it in batch) / len(batch)
+        wait_ms = sum(it.wait_ms for it in batch) / len(batch)  # the batch's arrival, shared over its images
         results = []
         for it in batch:
             out = it.error if it.error is not None else outs[id(it)]
@@ -179,7 +178,7 @@ def run_images(
                 continue
             timings = {"input_wait_ms": wait_ms, "load_ms": it.load_ms, "prep_ms": it.prep_ms, "gt_ms": it.gt_ms}
             results.append((it, *image_record(it.sample, out, it.gt_patches, timings)))
-        wall_ms = (arrival_ms + (time.perf_counter() - t0) * 1e3) / len(batch)
+        wall_ms = wait_ms + (time.perf_counter() - t0) * 1e3 / len(batch)
         for it, pred, record in results:
             if record["error"] is None:
                 record["timings"]["wall_ms"] = wall_ms
