@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import math
 import multiprocessing.context
 import os
@@ -182,7 +183,9 @@ def _as_is(item: Any) -> Any:
 _F_SETPIPE_SZ = 1031  # linux/fcntl.h
 
 
+@functools.cache
 def _pipe_max_size() -> int:
+    """The largest pipe an unprivileged process may ask for (``/proc/sys/fs/pipe-max-size``); 0 if unknown."""
     try:
         return int(Path("/proc/sys/fs/pipe-max-size").read_text())
     except (OSError, ValueError):
@@ -199,17 +202,13 @@ class _WidePipeFork(multiprocessing.context.ForkContext):
     (another OS, a lower limit) it stays as it is.
     """
 
-    _size = 0
-
     def Queue(self, maxsize: int = 0) -> Any:  # noqa: N802  (multiprocessing's name)
         queue = super().Queue(maxsize)
-        if self._size == 0:
-            type(self)._size = _pipe_max_size() or -1
-        if self._size > 0:
+        if size := _pipe_max_size():
             import fcntl  # Linux only, like this class
 
             with contextlib.suppress(OSError, AttributeError):
-                fcntl.fcntl(queue._reader.fileno(), _F_SETPIPE_SZ, self._size)  # pyright: ignore[reportAttributeAccessIssue]
+                fcntl.fcntl(queue._reader.fileno(), _F_SETPIPE_SZ, size)  # pyright: ignore[reportAttributeAccessIssue]
         return queue
 
 
