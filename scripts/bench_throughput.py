@@ -136,12 +136,13 @@ def measure(model: Any, pruner: Any, split: Any, samples: list, *, batch_size: i
     device = torch.device(model.device)
     warm = rank_share(list(warm_samples or []), world)
     timed = rank_share(samples, world)
-    clock: dict[str, float] = {}
+    start = 0.0
 
     def start_after_warm_up(written: int) -> None:
-        if warm and written >= len(warm) and "warm" not in clock:  # (warm is whole batches: == here)
+        nonlocal start
+        if written == len(warm):  # the warm-up is whole batches (_warm_up): this count is hit exactly
             synchronize(device)
-            clock["start"] = clock["warm"] = time.perf_counter()
+            start = time.perf_counter()
 
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         folders = {"pred_dir": Path(tmp) / "predictions", "rec_dir": Path(tmp) / "records"}
@@ -151,12 +152,12 @@ def measure(model: Any, pruner: Any, split: Any, samples: list, *, batch_size: i
             torch.cuda.reset_peak_memory_stats(device)
         synchronize(device)
         barrier(world)
-        clock["start"] = time.perf_counter()  # (no warm-up images: from here)
+        start = time.perf_counter()  # (no warm-up images: from here)
         records = run_images(model, pruner, split, warm + timed, seed=0, batch_size=batch_size, num_workers=workers,
                              desc=f"{getattr(pruner, 'name', 'none')} b{batch_size}", on_written=start_after_warm_up,
                              **folders)  # fmt: skip
         synchronize(device)
-        seconds = _slowest(world, time.perf_counter() - clock["start"])
+        seconds = _slowest(world, time.perf_counter() - start)
         barrier(world)
     peak, kind = _peak_memory(device)
     ours = [records[s.image_id] for s in timed]
