@@ -16,12 +16,12 @@ the weight broadcast (stride 0) over dim 0, the sample, so each sample is its
 own ``(m, K) x (K, N)`` problem, which MKL computes with exactly the kernel
 ``F.linear`` uses on those ``m`` rows alone (measured bit for bit for m = 1, 2,
 3, 5; a contiguous copy of the weight would NOT be). ``tests/test_predict_batch.py``
-checks the result through the models. A call costs ~21 us for 8 rows of the
+checks the result through the models. A call costs ~22 us for 8 rows of the
 shapes model's 128 x 256 layer against ~15 us for one shared-weight GEMM of the
-8 rows and ~8 us for one row alone: far less than looping over the samples. The forward is replaced on
-the module instances for the duration (no transformers code is touched); a
-``TorchFunctionMode`` would do the same for every op and measured 65 % slower
-decoding steps.
+8 rows and ~8 us for one row alone: far less than looping over the samples. The
+forward is replaced on the module instances for the duration (no transformers
+code is touched); a ``TorchFunctionMode`` would do the same for every op and
+measured 65 % slower decoding steps.
 
 On CUDA nothing is changed: there batched results may differ in the last bits
 from batch 1.
@@ -73,7 +73,7 @@ def _per_sample_forward(
 
     A decoding step calls this ~60 times, so the broadcast weight (and bias) views are
     kept in ``views`` per (batch, rows) for the duration of :func:`per_sample_linear` and a 3-D ``x``
-    (the usual (B, 1, K)) is used as it is: it cut the call from ~33 to ~24 us here.
+    (the usual (B, 1, K)) is used as it is: it cut the call from ~33 to ~22 us here.
     """
     if x.dim() < 2 or x.shape[0] < 2:
         return F.linear(x, self.weight, self.bias)
