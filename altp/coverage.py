@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from altp.predictions import to_rle
+from altp.data.predictions import to_rle
 
 __all__ = [
     "OBJECT_PATCH_FRACTION",

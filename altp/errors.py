@@ -2,7 +2,7 @@
 
 :class:`UserError` is raised wherever a config value, input file or run directory is
 wrong in a way the user fixes (the runner, the config checks, the fingerprint
-guard); :func:`altp.cli.one_line_errors` prints it as one line and exits 2.
+guard); :func:`altp.run.cli.one_line_errors` prints it as one line and exits 2.
 """
 
 from __future__ import annotations

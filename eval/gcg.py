@@ -35,7 +35,7 @@ import numpy as np
 from pycocoevalcap.meteor.meteor import Meteor
 
 from altp.data.grandf import GrandfAnnotations, GrandfFormatError
-from altp.predictions import PredictionFormatError, prediction_path, read_prediction, to_rle
+from altp.data.predictions import PredictionFormatError, prediction_path, read_prediction, to_rle
 from eval.captions import cider_score, meteor_score, tokenize_pairs
 from eval.masks import ap50, greedy_miou, iou_matrix
 from eval.recall import match_image
@@ -93,7 +93,7 @@ def evaluate(
     """Score a folder of per-image predictions against a GranD-f split.
 
     Args:
-        pred_dir: folder of ``<image_id>.json`` files (:mod:`altp.predictions`).
+        pred_dir: folder of ``<image_id>.json`` files (:mod:`altp.data.predictions`).
         gt_dir: folder holding ``{split}_gcg_coco_{caption,mask}_gt.json``.
         split: ``"val"`` or ``"test"``.
         text_encoder: ``bert-base-uncased`` (official), ``minilm``, a local

@@ -22,7 +22,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from altp.predictions import Rle
+from altp.data.predictions import Rle
 
 __all__ = ["iou_matrix", "greedy_miou", "ap50"]
 
@@ -31,7 +31,7 @@ def iou_matrix(pred: Sequence[Rle], gt: Sequence[Rle]) -> np.ndarray:
     """IoU of every predicted mask with every GT mask.
 
     Args:
-        pred: ``P`` RLEs (from :func:`altp.predictions.to_rle`).
+        pred: ``P`` RLEs (from :func:`altp.data.predictions.to_rle`).
         gt: ``G`` RLEs of the same image size.
 
     Returns:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from altp.predictions import to_rle
+from altp.data.predictions import to_rle
 from eval.masks import greedy_miou, iou_matrix
 from eval.recall import match_image
 

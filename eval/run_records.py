@@ -1,7 +1,7 @@
 """Run records: the flat ``metrics.json`` files under ``results/``, newest-wins per cell.
 
 A run record is a directory with a flat ``metrics.json`` (written by
-:func:`altp.runner.run`): ``model``, ``pruner``, ``keep``, ``data``, ``split``,
+:func:`altp.run.runner.run`): ``model``, ``pruner``, ``keep``, ``data``, ``split``,
 the five metrics as fractions, ``flops_ratio`` (remaining fraction),
 ``mean_kept_tokens``, ``pruner.<hparam>`` keys and provenance. A *cell* is one
 (model, data, split, pruner, keep, hyper-parameters); when several records fill
@@ -106,7 +106,7 @@ def find_runs(results: Path) -> list[RunRecord]:
             [k for k in required if k not in metrics] if isinstance(metrics, dict) else required
         )
         if missing:
-            raise ValueError(f"{path} lacks {missing}: not a run record written by altp.runner.run")
+            raise ValueError(f"{path} lacks {missing}: not a run record written by altp.run.runner.run")
         finished = metrics.get("finished_at")
         when = datetime.fromisoformat(finished).timestamp() if finished else os.stat(path).st_mtime
         runs.append(RunRecord(path=path, metrics=metrics, finished=when))

@@ -1,7 +1,7 @@
 """Paper-shaped tables (Markdown, LaTeX, CSV) built only from run records.
 
 A run record is a directory with a flat ``metrics.json`` (written by
-:func:`altp.runner.run`): ``model``, ``pruner``, ``keep``, ``data``, ``split``,
+:func:`altp.run.runner.run`): ``model``, ``pruner``, ``keep``, ``data``, ``split``,
 the five metrics as fractions, ``flops_ratio`` (remaining fraction),
 ``mean_kept_tokens``, ``pruner.<hparam>`` keys and provenance.
 

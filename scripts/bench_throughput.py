@@ -1,6 +1,6 @@
 """Throughput of the runner's own loop: images/s per pruner, keep, batch size, workers and ranks.
 
-Runs :func:`altp.batches.run_images` -- the input pipeline (DataLoader workers decoding,
+Runs :func:`altp.run.batches.run_images` -- the input pipeline (DataLoader workers decoding,
 preprocessing and running ``pruner.prepare``), the batched model and the per-image
 writes a real run does -- in this process, into a temporary folder, without scoring.
 Per configuration: images/s over the timed images in steady state (the warm-up batch,
@@ -45,8 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from altp._device import synchronize  # noqa: E402
-from altp.batches import run_images  # noqa: E402
-from altp.distributed import World, barrier, init_world, rank_share  # noqa: E402
+from altp.run.batches import run_images  # noqa: E402
+from altp.run.distributed import World, barrier, init_world, rank_share  # noqa: E402
 
 STAGES = ("input_wait_ms", "vision_ms", "prefill_ms", "decode_ms_per_token", "mask_ms")
 
@@ -124,7 +124,7 @@ def _slowest(world: World, seconds: float) -> float:
 
 def measure(model: Any, pruner: Any, split: Any, samples: list, *, batch_size: int, workers: int,
             warm_samples: list | None = None, world: World | None = None) -> dict[str, Any]:  # fmt: skip
-    """One configuration through :func:`altp.batches.run_images` on this rank's share of ``samples``.
+    """One configuration through :func:`altp.run.batches.run_images` on this rank's share of ``samples``.
 
     The warm-up images (this rank's share of ``warm_samples``, other images than ``samples``)
     go first through the same call, so the same input pipeline: the clock starts when they
@@ -182,7 +182,7 @@ def bench(args: argparse.Namespace, world: World | None = None) -> list[dict[str
     from hydra.utils import instantiate
 
     import altp.pruners  # noqa: F401  (registers the built-in pruners)
-    from altp.runner import model_on_rank, split_on_ranks
+    from altp.run.runner import model_on_rank, split_on_ranks
 
     torch.set_num_threads(args.threads)
     base = _compose(args)

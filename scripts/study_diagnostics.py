@@ -1,7 +1,7 @@
 """Where each pruner of a finished study keeps its tokens: on object patches, on the border ring, coverage.
 
 For every run directory under ``--runs`` (``records/`` + ``run.json``, as
-:func:`altp.runner.run` writes them) and every pruning stage, the mean over the
+:func:`altp.run.runner.run` writes them) and every pruning stage, the mean over the
 split's images of
 
 * ``kept``: visual tokens kept after the stage (``kept_per_stage``);

@@ -8,11 +8,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from altp.budgets import altp_budgets, ddf_weights
 from altp.methods import ALTPPruner, DDCPruner, top_per_region
+from altp.methods.budgets import altp_budgets, ddf_weights
+from altp.methods.superpixels import RegionMap, regions_from_labels
 from altp.pruners import build_pruner
 from altp.pruning.base import PruneContext, ScheduleInfo, kept_count
-from altp.superpixels import RegionMap, regions_from_labels
 
 GRID = (24, 24)  # GLaMM: 336 px / 14 px patches
 V = GRID[0] * GRID[1]

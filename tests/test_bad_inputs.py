@@ -1,7 +1,7 @@
 """A catalogue of bad inputs and damaged run directories, and what each one gets.
 
 Every case runs in-process the way ``run.py`` / ``python -m eval.gcg`` do (the
-runner inside :func:`altp.cli.one_line_errors`) and asserts:
+runner inside :func:`altp.run.cli.one_line_errors`) and asserts:
 
 * the exit code: 2 for a refusal, 0 where the input is handled (a recorded
   per-image failure, a re-run image, a converted image);
@@ -32,9 +32,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from PIL import Image
 
-from altp.cli import check_overrides, one_line_errors
 from altp.data.grandf import GrandfSplit
-from altp.runner import run
+from altp.run.cli import check_overrides, one_line_errors
+from altp.run.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 8

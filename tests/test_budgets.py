@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from altp.budgets import (
+from altp.methods.budgets import (
     altp_budgets,
     ddc_budgets,
     ddf_density,

@@ -62,7 +62,7 @@ def test_the_scan_finds_references():
     # An independent look at a few references the docs are known to make.
     assert ("architecture.md", "altp/pruning/engine.py") in PATHS
     assert ("README.md", "altp/flops.py") in PATHS
-    assert ("architecture.md", "altp.runner.image_seed") in NAMES
+    assert ("architecture.md", "altp.run.runner.image_seed") in NAMES
 
 
 @pytest.mark.parametrize("doc, ref", PATHS, ids=[f"{d}:{r}" for d, r in PATHS])

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from altp.predictions import PredictionFormatError, write_prediction
+from altp.data.predictions import PredictionFormatError, write_prediction
 from eval.gcg import evaluate, format_table, main
 from eval.text_encoders import TextEncoder, TextEncoderUnavailable
 from tests.conftest import box, write_gcg_split

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from altp.predictions import to_rle
+from altp.data.predictions import to_rle
 from eval.masks import ap50, greedy_miou, iou_matrix
 from tests.conftest import box, rle_of
 

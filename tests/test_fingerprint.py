@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from altp.cli import UserError
 from altp.data.resolve import resolve_split
-from altp.fingerprint import (
+from altp.models.glamm_build import SHAPES_DIR
+from altp.run.cli import UserError
+from altp.run.fingerprint import (
     FINGERPRINT_FILE,
     file_identity,
     fingerprint,
     guard_resume,
     path_identity,
 )
-from altp.models.glamm_build import SHAPES_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 

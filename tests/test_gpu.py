@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from altp.pruning import kept_count
-from altp.runner import run
+from altp.run.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.gpu
@@ -49,7 +49,7 @@ def test_shapes_model_bf16_on_cuda_grounds_its_images(tmp_path: Path) -> None:
 
 
 def test_cuda_run_resumes_to_identical_bytes(tmp_path: Path, monkeypatch) -> None:
-    from altp.runner import InjectedFault
+    from altp.run.runner import InjectedFault
 
     args = ("model=glamm_tiny", "model.device=cuda", "pruner=fastv", "keep=0.1")
     _run(tmp_path / "data", tmp_path / "ref", *args)

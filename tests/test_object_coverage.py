@@ -25,7 +25,7 @@ from altp.coverage import (
 from altp.models.glamm import GLaMM, clip_resize_crop
 from altp.models.omg_llava import OmgLlava
 from altp.models.patch_grid import rect_area_fractions
-from altp.runner import run
+from altp.run.runner import run
 from tests.conftest import box, write_gcg_split
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -35,7 +35,7 @@ from altp.models.omg_llava_build import (
 )
 from altp.pruners import build_pruner
 from altp.pruning import kept_count
-from altp.runner import run
+from altp.run.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "<p>red circle</p>[SEG] on the left."
@@ -283,7 +283,7 @@ def test_missing_official_file_is_one_line(
 def test_model_omg_llava_without_files_exits_with_one_line(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    from altp.cli import one_line_errors
+    from altp.run.cli import one_line_errors
 
     monkeypatch.setenv("ALTP_CKPT_DIR", str(tmp_path))
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -298,7 +298,7 @@ def test_model_omg_llava_without_files_exits_with_one_line(
 
 
 def test_table2_experiment_composes() -> None:
-    from altp.cli import check_overrides
+    from altp.run.cli import check_overrides
 
     # exits 2 on an unknown name or value (minilm: bert-base-uncased need not be cached here)
     check_overrides(["-m", "model=omg_llava,omg_llava_tiny", "experiment=table2_omg_llava", "text_encoder=minilm"])
@@ -376,7 +376,7 @@ def test_run_every_pruner_keeps_the_budget(
 
 # -- make tables ------------------------------------------------------------------------------------
 def _omg_metrics(split: str, pruner: str, keep: float, base: float) -> dict:
-    """A flat metrics.json of model=omg_llava on GranD-f as altp.runner.run writes it."""
+    """A flat metrics.json of model=omg_llava on GranD-f as altp.run.runner.run writes it."""
     kept = 256 if keep == 1.0 else kept_count(keep, 256)
     return {"model": "omg_llava", "pruner": pruner, "keep": keep, "data": f"grandf_{split}", "split": split,
             "meteor": base, "cider": base + 0.01, "ap50": base + 0.02, "miou": base + 0.03,

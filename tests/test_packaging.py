@@ -72,7 +72,7 @@ def test_wheel_holds_every_config_module_asset_and_the_command(wheel: Path) -> N
                 assert path.relative_to(ROOT).as_posix() in names, f"{path} missing from the wheel"
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         text = zf.read(entry_points).decode()
-    assert "[console_scripts]" in text and "altp-run = altp.app:main" in text
+    assert "[console_scripts]" in text and "altp-run = altp.run.app:main" in text
 
 
 def _venv_with_our_dependencies(where: Path) -> Path:
@@ -112,7 +112,7 @@ def test_installed_command_runs_outside_the_checkout(wheel: Path, tmp_path: Path
     # The same run from the checkout (editable install) writes the same prediction and record.
     from hydra import compose, initialize_config_dir
 
-    from altp.runner import run
+    from altp.run.runner import run
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[

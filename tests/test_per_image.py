@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from altp.predictions import encode_mask
+from altp.data.predictions import encode_mask
 from eval.per_image import image_scores
 
 

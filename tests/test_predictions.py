@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from altp.predictions import (
+from altp.data.predictions import (
     PredictionFormatError,
     decode_mask,
     encode_mask,

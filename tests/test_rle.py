@@ -1,4 +1,4 @@
-"""altp.rle against an independent oracle: run lengths counted from the pixels themselves."""
+"""altp.data.rle against an independent oracle: run lengths counted from the pixels themselves."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 
-from altp.rle import compressed_runs, rle_problem
+from altp.data.rle import compressed_runs, rle_problem
 
 
 def _runs_from_pixels(mask: np.ndarray) -> list[int]:

@@ -17,8 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
+from altp.run.runner import run
 from altp.run_dir import cell_path, effective_keep, locked
-from altp.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

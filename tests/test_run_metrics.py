@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from altp.runner import run
+from altp.run.runner import run
 from eval.run_records import RunRecord, is_default, load_pruner_defaults
 
 ROOT = Path(__file__).resolve().parents[1]

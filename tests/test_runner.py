@@ -1,4 +1,4 @@
-"""End-to-end tests of run.py / altp.runner on the tiny GLaMM and a synthetic split."""
+"""End-to-end tests of run.py / altp.run.runner on the tiny GLaMM and a synthetic split."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from altp.cli import UserError
 from altp.configs import config_options
 from altp.flops import LLMShape, flops_ratio
 from altp.pruning import kept_count
-from altp.runner import InjectedFault, run
+from altp.run.cli import UserError
+from altp.run.runner import InjectedFault, run
 from eval.gcg import METRICS, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 import altp.data.synthetic as synthetic
-from altp import runner
+from altp.run import runner
 
 
 def test_concurrent_jobs_generate_a_split_once(tmp_path: Path, monkeypatch):

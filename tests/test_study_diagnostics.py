@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from altp.runner import run
+from altp.run.runner import run
 from scripts.study_diagnostics import border_ring, kept_share, main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.segmentation import slic
 
-from altp.superpixels import (
+from altp.methods.superpixels import (
     compute_regions,
     majority_patch_labels,
     region_variance,

@@ -11,6 +11,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from altp.data.predictions import encode_mask
 from altp.data.synthetic import (
     _COLOURS,
     caption_gt_path,
@@ -20,7 +21,6 @@ from altp.data.synthetic import (
     write_noisy_predictions,
     write_synthetic_split,
 )
-from altp.predictions import encode_mask
 
 N_IMAGES = 10
 

@@ -18,9 +18,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from altp.configs import config_options
-from altp.distributed import World, env_from_slurm, first_slurm_host, rank_share
+from altp.run.distributed import World, env_from_slurm, first_slurm_host, rank_share
+from altp.run.runner import run
 from altp.run_dir import default_cell
-from altp.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES = 5
@@ -186,10 +186,10 @@ def test_slurm_launcher_runs_one_task_per_gpu() -> None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="F_SETPIPE_SZ is Linux's")
 def test_worker_result_pipes_are_widened_to_the_system_maximum() -> None:
-    # A worker's result must cross in one write, not 64 KiB chunks (see altp.pipeline._WidePipeFork).
+    # A worker's result must cross in one write, not 64 KiB chunks (see altp.run.pipeline._WidePipeFork).
     import fcntl
 
-    from altp.pipeline import _pipe_max_size, _WidePipeFork
+    from altp.run.pipeline import _pipe_max_size, _WidePipeFork
 
     queue = _WidePipeFork().Queue()
     try:

@@ -15,7 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from altp.pruning import kept_count
-from altp.runner import run
+from altp.run.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
 GLAMM = os.environ.get("GLAMM_CKPT", "checkpoints/GLaMM-GCG")

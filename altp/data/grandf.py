@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from altp.rle import rle_problem
+from altp.data.rle import rle_problem
 
 __all__ = [
     "SPLITS",

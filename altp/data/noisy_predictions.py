@@ -17,7 +17,7 @@ from scipy import ndimage
 from skimage import draw
 
 from altp.data.grandf import caption_gt_path, mask_gt_path
-from altp.predictions import Rle, encode_mask, write_prediction
+from altp.data.predictions import Rle, encode_mask, write_prediction
 
 __all__ = ["write_noisy_predictions"]
 

@@ -39,7 +39,7 @@ from skimage import draw
 
 from altp.data.grandf import caption_gt_path, mask_gt_path
 from altp.data.noisy_predictions import write_noisy_predictions
-from altp.predictions import encode_mask
+from altp.data.predictions import encode_mask
 
 __all__ = [
     "GENERATOR_VERSION",

@@ -3,7 +3,7 @@
 Each SLIC region k gets a density ``d_k = Var_k * sqrt(|P_k| / |P_total|)``,
 a weight ``w_k = softmax(d / (alpha * max d))_k`` and a budget
 ``T_k = w_k * n_keep`` (capped at the region's tokens, overflow shared,
-rounded to exactly ``n_keep``, :func:`altp.budgets.altp_budgets`); inside each
+rounded to exactly ``n_keep``, :func:`altp.methods.budgets.altp_budgets`); inside each
 region the ``T_k`` tokens with the highest FastV attention survive. Pruning sits
 at layer K=2 with FastV's score, so its FLOPs equal FastV's.
 """
@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from altp.budgets import altp_budgets, ddf_density, ddf_weights
+from altp.methods.budgets import altp_budgets, ddf_density, ddf_weights
 from altp.methods.ddc import RegionPruner
+from altp.methods.superpixels import VARIANCE_MODES, RegionMap, VarianceMode
 from altp.pruning.base import register_pruner
-from altp.superpixels import VARIANCE_MODES, RegionMap, VarianceMode
 
 __all__ = ["ALTPPruner"]
 
@@ -32,7 +32,7 @@ class ALTPPruner(RegionPruner):
         alpha: DDF softmax temperature (paper 1.5). Weights lie within a factor
             ``exp(1/alpha)`` of each other, so budgets stay close to uniform
             shares of ``n_keep``, tilted towards textured regions.
-        variance_mode: colour space of Var_k (:func:`altp.superpixels.region_variance`);
+        variance_mode: colour space of Var_k (:func:`altp.methods.superpixels.region_variance`);
             ``channel_mean`` (default) scores texture, not hue.
 
     Example::

@@ -13,7 +13,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from altp.budgets import ddc_budgets
+from altp.methods.budgets import ddc_budgets
+from altp.methods.superpixels import RegionMap, VarianceMode, compute_regions
 from altp.pruning.base import (
     PruneContext,
     Pruner,
@@ -22,7 +23,6 @@ from altp.pruning.base import (
     Selection,
     register_pruner,
 )
-from altp.superpixels import RegionMap, VarianceMode, compute_regions
 
 __all__ = ["DDCPruner", "RegionPruner", "top_per_region"]
 

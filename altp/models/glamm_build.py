@@ -212,7 +212,7 @@ def _shapes_weight_paths(model_cfg: dict[str, Any]) -> dict[str, Path]:
 
 
 #: Files a builder loads without its config naming them, by builder function name:
-#: ``fn(model_cfg) -> {config key: path}``. :mod:`altp.fingerprint` hashes them, so a
+#: ``fn(model_cfg) -> {config key: path}``. :mod:`altp.run.fingerprint` hashes them, so a
 #: run resumed after retraining the shipped shapes weights (``weights: null``) is refused.
 WEIGHT_PATHS: dict[str, Callable[[dict[str, Any]], dict[str, Path]]] = {
     "build_glamm_shapes": _shapes_weight_paths,

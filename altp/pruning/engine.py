@@ -65,8 +65,8 @@ from altp._device import synchronize
 from altp.pruning._kv_cache import growing_cache
 from altp.pruning._plan import KeptSetLog, PrunePlan, StageState
 from altp.pruning._rowwise import per_sample_linear
-from altp.pruning._scores import last_row_attention
-from altp.pruning.base import PruneContext, Pruner, PruneStage, ScheduleInfo
+from altp.pruning._selection import plan_prefill, select_stage
+from altp.pruning.base import Pruner
 from altp.pruning.records import PruneRecord
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -293,45 +293,10 @@ class PruningEngine:
         prep: Any,
         seed: int | Sequence[int],
     ) -> PrunePlan:
-        b, n, _ = embeds.shape
-        if not (0 <= visual_start and visual_start + num_visual <= n and num_visual >= 1):
-            raise ValueError(
-                f"visual span [{visual_start}, {visual_start + num_visual}) does not fit {n} tokens"
-            )
-        if grid[0] * grid[1] != num_visual:
-            raise ValueError(
-                f"grid {grid} has {grid[0] * grid[1]} cells but num_visual={num_visual}"
-            )
-        prep_t = tuple(prep) if prep is not None else (None,) * b
-        if len(prep_t) != b:
-            raise ValueError(
-                f"prep has {len(prep_t)} entries for a batch of {b}; pass one per sample"
-            )
-        cfg = self.lm.config
-        stages: list[PruneStage] = []
-        if self.pruner is not None:
-            info = ScheduleInfo(
-                num_visual=num_visual,
-                num_text=n - num_visual,
-                num_layers=len(self.layers),
-                hidden_size=cfg.hidden_size,
-                intermediate_size=cfg.intermediate_size,
-                grid=grid,
-            )
-            stages = list(self.pruner.schedule(info))
-        return PrunePlan(
-            stages=stages,
-            batch=b,
-            num_prompt=n,
-            visual_start=visual_start,
-            num_visual=num_visual,
-            grid=grid,
-            prep=prep_t,
-            seed=seed if isinstance(seed, int) else tuple(int(x) for x in seed),
-            num_layers=len(self.layers),
-            pruner_name=type(self.pruner).__name__,
-            device=embeds.device,
-        )
+        return plan_prefill(
+            pruner=self.pruner, config=self.lm.config, num_layers=len(self.layers), embeds=embeds,
+            visual_start=visual_start, num_visual=num_visual, grid=grid, prep=prep, seed=seed,
+        )  # fmt: skip
 
     def _causal_mask(self, n: int, like: torch.Tensor) -> torch.Tensor | None:
         # SDPA takes mask=None and uses its causal kernel; eager needs the additive mask spelled out.
@@ -398,34 +363,9 @@ class PruningEngine:
         score_in: Any,
         cache: DynamicCache | None,
     ) -> None:
-        timer = plan.timer()
-        scores = None
-        sl = st.stage.score_layer
-        if sl is not None:
-            h_s, (cos, sin) = score_in if sl < st.stage.layer else (h, pe)
-            # The score layer's cached keys are exactly its input's post-RoPE keys when it ran on this token set.
-            # (cache.layers is typed with linear-attention layers too; a Llama cache holds DynamicLayers)
-            keys = cache.layers[sl].keys if (cache is not None and sl < st.stage.layer) else None  # pyright: ignore[reportAttributeAccessIssue]
-            row = last_row_attention(
-                layer=self.layers[sl], hidden=h_s, cos=cos, sin=sin, keys=keys
-            )  # (B, L)
-            a = plan.visual_offset
-            scores = row[:, a : a + plan.num_current]  # (B, V_cur) the visual columns
-        ctx = PruneContext(
-            stage=st.index,
-            layer=st.stage.layer,
-            n_keep=st.stage.n_keep,
-            num_visual=plan.num_visual,
-            grid=plan.grid,
-            visual_ids=plan.visual_ids,
-            scores=scores,
-            prep=plan.prep,
-            seed=plan.seed,
-        )
         assert self.pruner is not None  # only a pruner's plan has stages to select at
-        sel = self.pruner.select(ctx)
-        plan.accept(st, sel)
-        timer.stop()
+        select_stage(pruner=self.pruner, layers=self.layers, st=st, plan=plan, h=h, pe=pe,
+                     score_in=score_in, cache=cache)  # fmt: skip
 
     def _decode_step(
         self, e: torch.Tensor, plan: PrunePlan, cache: DynamicCache, j: int

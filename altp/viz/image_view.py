@@ -2,7 +2,7 @@
 
 No model is loaded: the input pixels come from :mod:`altp.viz.geometry`, the
 superpixels are recomputed with the run's own pruner settings
-(:func:`altp.superpixels.slic_labels`) and checked against the region sizes the
+(:func:`altp.methods.superpixels.slic_labels`) and checked against the region sizes the
 run recorded (``region_check`` says what differs, if anything).
 """
 
@@ -13,8 +13,8 @@ from typing import Any, cast
 
 import numpy as np
 
-from altp.predictions import decode_mask
-from altp.superpixels import VarianceMode, regions_from_labels, slic_labels
+from altp.data.predictions import decode_mask
+from altp.methods.superpixels import VarianceMode, regions_from_labels, slic_labels
 from altp.viz.geometry import TokenGeometry, geometry_for
 from altp.viz.overlays import stage_cells
 from altp.viz.rundir import RunDir, kept_per_stage_lists, load_split

@@ -1,4 +1,4 @@
-"""Read a run directory (what :func:`altp.runner.run` wrote) for drawing, no model loaded.
+"""Read a run directory (what :func:`altp.run.runner.run` wrote) for drawing, no model loaded.
 
 A run directory holds ``records/<image_id>.json`` and ``predictions/<image_id>.json``
 and the config that made it: ``run.json`` (resolved config) or, in a published CI
@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 
 from altp.configs import conf_dir
 from altp.data.grandf import GrandfSplit
-from altp.predictions import read_prediction
+from altp.data.predictions import read_prediction
 from altp.pruner_order import pruner_rank
 
 __all__ = ["RunDir", "find_run_dirs", "kept_per_stage_lists", "load_run_dir", "load_split"]
@@ -86,7 +86,7 @@ class RunDir:
         return _read(self.path / "records" / f"{image_id}.json")
 
     def prediction(self, image_id: str) -> dict[str, Any]:
-        """``caption``, ``phrases``, ``pred_masks`` (GLaMM's format, read by :func:`altp.predictions.read_prediction`)."""
+        """``caption``, ``phrases``, ``pred_masks`` (GLaMM's format, read by :func:`altp.data.predictions.read_prediction`)."""
         return read_prediction(self.path / "predictions" / f"{image_id}.json")
 
 
@@ -102,7 +102,7 @@ def kept_per_stage_lists(record: dict[str, Any], num_visual: int) -> list[list[i
 
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; is {path.parent.parent} a run directory of altp.runner?")
+        raise FileNotFoundError(f"{path} not found; is {path.parent.parent} a run directory of altp.run.runner?")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -140,7 +140,7 @@ def load_run_dir(path: Path) -> RunDir:
     """One run directory; raises FileNotFoundError (with what is missing) if it is not one."""
     path = Path(path)
     if not (path / "records").is_dir() or not (path / "predictions").is_dir():
-        raise FileNotFoundError(f"{path} has no records/ and predictions/: not a run directory of altp.runner")
+        raise FileNotFoundError(f"{path} has no records/ and predictions/: not a run directory of altp.run.runner")
     return _load(path)
 
 

@@ -5,7 +5,7 @@ alone: decoding (:meth:`altp.data.grandf.GrandfSplit.load_image`), the model's
 preprocessing (``model.preprocess``), the pruner's image-only preparation
 (``pruner.prepare``, e.g. ALTP's SLIC superpixels and densities) and, for the
 record's object coverage, the GT objects mapped onto the token grid
-(``gt_patches``, e.g. :func:`altp.inference.sample_gt_patches`). It runs in a
+(``gt_patches``, e.g. :func:`altp.run.inference.sample_gt_patches`). It runs in a
 :class:`torch.utils.data.DataLoader` with ``num_workers`` processes, each with one
 torch thread, prefetching ahead of the model, so on the critical path the model
 only waits for what the workers have not finished yet (``input_wait_ms``).
@@ -233,7 +233,7 @@ def load_images(
         lookahead: images kept in flight ahead of the consumer, in total over the workers
             (the runner passes two batches' worth).
         gt_patches: sample -> what the record needs of its GT (the runner passes
-            :func:`altp.inference.sample_gt_patches`), or None.
+            :func:`altp.run.inference.sample_gt_patches`), or None.
 
     Yields:
         :class:`LoadedImage` per sample, ``wait_ms`` set to how long this generator's

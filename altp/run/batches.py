@@ -1,10 +1,10 @@
 """The loop: images from the input pipeline through the model in batches, each written as it finishes.
 
-:func:`run_images` is what a run (:mod:`altp.runner`, on every rank) and the
+:func:`run_images` is what a run (:mod:`altp.run.runner`, on every rank) and the
 throughput benchmark (``scripts/bench_throughput.py``) both call. Images come from
-:func:`altp.pipeline.load_images` (decoded, preprocessed and prepared in worker
+:func:`altp.run.pipeline.load_images` (decoded, preprocessed and prepared in worker
 processes, in order), are grouped ``batch_size`` at a time and go through the
-model's batched API (:func:`altp.inference.predict_batch`); then each image's
+model's batched API (:func:`altp.run.inference.predict_batch`); then each image's
 record and prediction are written atomically, record first, in sample order.
 
 Per image, ``timings`` gain what the loop measured: ``input_wait_ms`` (how long the
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from altp.data.grandf import GrandfSplit, Sample
-from altp.inference import (
+from altp.run.inference import (
     empty_prediction,
     failed_record,
     image_record,
@@ -43,7 +43,7 @@ from altp.inference import (
     sample_gt_patches,
     write_image,
 )
-from altp.pipeline import LoadedImage, error_name, load_images
+from altp.run.pipeline import LoadedImage, error_name, load_images
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from altp.models.base import GCGModel, GCGPrediction
@@ -136,7 +136,7 @@ def run_images(
         samples: the images to run, in the order their files are written.
         pred_dir: where predictions go.
         rec_dir: where records go.
-        seed: the run's base seed (per image: :func:`altp.inference.image_seed`).
+        seed: the run's base seed (per image: :func:`altp.run.inference.image_seed`).
         batch_size: images per call of the model's batched API.
         num_workers: input-pipeline worker processes (0: in this process).
         continue_on_error: record a model error on an image as a failed image and go on.

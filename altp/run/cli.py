@@ -24,7 +24,7 @@ def check_overrides(argv: list[str]) -> None:
     """Validate the command line before Hydra composes and makes the run directory (exit 2 on error).
 
     Group names first (listing the valid ones), then every value of every sweep
-    (``keep=0.1,0.25``), the composed config and out_dir (:mod:`altp.config_checks`).
+    (``keep=0.1,0.25``), the composed config and out_dir (:mod:`altp.run.config_checks`).
     """
     for arg in argv:
         if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")):
@@ -36,7 +36,7 @@ def check_overrides(argv: list[str]) -> None:
             for v in values:
                 if v not in valid:
                     _die(f"unknown {key} {v!r}; choose one of: {', '.join(valid)}")
-    from altp.config_checks import check_command_line
+    from altp.run.config_checks import check_command_line
 
     with one_line_errors():  # every value, the composition, and out_dir, before Hydra makes it
         check_command_line(argv, conf_dir=conf_dir())
@@ -50,7 +50,7 @@ def _die(msg: str) -> None:
 def _project_errors() -> tuple[type[BaseException], ...]:
     """The project's own error types: their messages are one line that says what to change."""
     from altp.data.grandf import GrandfFormatError, ImageLoadError
-    from altp.predictions import PredictionFormatError
+    from altp.data.predictions import PredictionFormatError
     from eval.text_encoders import TextEncoderUnavailable
 
     return (UserError, FileNotFoundError, GrandfFormatError, ImageLoadError, PredictionFormatError,

@@ -3,7 +3,7 @@
 Two entry points share the rules of :func:`check_value`:
 
 * :func:`check_config` checks a composed config before a run starts
-  (:func:`altp.runner.run` calls it, so the Python API is guarded too);
+  (:func:`altp.run.runner.run` calls it, so the Python API is guarded too);
 * :func:`check_command_line` checks ``run.py``'s arguments before Hydra
   composes or creates the run directory: every value of every sweep, the
   composition itself, and the run directory's writability.

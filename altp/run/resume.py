@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from altp.data.grandf import Sample
-from altp.predictions import PredictionFormatError, prediction_path, read_prediction
+from altp.data.predictions import PredictionFormatError, prediction_path, read_prediction
 
 __all__ = ["RECORD_KEYS", "ResumePlan", "plan_resume", "read_record"]
 

@@ -7,12 +7,12 @@ One run directory holds everything a table needs::
       records/<image_id>.json       kept tokens per stage, object coverage, extras, timings, errors
       metrics.json                  flat: metrics, FLOPs ratio, kept tokens, timing, provenance
       run.json                      resolved config, git sha, package versions, device, per-image timings
-      fingerprint.json              the config that determines the predictions (altp.fingerprint)
+      fingerprint.json              the config that determines the predictions (altp.run.fingerprint)
 
-A run has four seams, each its own module: which images to do (:mod:`altp.resume`),
-the images through the input pipeline and the model in batches (:mod:`altp.batches`,
-:mod:`altp.pipeline`, :mod:`altp.inference`), which rank does which images
-(:mod:`altp.distributed`), and writing the summary (:mod:`altp.run_summary`).
+A run has four seams, each its own module: which images to do (:mod:`altp.run.resume`),
+the images through the input pipeline and the model in batches (:mod:`altp.run.batches`,
+:mod:`altp.run.pipeline`, :mod:`altp.run.inference`), which rank does which images
+(:mod:`altp.run.distributed`), and writing the summary (:mod:`altp.run.summary`).
 
 ``batch_size`` and ``num_workers`` change how fast a run goes, never what it writes
 (timings aside), and neither does the number of ranks: they are recorded in run.json
@@ -21,7 +21,7 @@ but are not part of the fingerprint, so a run resumes with any of them.
 Each image's record and prediction are written atomically, record first.
 Rerunning the same command skips images whose record and prediction read back
 as a success; failed images, and images whose files are missing, torn or corrupt,
-are run again (:mod:`altp.resume`), so a killed run resumes where it stopped. Per-image
+are run again (:mod:`altp.run.resume`), so a killed run resumes where it stopped. Per-image
 seeds derive from the base seed and the image id, never from iteration order,
 so a resumed run writes the same bytes as an uninterrupted one.
 """
@@ -36,18 +36,18 @@ import torch
 from omegaconf import DictConfig
 
 import altp.pruners  # noqa: F401  (registers the built-in pruners conf/pruner/*.yaml build)
-from altp.batches import InjectedFault, run_images
-from altp.config_checks import check_config
 from altp.data.grandf import GrandfFormatError, GrandfSplit
 from altp.data.resolve import resolve_split
-from altp.distributed import World, barrier, broadcast_object, init_world, rank_share
-from altp.fingerprint import fingerprint, guard_resume
 from altp.flops import PAPER_TEXT_TOKENS
-from altp.inference import image_seed
 from altp.pruning.base import ScheduleInfo
-from altp.resume import plan_resume, read_record
+from altp.run.batches import InjectedFault, run_images
+from altp.run.config_checks import check_config
+from altp.run.distributed import World, barrier, broadcast_object, init_world, rank_share
+from altp.run.fingerprint import fingerprint, guard_resume
+from altp.run.inference import image_seed
+from altp.run.resume import plan_resume, read_record
+from altp.run.summary import print_metrics, summarise, write_hydra_files, write_summary
 from altp.run_dir import locked
-from altp.run_summary import print_metrics, summarise, write_hydra_files, write_summary
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from altp.models.base import GCGModel
@@ -89,7 +89,7 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str, 
     The run holds a lock on its directory throughout (:func:`altp.run_dir.locked`): a
     second job given the same directory (``pruner=none`` at several keeps of one sweep)
     waits, then finds every image done and only scores. With several ranks
-    (:mod:`altp.distributed`) rank 0 holds the lock for all of them, and every rank
+    (:mod:`altp.run.distributed`) rank 0 holds the lock for all of them, and every rank
     returns rank 0's metrics.
 
     Args:

@@ -4,7 +4,7 @@ A run with several processes (``torchrun --nproc-per-node=N run.py ...``, or one
 task per GPU through ``hydra/launcher=slurm``) shares one run directory: every rank
 runs a deterministic share of the images not yet done and writes their files; rank 0
 alone takes the directory's lock, checks the fingerprint, decides the to-do list,
-scores and writes the summary (:mod:`altp.runner`). One process is a world of size 1,
+scores and writes the summary (:mod:`altp.run.runner`). One process is a world of size 1,
 with no process group at all.
 
 The environment is torchrun's (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,

@@ -1,8 +1,8 @@
 """Images through the model: their prediction fields and their records.
 
-The runner decides which images to run (:mod:`altp.runner`), the loop
-(:mod:`altp.batches`) feeds them to the model in batches, and the summary is
-written by :mod:`altp.run_summary`; this module calls the model on a batch and
+The runner decides which images to run (:mod:`altp.run.runner`), the loop
+(:mod:`altp.run.batches`) feeds them to the model in batches, and the summary is
+written by :mod:`altp.run.summary`; this module calls the model on a batch and
 says what each image produced, or records why it failed.
 
 A record (``records/<image_id>.json``) holds, for one image: ``error`` (None, or
@@ -23,8 +23,8 @@ import numpy as np
 
 from altp.coverage import coverage_fields, decode_gt_masks, gt_object_patches
 from altp.data.grandf import GrandfSplit, Sample
+from altp.data.predictions import write_prediction
 from altp.models.base import GCGModel, GCGPrediction, ImageInputs
-from altp.predictions import write_prediction
 from altp.provenance import write_json_atomic
 from altp.pruning.base import Pruner
 

@@ -26,7 +26,7 @@ from typing import Any, TypedDict, cast
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from altp.rle import rle_problem
+from altp.data.rle import rle_problem
 
 __all__ = [
     "PredictionFormatError",

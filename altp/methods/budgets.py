@@ -1,6 +1,6 @@
 """Per-region token budgets for DDC-only and ALTP (pure numpy, no torch).
 
-Regions are indexed ``0..R-1`` (see :mod:`altp.superpixels`); ``sizes[k]`` is
+Regions are indexed ``0..R-1`` (see :mod:`altp.methods.superpixels`); ``sizes[k]`` is
 the number of visual tokens region k holds. Every function returns integer
 budgets ``b`` with ``0 <= b[k] <= sizes[k]`` and ``b.sum() == n_keep`` exactly.
 

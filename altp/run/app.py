@@ -1,9 +1,9 @@
 """The run command: ``python run.py ...`` in a checkout, ``altp-run ...`` once installed.
 
 Thin on purpose: Hydra composes the config from :func:`altp.configs.conf_dir` (the
-checkout's ``conf/``, or its copy inside an installed wheel), :func:`altp.runner.run`
+checkout's ``conf/``, or its copy inside an installed wheel), :func:`altp.run.runner.run`
 does the work and returns the flat metrics. Sweeps: ``altp-run -m pruner=fastv,altp
-keep=0.1,0.25``. Data parallel: ``torchrun --nproc-per-node=N run.py ...`` (:mod:`altp.distributed`). ``run.py`` at the repository root calls :func:`main`.
+keep=0.1,0.25``. Data parallel: ``torchrun --nproc-per-node=N run.py ...`` (:mod:`altp.run.distributed`). ``run.py`` at the repository root calls :func:`main`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from altp.cli import check_overrides, one_line_errors
 from altp.configs import conf_dir
-from altp.distributed import main_process
+from altp.run.cli import check_overrides, one_line_errors
+from altp.run.distributed import main_process
 
 __all__ = ["main", "run_app"]
 
@@ -25,7 +25,7 @@ def run_app(cfg: DictConfig) -> dict:
     """One composed config -> one run (under ``-m``, one call per cell); returns its metrics."""
     from hydra.core.hydra_config import HydraConfig
 
-    from altp.runner import print_metrics, run
+    from altp.run.runner import print_metrics, run
 
     with one_line_errors():
         metrics = run(cfg, choices=dict(HydraConfig.get().runtime.choices))
