@@ -242,5 +242,8 @@ class GCGModel(Protocol):
             use_cache: None decodes from the KV cache, except for a pruner whose
                 ``reselects_per_step`` is True, which needs the uncached path; False
                 recomputes the sequence every step; True forces the cache.
+
+        The one shared implementation: an adapter that subclasses :class:`GCGModel` inherits it.
         """
-        ...
+        return self.predict_batch([self.preprocess(image)], pruner=pruner, preps=[prep], seeds=[seed],
+                                  max_new_tokens=max_new_tokens, use_cache=use_cache)[0]

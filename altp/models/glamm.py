@@ -43,7 +43,13 @@ from transformers import (
 )
 
 from altp.flops import LLMShape
-from altp.models.base import GCGPrediction, ImageInputs, restore_rope_fp32, rope_fp32_masters
+from altp.models.base import (
+    GCGModel,
+    GCGPrediction,
+    ImageInputs,
+    restore_rope_fp32,
+    rope_fp32_masters,
+)
 from altp.models.generate import generate_and_decode
 from altp.models.patch_grid import rect_area_fractions
 from altp.models.pixels import clip_geometry, clip_resize_crop
@@ -102,7 +108,7 @@ def config_from_dict(d: dict[str, Any]) -> GLaMMConfig:
                        select_layer=int(d["select_layer"]), out_dim=int(d["out_dim"]))
 
 
-class GLaMM(nn.Module):
+class GLaMM(nn.Module, GCGModel):
     """GLaMM for grounded conversation generation; implements :class:`altp.models.base.GCGModel`.
 
     Args:
@@ -291,33 +297,3 @@ class GLaMM(nn.Module):
             use_cache=use_cache,
         )  # fmt: skip
         return [d.prediction(num_text_tokens=self.num_text_tokens, num_visual=self.num_visual) for d in decoded]
-
-    @torch.inference_mode()
-    def predict(
-        self,
-        image: Image.Image,
-        *,
-        pruner: Pruner | None,
-        prep: Any,
-        max_new_tokens: int | None = None,
-        seed: int = 0,
-        use_cache: bool | None = None,
-    ) -> GCGPrediction:
-        """Greedy GCG inference on one image: :meth:`predict_batch` of ``[self.preprocess(image)]``.
-
-        Args:
-            image: any PIL image (converted to RGB).
-            pruner: a :class:`altp.pruning.base.Pruner`, or None for the full model.
-            prep: what ``pruner.prepare(self.vision_image(image), self.grid)`` returned.
-            max_new_tokens: defaults to the model's (512 for the real model).
-            seed: per-image seed for random pruners.
-            use_cache: None (default) decodes from the KV cache unless the pruner
-                re-selects per step (``pruner.reselect=per_step``), which needs
-                the uncached path. False recomputes the whole sequence every step
-                (groundingLMM's own decoding; with a pruner that selects once it
-                re-applies the prefill's kept sets, an equivalence test of the
-                cache, not upstream FastV's per-step re-ranking). True forces the
-                cache (an error with a per-step pruner).
-        """
-        return self.predict_batch([self.preprocess(image)], pruner=pruner, preps=[prep], seeds=[seed],
-                                  max_new_tokens=max_new_tokens, use_cache=use_cache)[0]

@@ -38,7 +38,13 @@ from torch import nn
 from transformers import LlamaForCausalLM
 
 from altp.flops import LLMShape
-from altp.models.base import GCGPrediction, ImageInputs, restore_rope_fp32, rope_fp32_masters
+from altp.models.base import (
+    GCGModel,
+    GCGPrediction,
+    ImageInputs,
+    restore_rope_fp32,
+    rope_fp32_masters,
+)
 from altp.models.generate import generate_and_decode
 from altp.models.omg.gcg_output import parse_gcg_text
 from altp.models.omg.internlm2_chat import GCG_QUESTIONS
@@ -62,7 +68,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __all__ = ["OmgLlava"]
 
 
-class OmgLlava(nn.Module):
+class OmgLlava(nn.Module, GCGModel):
     """OMG-LLaVA for grounded conversation generation; implements :class:`altp.models.base.GCGModel`.
 
     Args:
@@ -248,7 +254,12 @@ class OmgLlava(nn.Module):
             pruner: a :class:`altp.pruning.base.Pruner`, or None for the full model.
             preps: per image, ``pruner.prepare(inputs[i].vision_image, self.grid)``.
             seeds: per-image seeds for random pruners.
-            max_new_tokens, use_cache: as :meth:`predict`.
+            max_new_tokens, use_cache: as :meth:`predict` (max_new_tokens defaults to 100, as upstream).
+
+        Each image tries upstream's questions until one gives a mask. The record's extras hold
+        ``question`` (index into GCG_QUESTIONS of the answer kept), ``questions_tried``,
+        ``object_tokens`` (N) and ``separator_tokens`` (1); ``num_text_tokens`` counts both, since
+        they are in every layer's sequence.
         """
         inputs = list(inputs)
         ids = self.token_ids
@@ -275,37 +286,3 @@ class OmgLlava(nn.Module):
             num_text = len(self.prefix_ids) + len(self.suffix_ids[q]) + 1 + n_objects  # + separator + objects
             predictions.append(d.prediction(num_text_tokens=num_text, num_visual=self.num_visual))
         return predictions
-
-    @torch.inference_mode()
-    def predict(
-        self,
-        image: Image.Image,
-        *,
-        pruner: Pruner | None,
-        prep: Any,
-        max_new_tokens: int | None = None,
-        seed: int = 0,
-        use_cache: bool | None = None,
-    ) -> GCGPrediction:
-        """Greedy GCG inference on one image, trying upstream's questions until one gives a mask.
-
-        Args:
-            image: any PIL image (converted to RGB).
-            pruner: a :class:`altp.pruning.base.Pruner`, or None for the full model.
-            prep: what ``pruner.prepare(self.vision_image(image), self.grid)`` returned.
-            max_new_tokens: defaults to the model's (100 as upstream).
-            seed: per-image seed for random pruners.
-            use_cache: None (default) decodes from the KV cache unless the pruner
-                re-selects per step (``pruner.reselect=per_step``), which needs
-                the uncached path. False recomputes the whole sequence every step
-                (with a pruner that selects once it re-applies the prefill's kept
-                sets: an equivalence test of the cache). True forces the cache
-                (an error with a per-step pruner).
-
-        The record's extras hold ``question`` (index into GCG_QUESTIONS of the
-        answer kept), ``questions_tried``, ``object_tokens`` (N) and
-        ``separator_tokens`` (1); ``num_text_tokens`` counts both, since they are
-        in every layer's sequence.
-        """
-        return self.predict_batch([self.preprocess(image)], pruner=pruner, preps=[prep], seeds=[seed],
-                                  max_new_tokens=max_new_tokens, use_cache=use_cache)[0]
