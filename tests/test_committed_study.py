@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from altp.runner import run
+from altp.run.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
 SLICE = ROOT / "results" / "shapes" / "ci_slice" / "glamm_shapes" / "shapes_val"
@@ -52,3 +52,44 @@ def test_rerun_matches_committed(cell: Path, tmp_path: Path):
         new_pred = json.loads((tmp_path / "run" / "predictions" / rec_path.name).read_text())
         old_pred = json.loads((cell / "predictions" / rec_path.name).read_text())
         assert new_pred == old_pred, f"{pruner} keep={keep} {image_id}: prediction differs from the committed one"
+
+
+FINGERPRINTS = sorted((ROOT / "results").rglob("fingerprint.json"))
+
+
+def _targets(node: object) -> list[str]:
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == "_target_" and isinstance(v, str)] + [
+            t for v in node.values() for t in _targets(v)
+        ]
+    return []
+
+
+def test_every_committed_target_imports():
+    import importlib
+
+    targets = {t for path in FINGERPRINTS for t in _targets(json.loads(path.read_text()))}
+    assert targets, "no _target_ found in the committed fingerprints"
+    missing = []
+    for target in sorted(targets):
+        module, _, attr = target.rpartition(".")
+        try:
+            getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            missing.append(f"{target}: {err}")
+    assert not missing, "committed fingerprints name builders that do not import " \
+        "(run scripts/refresh_fingerprints.py):\n" + "\n".join(missing)
+
+
+def test_committed_slice_fingerprints_are_todays(tmp_path: Path):
+    """Resuming a committed cell with today's config is accepted: its fingerprint is today's."""
+    import sys
+
+    from altp.run.fingerprint import guard_resume
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from refresh_fingerprints import current_fingerprint
+
+    for cell in CELLS:
+        current = current_fingerprint(cell, tmp_path / "data")
+        guard_resume(cell, current)  # raises the one-line refusal a stale fingerprint gets
