@@ -130,14 +130,18 @@ def flops_ratio(
     num_visual: int,
     visual_kept: Sequence[tuple[int, int]],
     shape: LLMShape,
+    added: float = 0.0,
 ) -> float:
     """Remaining-FLOPs fraction of pruned prefill (1.0 = unpruned).
 
     Args:
         num_text: non-visual tokens in the prompt (they are never pruned).
         num_visual: V, visual tokens before pruning.
-        visual_kept: [(layer, visual tokens kept from that layer on)].
+        visual_kept: [(layer, visual tokens kept from that layer on)]; layer 0 prunes
+            at the LLM input (eq. 5 with K = 0: every layer sees the kept tokens).
         shape: the decoder shape.
+        added: FLOPs the method adds beyond the decoder (its selection work), counted
+            on the pruned side.
 
     Example:
         >>> round(flops_ratio(num_text=32, num_visual=576, visual_kept=[(2, 57)],
@@ -146,11 +150,11 @@ def flops_ratio(
     """
     n = num_text + num_visual
     stages = [(layer, num_text + v) for layer, v in visual_kept]
-    return prefill_flops(n, stages, shape) / prefill_flops(n, [], shape)
+    return (prefill_flops(n, stages, shape) + added) / prefill_flops(n, [], shape)
 
 
 def paper_flops_ratio(
-    *, num_visual: int, visual_kept: Sequence[tuple[int, int]], shape: LLMShape
+    *, num_visual: int, visual_kept: Sequence[tuple[int, int]], shape: LLMShape, added: float = 0.0
 ) -> float:
     """:func:`flops_ratio` with the paper's fixed text length, :data:`PAPER_TEXT_TOKENS`.
 
@@ -160,7 +164,7 @@ def paper_flops_ratio(
         [20, 33, 55]
     """
     return flops_ratio(
-        num_text=PAPER_TEXT_TOKENS, num_visual=num_visual, visual_kept=visual_kept, shape=shape
+        num_text=PAPER_TEXT_TOKENS, num_visual=num_visual, visual_kept=visual_kept, shape=shape, added=added
     )
 
 
@@ -298,6 +302,11 @@ def summarise_flops(records: Sequence[dict], *, shape: LLMShape) -> dict[str, fl
     passes, still compared with the unpruned model's cached generation (the user's
     alternative), so that ratio can exceed 1.
 
+    A record whose ``extras`` has ``added_flops`` (work a method adds beyond the decoder:
+    DivPrune's distance matrix, VisionZip's merge, DART's similarities) counts it on the
+    pruned side of every convention: added to the pruned prefill of ``prompt`` and
+    ``paper`` and to the pruned generation.
+
     Returns:
         ``flops_ratio`` and ``flops_ratio_paper`` (means over images of the per-image
         remaining fraction), ``generation_flops_ratio`` (total over the images of the
@@ -311,12 +320,13 @@ def summarise_flops(records: Sequence[dict], *, shape: LLMShape) -> dict[str, fl
     for r in records:
         v = int(r["num_visual"])
         stages = list(zip(r["stage_layers"], r["kept_per_stage"], strict=True))
+        added = float((r.get("extras") or {}).get("added_flops", 0.0))
         prompt.append(
             flops_ratio(
-                num_text=r["num_text_tokens"], num_visual=v, visual_kept=stages, shape=shape
+                num_text=r["num_text_tokens"], num_visual=v, visual_kept=stages, shape=shape, added=added
             )
         )
-        paper.append(paper_flops_ratio(num_visual=v, visual_kept=stages, shape=shape))
+        paper.append(paper_flops_ratio(num_visual=v, visual_kept=stages, shape=shape, added=added))
         common = {
             "num_text": r["num_text_tokens"],
             "num_visual": v,
@@ -324,6 +334,7 @@ def summarise_flops(records: Sequence[dict], *, shape: LLMShape) -> dict[str, fl
             "shape": shape,
         }
         steps = (r.get("extras") or {}).get("reselect_steps")
+        pruned += added
         if steps is None:
             pruned += generation_flops(visual_kept=stages, **common)
         else:

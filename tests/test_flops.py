@@ -236,3 +236,27 @@ def test_summarise_flops_counts_per_step_reselection_without_cache() -> None:
     out = summarise_flops([rec], shape=TOY)
     assert out["generation_flops_ratio"] == pytest.approx((1208 + 1512) / 3008)
     assert out["flops_ratio"] == pytest.approx(1208 / 2720)  # prefill conventions unchanged
+
+
+def test_input_level_pruning_by_hand() -> None:
+    """K = 0 (VisionZip, DivPrune, ALTP at the input): every layer sees the kept tokens; added work counts."""
+    shape = MODEL_SHAPES["glamm"]
+    d, m, t = 4096, 11008, 32
+
+    def f(n: int) -> float:  # eq. 5 written out again
+        return 4 * n * d * d + 2 * n * n * d + 2 * n * d * m
+
+    full, kept = 32 + 576, 32 + 57
+    assert paper_flops_ratio(num_visual=576, visual_kept=[(0, 57)], shape=shape) == pytest.approx(f(kept) / f(full))
+    # 32 layers of 89 tokens vs 32 of 608: 14.25 % remaining, against 19.6 % at K=2 (the paper's 20 %).
+    assert 100 * f(kept) / f(full) == pytest.approx(14.25, abs=0.01)
+    divprune = 2 * 576 * 576 * d  # DivPrune's cosine-distance matrix over the projected tokens
+    want = (t * f(kept) + divprune) / (t * f(full))
+    assert paper_flops_ratio(num_visual=576, visual_kept=[(0, 57)], shape=shape, added=divprune) == pytest.approx(want)
+    # summarise_flops reads the added work from a record's extras, in every convention.
+    rec = {"num_visual": 576, "num_text_tokens": 32, "stage_layers": [0], "kept_per_stage": [57], "new_tokens": 1,
+           "extras": {"added_flops": divprune}}  # fmt: skip
+    out = summarise_flops([rec], shape=shape)
+    assert out["flops_ratio"] == pytest.approx(want) and out["flops_ratio_paper"] == pytest.approx(want)
+    # One generated token: the generation is the prefill, so its ratio is the prefill's.
+    assert out["generation_flops_ratio"] == pytest.approx(want)

@@ -153,12 +153,16 @@ class GCGModel(Protocol):
             visual token ``r * cols + c`` is grid cell ``(r, c)`` (row-major).
         num_visual: visual tokens the LLM sees before pruning (the pruners' budget base).
         llm_shape: decoder shape for the eq.-5 FLOPs ratio.
+        vision_signals: which :class:`altp.pruning.base.VisionSignals` the vision tower
+            can give the LLM-input pruners (GLaMM's CLIP ViT: all; OMG-LLaVA's ConvNeXt,
+            which has no CLS token and no attention: none).
     """
 
     name: str
     grid: tuple[int, int]
     num_visual: int
     llm_shape: LLMShape
+    vision_signals: frozenset[str]
 
     @property
     def device(self) -> torch.device:

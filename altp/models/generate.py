@@ -38,7 +38,7 @@ from altp.models.base import GCGPrediction
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from transformers import LlamaForCausalLM
 
-    from altp.pruning.base import Pruner
+    from altp.pruning.base import Pruner, VisionSignals
     from altp.pruning.records import PruneRecord
 
 __all__ = ["Answer", "Decoded", "generate_and_decode"]
@@ -127,6 +127,7 @@ def generate_and_decode(
     max_new_tokens: int,
     eos_token_id: int | list[int],
     use_cache: bool | None,
+    vision: Callable[[E, list[int]], VisionSignals | None] | None = None,
 ) -> list[Decoded[E]]:
     """Encode, generate greedily through the pruning engine, decode masks and text; timed.
 
@@ -146,6 +147,9 @@ def generate_and_decode(
         visual_start, num_visual, grid, max_new_tokens, eos_token_id, use_cache: passed
             to :meth:`altp.pruning.engine.PruningEngine.generate`.
         preps, seeds: per sample, what ``pruner.prepare`` returned and its seed.
+        vision: ``(encoding, samples)`` -> those samples' vision-tower signals for the
+            engine (:class:`altp.pruning.base.VisionSignals`), or None where the model
+            has none or the pruner needs none.
 
     Returns:
         One :class:`Decoded` per sample, in batch order.
@@ -171,6 +175,7 @@ def generate_and_decode(
                 inputs_embeds=torch.cat([prompts[b] for b in group]), visual_start=visual_start,
                 num_visual=num_visual, grid=grid, prep=[preps[b] for b in group], max_new_tokens=max_new_tokens,
                 eos_token_id=eos_token_id, use_cache=use_cache, seed=[seeds[b] for b in group],
+                vision=vision(encoding, group) if vision is not None else None,
             )  # fmt: skip
             prefill_ms += out.prefill_ms
             decode_ms += out.decode_ms

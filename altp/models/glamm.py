@@ -62,8 +62,11 @@ from altp.models.tokenizer import (
     tokenize_with_image,
 )
 from altp.pruning._rowwise import encode_per_sample
+from altp.pruning.base import VISION_SIGNALS, VisionSignals
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+
     from altp.pruning.base import Pruner
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "GLaMM", "GLaMMConfig", "clip_resize_crop", "config_from_dict", "config_to_dict"]
@@ -154,6 +157,7 @@ class GLaMM(nn.Module, GCGModel):
         side = self.clip_size // patch
         self.grid: tuple[int, int] = (side, side)
         self.num_visual = side * side
+        self.vision_signals: frozenset[str] = frozenset(VISION_SIGNALS)  # CLIP ViT: CLS token, attention
         self.llm_shape = LLMShape(hidden_size=d, intermediate_size=llm_cfg.intermediate_size,
                                   num_layers=llm_cfg.num_hidden_layers)
         self.prompt = gcg_prompt()
@@ -217,9 +221,46 @@ class GLaMM(nn.Module, GCGModel):
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> projected visual tokens (B, V, D), row-major over the grid."""
+        return self.encode_with_signals(pixels, frozenset())[0]
+
+    def encode_with_signals(
+        self, pixels: torch.Tensor, wanted: frozenset[str]
+    ) -> tuple[torch.Tensor, VisionSignals | None]:
+        """(B, 3, S, S) -> projected visual tokens (B, V, D) and the ``wanted`` vision signals.
+
+        The signals come from the feature layer (``select_layer``, the penultimate CLIP
+        layer): its patch outputs before the projector, its attention keys
+        ``k_proj(layer_norm1(x))`` averaged over heads, and the CLS token's attention row
+        (softmax per head over all 1 + V tokens, summed over heads, CLS column dropped),
+        recomputed from that layer's own q/k so CLIP keeps its SDPA kernel (as
+        upstream VisionZip reads ``attentions[-2]`` and the layer's keys). None when
+        nothing is wanted.
+        """
         out = self.vision_tower(pixel_values=pixels, output_hidden_states=True)
-        feats = out.hidden_states[self.config.select_layer][:, 1:]  # drop CLS: (B, V, C)
-        return self.mm_projector(feats)
+        states = out.hidden_states  # embeddings, then one entry per CLIP layer
+        k = self.config.select_layer % len(states)  # states[k] is the output of CLIP layer k - 1
+        feats = states[k][:, 1:]  # drop CLS: (B, V, C)
+        visual = self.mm_projector(feats)
+        if not wanted:
+            return visual, None
+        tower = getattr(self.vision_tower, "vision_model", self.vision_tower)  # transformers 5 flattens it
+        layer = cast("CLIPEncoderLayer", tower.encoder.layers[k - 1])  # ModuleList items are typed Module
+        attn = layer.self_attn
+        b, n, _ = states[k - 1].shape
+        x = layer.layer_norm1(states[k - 1])  # the feature layer's attention input, CLS first
+        keys = attn.k_proj(x).view(b, n, attn.num_heads, attn.head_dim).transpose(1, 2)  # (B, H, 1 + V, hd)
+        cls_attention = None
+        if "cls_attention" in wanted:
+            q = attn.q_proj(x[:, :1]).view(b, 1, attn.num_heads, attn.head_dim).transpose(1, 2)  # (B, H, 1, hd)
+            row = (torch.matmul(q.float(), keys.float().transpose(-1, -2)) * attn.scale).softmax(-1)  # (B, H, 1, 1+V)
+            cls_attention = row[:, :, 0, 1:].sum(1)  # (B, V)
+        signals = VisionSignals(
+            cls_attention=cls_attention,
+            features=feats if "features" in wanted else None,
+            keys=keys.mean(1)[:, 1:] if "keys" in wanted else None,  # (B, V, hd)
+            project=lambda f: encode_per_sample(self.mm_projector, f),
+        )
+        return visual, signals
 
     def build_inputs_embeds(self, visual: torch.Tensor) -> torch.Tensor:
         """Prompt embeddings with ``visual`` (B, V, D) in place of ``<image>``: (B, L, D).
@@ -260,6 +301,19 @@ class GLaMM(nn.Module, GCGModel):
             out[b] = [m.cpu().numpy() for m in logits > 0]
         return out
 
+    def _encode_prompts(
+        self, inputs: Sequence[ImageInputs], wanted: frozenset[str]
+    ) -> tuple[torch.Tensor, VisionSignals | None]:
+        """The batch's prompt embeddings (B, L, D) and, when ``wanted``, its vision signals (per image on the CPU)."""
+
+        def join(parts: list[tuple[torch.Tensor, VisionSignals | None]]) -> tuple[torch.Tensor, VisionSignals | None]:
+            signals = [s for _, s in parts if s is not None]
+            return torch.cat([v for v, _ in parts]), VisionSignals.concat(signals) if signals else None
+
+        visual, signals = encode_per_sample(lambda x: self.encode_with_signals(x, wanted), self.clip_input(inputs),
+                                            join)  # fmt: skip
+        return self.build_inputs_embeds(visual), signals
+
     # -- the GCGModel entry points ------------------------------------------------------------
     @torch.inference_mode()
     def predict_batch(
@@ -283,11 +337,13 @@ class GLaMM(nn.Module, GCGModel):
         """
         inputs = list(inputs)
         ids = self.token_ids
+        wanted = pruner.needs_vision if pruner is not None else frozenset()
         decoded = generate_and_decode(
             lm=self.llm, pruner=pruner, device=self.device, batch_size=len(inputs),
             # The prompts are built with the image encodings, so vision_ms covers both.
-            encode=lambda: self.build_inputs_embeds(encode_per_sample(self.encode_image, self.clip_input(inputs))),
-            prompt=lambda embeds, b, _question: embeds[b : b + 1],
+            encode=lambda: self._encode_prompts(inputs, wanted),
+            prompt=lambda encoded, b, _question: encoded[0][b : b + 1],
+            vision=lambda encoded, group: encoded[1].rows(group) if encoded[1] is not None else None,
             seg_states=lambda hidden, tokens: hidden[tokens == ids.seg],  # the states that produced [SEG]
             masks=lambda _embeds, states: self.batch_masks(inputs, states),
             # decode() of one id sequence is a str (transformers types the batched form too)

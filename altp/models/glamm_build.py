@@ -40,11 +40,17 @@ from altp.models.glamm_convert import load_official_weights, official_config
 from altp.models.random_weights import randomize_, wire_bigram_chain_
 from altp.models.sam import GroundingEncoderConfig
 from altp.models.tokenizer import TINY_TOKENIZER_DIR, load_glamm_tokenizer
+from altp.pruning.base import VISION_SIGNALS as _ALL_SIGNALS
 
 __all__ = [
+    "VISION_SIGNALS",
     "GLAMM_BUILDERS", "SHAPES_DIR", "WEIGHT_PATHS", "MissingShapesWeightsError", "build_glamm", "build_glamm_full_random",
     "build_glamm_shapes", "build_glamm_tiny", "script_", "shapes_config", "small_config",
 ]
+
+# What every builder's model offers the LLM-input pruners (altp.pruning.base.VisionSignals), read by the
+# runner before any weight loads: CLIP ViT-L/14 has a CLS token and attention.
+VISION_SIGNALS: frozenset[str] = frozenset(_ALL_SIGNALS)
 
 SHAPES_DIR = Path(__file__).parent / "assets" / "shapes"
 

@@ -116,6 +116,7 @@ class OmgLlava(nn.Module, GCGModel):
         side = IMAGE_SIZE // 64  # ConvNeXt stride 32, then pixel shuffle by 2
         self.grid: tuple[int, int] = (side, side)
         self.num_visual = side * side
+        self.vision_signals: frozenset[str] = frozenset()  # ConvNeXt: no CLS token, no attention
         # The FLOPs ratio's decoder shape: InternLM2-7B's (MODEL_SHAPES["omg_llava"]) for the real model.
         self.llm_shape = LLMShape(
             hidden_size=cfg.hidden_size,

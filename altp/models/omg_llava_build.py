@@ -36,9 +36,14 @@ from altp.models.omg_llava_convert import OFFICIAL_LLM_WEIGHTS, load_official_pa
 from altp.models.random_weights import randomize_, wire_bigram_chain_
 
 __all__ = [
+    "VISION_SIGNALS",
     "OMG_LLAVA_BUILDERS", "TINY_INTERNLM2_CONFIG", "build_omg_llava", "build_omg_llava_tiny", "script_",
     "tiny_class_embed",
 ]
+
+# What every builder's model offers the LLM-input pruners (altp.pruning.base.VisionSignals), read by the
+# runner before any weight loads: the ConvNeXt has no CLS token and no attention.
+VISION_SIGNALS: frozenset[str] = frozenset()
 
 #: An InternLM2 ``config.json`` at toy width (``vocab_size`` is set from the tokenizer).
 TINY_INTERNLM2_CONFIG: dict[str, Any] = {

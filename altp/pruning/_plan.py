@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from altp.pruning.base import Pruner, PruneStage, Selection
+from altp.pruning.base import STAGE_SIGNALS, Pruner, PruneStage, Selection
 from altp.pruning.records import PruneRecord
 
 __all__ = ["KeptSetLog", "PrunePlan", "StageState"]
@@ -31,6 +31,11 @@ class StageState:
             (prefix, kept visual tokens, suffix); None until selected.
         num_before: prompt tokens entering the stage.
         decode_base: position of generated token 0 in the layers from this stage on.
+        merged: (B, M, D) tokens the selection made by merging (None: none), inserted
+            at ``merge_at`` of the gathered sequence.
+        merge_src: (B, M) long, for each merged token the index (into the sequence
+            entering the stage) of the token whose position it takes.
+        merge_at: where the merged tokens go: after the prefix and the kept visual tokens.
     """
 
     index: int
@@ -38,6 +43,9 @@ class StageState:
     keep: torch.Tensor | None = None
     num_before: int = 0
     decode_base: int = 0
+    merged: torch.Tensor | None = None
+    merge_src: torch.Tensor | None = None
+    merge_at: int = 0
 
     def apply(
         self, h: torch.Tensor, pos: torch.Tensor, n_gen: int
@@ -54,6 +62,10 @@ class StageState:
             tail = torch.arange(self.num_before, self.num_before + n_gen, device=idx.device)
             idx = torch.cat([idx, tail[None].expand(b, -1)], dim=1)
         h = torch.gather(h, 1, idx[..., None].expand(-1, -1, h.shape[-1]))
+        if self.merged is not None and self.merge_src is not None:
+            at = self.merge_at
+            h = torch.cat([h[:, :at], self.merged.to(h.dtype), h[:, at:]], dim=1)
+            idx = torch.cat([idx[:, :at], self.merge_src, idx[:, at:]], dim=1)  # whose positions they take
         if self.stage.renumber_positions:
             pos = torch.arange(idx.shape[1], device=h.device)[None]
         else:
@@ -108,6 +120,7 @@ class PrunePlan:
     num_prompt_current: int = field(init=False)
     first_kept: torch.Tensor | None = field(init=False, default=None)
     kept_by_stage: list[torch.Tensor] = field(init=False, default_factory=list)
+    merged_by_stage: list[list[list[list[int]]]] = field(init=False, default_factory=list)
     extras: list[dict[str, Any]] = field(init=False)
     timers: list[_Timer] = field(init=False, default_factory=list)
 
@@ -128,19 +141,23 @@ class PrunePlan:
         self.extras = [{} for _ in range(self.batch)]
 
     def _check_schedule(self) -> None:
-        prev_layer, prev_keep = 0, self.num_visual
+        prev_layer, prev_keep = -1, self.num_visual
         for k, s in enumerate(self.stages):
             where = f"{self.pruner_name}.schedule() stage {k} ({s})"
-            if not (max(prev_layer, 0) < s.layer < self.num_layers):
-                raise ValueError(f"{where}: layers must be ascending in [1, {self.num_layers})")
+            if not (prev_layer < s.layer < self.num_layers):
+                raise ValueError(f"{where}: layers must be ascending in [0, {self.num_layers})")
             if not (1 <= s.n_keep <= prev_keep):
                 raise ValueError(
                     f"{where}: n_keep must be in [1, {prev_keep}] (tokens only ever get fewer)"
                 )
-            if s.score_layer is not None and not (prev_layer <= s.score_layer <= s.layer):
+            low = max(prev_layer, 0)
+            if s.score_layer is not None and not (low <= s.score_layer <= s.layer):
                 raise ValueError(
-                    f"{where}: score_layer must lie in [{prev_layer}, {s.layer}] so that it sees this stage's tokens"
+                    f"{where}: score_layer must lie in [{low}, {s.layer}] so that it sees this stage's tokens"
                 )
+            unknown = set(s.signals) - set(STAGE_SIGNALS)
+            if unknown or ("keys" in s.signals and s.score_layer is None):
+                raise ValueError(f"{where}: signals must be among {STAGE_SIGNALS}, and 'keys' needs a score_layer")
             prev_layer, prev_keep = s.layer, s.n_keep
 
     @property
@@ -160,9 +177,10 @@ class PrunePlan:
         return t
 
     def accept(self, st: StageState, sel: Selection) -> None:
-        """Validate a pruner's answer and turn it into the stage's gather index."""
+        """Validate a pruner's answer and turn it into the stage's gather index (and merged tokens)."""
         idx = sel.indices
-        want = (self.batch, st.stage.n_keep)
+        n_merged = self._check_merged(st, sel)
+        want = (self.batch, st.stage.n_keep - n_merged)
         who = f"pruner {self.pruner_name} (stage {st.index}, layer {st.stage.layer})"
         if (
             not isinstance(idx, torch.Tensor)
@@ -198,21 +216,49 @@ class PrunePlan:
                 torch.arange(a + v, n, device=dev)[None].expand(b, -1),
             ],
             dim=1,
-        )  # (B, N_after)
+        )  # (B, N_after - M)
         st.num_before = n
-        self.visual_ids = torch.gather(self.visual_ids, 1, idx)
+        kept_ids = torch.gather(self.visual_ids, 1, idx)
+        groups: list[list[list[int]]] = [[] for _ in range(b)]
+        if n_merged:
+            rel = torch.tensor([[g[0] for g in row] for row in sel.merged_from], device=dev)  # (B, M)
+            st.merged, st.merge_src, st.merge_at = sel.merged, rel + a, a + idx.shape[1]
+            ids = self.visual_ids.tolist()
+            groups = [[[ids[r][j] for j in g] for g in row] for r, row in enumerate(sel.merged_from)]
+            self.visual_ids = torch.cat([kept_ids, torch.gather(self.visual_ids, 1, rel)], dim=1)
+        else:
+            self.visual_ids = kept_ids
         if st.index == 0:
-            self.first_kept = self.visual_ids
-        self.kept_by_stage.append(self.visual_ids)
+            self.first_kept = kept_ids
+        self.kept_by_stage.append(kept_ids)
+        self.merged_by_stage.append(groups)
         self.num_current = st.stage.n_keep
         self.num_prompt_current = n - v + st.stage.n_keep
         if st.stage.renumber_positions:
             self._base = self.num_prompt_current
         st.decode_base = self._base
 
+    def _check_merged(self, st: StageState, sel: Selection) -> int:
+        """M, the merged tokens of ``sel`` (0 without), after checking their shapes and sources."""
+        if sel.merged is None:
+            return 0
+        who = f"pruner {self.pruner_name} (stage {st.index}, layer {st.stage.layer})"
+        m = sel.merged
+        if m.dim() != 3 or m.shape[0] != self.batch or not (1 <= m.shape[1] < st.stage.n_keep + 1):
+            raise ValueError(f"{who} must return Selection.merged as (B={self.batch}, M, D) with "
+                             f"1 <= M <= n_keep={st.stage.n_keep}, got {tuple(m.shape)}")
+        groups = sel.merged_from
+        if len(groups) != self.batch or any(
+            len(row) != m.shape[1] or any(not g or not all(0 <= j < self.num_current for j in g) for g in row)
+            for row in groups
+        ):
+            raise ValueError(f"{who} must return Selection.merged_from with, per sample, one non-empty group of "
+                             f"indices in [0, {self.num_current}) per merged token")
+        return int(m.shape[1])
+
     def decode_positions(self, layer: int, j: int) -> torch.Tensor:
         """(1, 1) position of generated token j in the layer range starting at ``layer``."""
-        base = self.num_prompt if layer == 0 else self.states[layer].decode_base
+        base = self.states[layer].decode_base if layer in self.states else self.num_prompt
         return torch.tensor([[base + j]], device=self.device)
 
     def record(self, pruner: Pruner | None) -> PruneRecord:
@@ -224,6 +270,10 @@ class PrunePlan:
             ],
             kept_per_stage=[s.n_keep for s in self.stages],
             stage_layers=[s.layer for s in self.stages],
+            merged_tokens_per_stage=(
+                [[groups[b] for groups in self.merged_by_stage] for b in range(self.batch)]
+                if any(any(row) for row in self.merged_by_stage) else []
+            ),
             extras=self.extras,
             select_ms=sum(t.elapsed_ms() for t in self.timers),
             hparams=pruner.hparams() if pruner is not None else {},

@@ -14,12 +14,20 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer, apply_ro
 
 from altp.pruning._rowwise import per_sample_linear
 
-__all__ = ["last_row_attention"]
+__all__ = ["last_row_attention", "layer_keys"]
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     # apply_rotary_pos_emb rotates a (q, k) pair; rotating x twice costs one spare multiply of a single row.
     return apply_rotary_pos_emb(x, x, cos, sin)[0]
+
+
+def layer_keys(layer: LlamaDecoderLayer, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """(B, H_kv, N, head_dim) the post-RoPE keys ``layer`` computes from its input ``hidden`` (B, N, D)."""
+    attn = layer.self_attn
+    b, n, _ = hidden.shape
+    k = attn.k_proj(layer.input_layernorm(hidden)).view(b, n, -1, attn.head_dim).transpose(1, 2)
+    return _rope(k, cos, sin)
 
 
 def last_row_attention(
@@ -51,10 +59,7 @@ def last_row_attention(
         q = attn.q_proj(last).view(b, 1, -1, hd).transpose(1, 2)  # (B, H, 1, hd)
     q = _rope(q, cos[:, -1:], sin[:, -1:])
     if keys is None:
-        k = (
-            attn.k_proj(layer.input_layernorm(hidden)).view(b, n, -1, hd).transpose(1, 2)
-        )  # (B, H_kv, N, hd)
-        keys = _rope(k, cos, sin)
+        keys = layer_keys(layer, hidden, cos, sin)  # (B, H_kv, N, hd)
     h, h_kv = q.shape[1], keys.shape[1]
     if keys.shape[2] != n:
         raise ValueError(f"keys cover {keys.shape[2]} tokens but the hidden states {n}")

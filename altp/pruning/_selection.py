@@ -8,14 +8,14 @@ token's attention row, recomputed from the score layer's q/k) and hands the prun
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from altp.pruning._plan import PrunePlan, StageState
-from altp.pruning._scores import last_row_attention
-from altp.pruning.base import PruneContext, Pruner, PruneStage, ScheduleInfo
+from altp.pruning._scores import last_row_attention, layer_keys
+from altp.pruning.base import PruneContext, Pruner, PruneStage, ScheduleInfo, VisionSignals
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from transformers import DynamicCache, PretrainedConfig
@@ -89,25 +89,30 @@ def select_stage(
     pe: tuple[torch.Tensor, torch.Tensor],
     score_in: Any,
     cache: DynamicCache | None,
+    norm: Callable[[torch.Tensor], torch.Tensor],
+    vision: VisionSignals | None,
 ) -> None:
     """Score and choose at stage ``st`` (``h`` (B, L, D) is its layer's input, ``pe`` its RoPE) into ``plan``.
 
     ``score_in`` is the (hidden, RoPE) input of the stage's score layer when it ran before the
-    stage's layer (``cache`` then holds that layer's post-RoPE keys).
+    stage's layer (``cache`` then holds that layer's post-RoPE keys). ``norm`` is the model's
+    final norm (for ``hidden_normed``), ``vision`` the batch's vision-tower signals.
     """
     timer = plan.timer()
-    scores = None
-    sl = st.stage.score_layer
-    if sl is not None:
+    scores = keys = None
+    sl, signals = st.stage.score_layer, st.stage.signals
+    if sl is not None and (pruner.needs_scores or "keys" in signals):
         h_s, (cos, sin) = score_in if sl < st.stage.layer else (h, pe)
         # The score layer's cached keys are exactly its input's post-RoPE keys when it ran on this token set.
         # (cache.layers is typed with linear-attention layers too; a Llama cache holds DynamicLayers)
-        keys = cache.layers[sl].keys if (cache is not None and sl < st.stage.layer) else None  # pyright: ignore[reportAttributeAccessIssue]
-        row = last_row_attention(
-            layer=layers[sl], hidden=h_s, cos=cos, sin=sin, keys=keys
-        )  # (B, L)
-        a = plan.visual_offset
-        scores = row[:, a : a + plan.num_current]  # (B, V_cur) the visual columns
+        cached = cache.layers[sl].keys if (cache is not None and sl < st.stage.layer) else None  # pyright: ignore[reportAttributeAccessIssue]
+        layer_k = cached if cached is not None else layer_keys(layers[sl], h_s, cos, sin)  # (B, H_kv, L, hd)
+        if pruner.needs_scores:
+            row = last_row_attention(layer=layers[sl], hidden=h_s, cos=cos, sin=sin, keys=layer_k)  # (B, L)
+            a = plan.visual_offset
+            scores = row[:, a : a + plan.num_current]  # (B, V_cur) the visual columns
+        if "keys" in signals:
+            keys = layer_k.transpose(1, 2).flatten(2)  # (B, L, H_kv * hd)
     ctx = PruneContext(
         stage=st.index,
         layer=st.stage.layer,
@@ -118,6 +123,11 @@ def select_stage(
         scores=scores,
         prep=plan.prep,
         seed=plan.seed,
+        hidden=h,
+        visual_start=plan.visual_offset,
+        keys=keys,
+        hidden_normed=norm(h) if "hidden_normed" in signals else None,
+        vision=vision if pruner.needs_vision else None,
     )
     sel = pruner.select(ctx)
     plan.accept(st, sel)

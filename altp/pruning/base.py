@@ -21,6 +21,21 @@ Index conventions used throughout:
 * ``visual_ids`` are *original* indices in ``0..V-1``.
 * :attr:`Selection.indices` are *relative* to the visual tokens still present at
   this stage (``0..V_cur-1``), sorted ascending, one row per batch element.
+
+Where a pruner acts:
+
+* inside the LLM, at the input of decoder layer ``K >= 1`` (FastV, PDrop, DART, the paper's
+  ALTP): layers before ``K`` see every token, and the stage may ask for the last token's
+  attention row (``score_layer``) and for the score layer's keys and the stage's hidden
+  states (:attr:`PruneStage.signals`);
+* at the LLM input, before decoder layer 0 (``PruneStage.layer == 0``: VisionZip, DivPrune,
+  ALTP's literal reading): every layer sees only the kept tokens, and the pruner reads
+  image-side signals: the projected visual embeddings (``ctx.hidden``'s visual span) and
+  what the model adapter exposes of its vision tower (:class:`VisionSignals`).
+
+A stage may also *merge*: :attr:`Selection.merged` carries new embeddings that take the
+place of the tokens they absorbed (VisionZip's contextual tokens); they enter the sequence
+right after the kept visual tokens, in the order given (see :class:`Selection`).
 """
 
 from __future__ import annotations
@@ -36,11 +51,14 @@ import numpy as np
 import torch
 
 __all__ = [
+    "VISION_SIGNALS",
+    "STAGE_SIGNALS",
     "PruneContext",
     "PruneStage",
     "Pruner",
     "ScheduleInfo",
     "Selection",
+    "VisionSignals",
     "available_pruners",
     "build_pruner",
     "kept_count",
@@ -98,27 +116,87 @@ class ScheduleInfo:
     grid: tuple[int, int]
 
 
+#: what a model adapter may expose of its vision tower (:class:`VisionSignals` fields)
+VISION_SIGNALS = ("cls_attention", "features", "keys")
+#: what a stage may ask the engine for besides the attention row (:attr:`PruneStage.signals`)
+STAGE_SIGNALS = ("keys", "hidden_normed")
+
+
+@dataclass(frozen=True)
+class VisionSignals:
+    """Image-side signals of the vision tower, for pruners at the LLM input (layer 0).
+
+    A model adapter fills what its tower has (GLaMM's CLIP ViT: all of them; OMG-LLaVA's
+    ConvNeXt: none) and lists it in ``GCGModel.vision_signals``; a pruner that needs one
+    the model lacks fails at config time (:attr:`Pruner.needs_vision`). All tensors
+    follow the visual tokens' order (row-major over the grid), batch first.
+
+    Attributes:
+        cls_attention: (B, V) float32: the CLS token's attention to each patch at the
+            feature layer (the layer whose output the LLM receives), softmax per head
+            over the whole row (CLS column included), summed over heads; the CLS column
+            itself is left out.
+        features: (B, V, C) the feature layer's patch outputs, before the projector.
+        keys: (B, V, C_h) the feature layer's attention keys of each patch
+            (``k_proj(layer_norm1(x))``), averaged over heads.
+        project: the adapter's projector, (B, n, C) features -> (B, n, D) LLM embeddings.
+    """
+
+    cls_attention: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
+    project: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @staticmethod
+    def concat(parts: list[VisionSignals]) -> VisionSignals:
+        """The signals of several samples stacked along the batch (the first part's projector)."""
+
+        def cat(name: str) -> torch.Tensor | None:
+            values = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in values) else torch.cat(values)
+
+        return VisionSignals(cls_attention=cat("cls_attention"), features=cat("features"), keys=cat("keys"),
+                             project=parts[0].project if parts else None)  # fmt: skip
+
+    def rows(self, index: list[int]) -> VisionSignals:
+        """The signals of the batch elements ``index``, in that order."""
+
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[torch.tensor(index, device=t.device)]
+
+        return VisionSignals(cls_attention=pick(self.cls_attention), features=pick(self.features),
+                             keys=pick(self.keys), project=self.project)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class PruneStage:
     """One pruning step inside the decoder.
 
     Attributes:
         layer: visual tokens are dropped from the *input* of this decoder layer
-            (0-based), so layers ``< layer`` see the previous token set.
-        n_keep: visual tokens left after this stage (absolute count).
+            (0-based), so layers ``< layer`` see the previous token set; 0 prunes at
+            the LLM input (no layer sees the dropped tokens).
+        n_keep: visual tokens left after this stage (absolute count), merged ones
+            included.
         score_layer: the layer whose input norm, q/k projections and RoPE give
             the last-token attention scores passed to :meth:`Pruner.select`
             (FastV: ``layer - 1``; PDrop: ``layer``); ``None`` if the pruner
-            needs no scores.
+            needs no scores (always at layer 0: no layer has run).
         renumber_positions: if True, position ids after this stage are
-            renumbered contiguously (PDrop); if False the original ids are kept
-            with gaps (FastV).
+            renumbered contiguously (PDrop, and the LLM-input pruners: upstream
+            VisionZip and DivPrune feed a shorter sequence); if False the
+            original ids are kept with gaps (FastV, DART).
+        signals: what else :meth:`Pruner.select` reads (:data:`STAGE_SIGNALS`):
+            ``keys``, the post-RoPE attention keys of ``score_layer`` for the whole
+            sequence (``ctx.keys``); ``hidden_normed``, the stage's input hidden
+            states through the model's final norm (``ctx.hidden_normed``).
     """
 
     layer: int
     n_keep: int
     score_layer: int | None
     renumber_positions: bool = False
+    signals: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,6 +223,17 @@ class PruneContext:
             for element b. Read them through :attr:`seeds`; a pruner that draws
             sample b's numbers from ``seeds[b]`` alone gives each image the same
             choice in any batch.
+        hidden: (B, L, D) the stage layer's input, the whole current sequence (at
+            layer 0: the prompt embeddings, whose visual span holds the projected
+            visual tokens); the visual tokens are ``hidden[:, visual_start :
+            visual_start + num_current]``. None where the engine did not pass it.
+        visual_start: index of the first visual token in the sequence.
+        keys: (B, L, H_kv * d_head) the score layer's post-RoPE keys over the whole
+            sequence, when the stage asked for ``keys``; else None.
+        hidden_normed: (B, L, D) ``hidden`` through the model's final norm, when the
+            stage asked for ``hidden_normed``; else None.
+        vision: the model's :class:`VisionSignals` of the batch, when the pruner
+            declares :attr:`Pruner.needs_vision`; else None.
     """
 
     stage: int
@@ -156,6 +245,18 @@ class PruneContext:
     scores: torch.Tensor | None
     prep: tuple[Any, ...]
     seed: int | tuple[int, ...] = 0
+    hidden: torch.Tensor | None = None
+    visual_start: int = 0
+    keys: torch.Tensor | None = None
+    hidden_normed: torch.Tensor | None = None
+    vision: VisionSignals | None = None
+
+    @property
+    def visual_hidden(self) -> torch.Tensor:
+        """(B, V_cur, D) the current visual tokens' hidden states (at layer 0: their embeddings)."""
+        if self.hidden is None:
+            raise ValueError("this context carries no hidden states")
+        return self.hidden[:, self.visual_start : self.visual_start + self.num_current]
 
     @property
     def batch_size(self) -> int:
@@ -184,11 +285,25 @@ class Selection:
         indices: (B, n_keep) long, sorted ascending, relative to the visual
             tokens present at this stage (``0..V_cur-1``).
         extras: per-sample JSON-serialisable details to record (e.g. ALTP's
-            region budgets), one dict per batch element; may be empty.
+            region budgets), one dict per batch element; may be empty. A numeric
+            ``added_flops`` entry is work the method adds beyond the decoder (e.g.
+            a similarity matrix); every FLOPs convention counts it (:mod:`altp.flops`).
+        merged: (B, M, D) new tokens made by merging, in the hidden states' space at
+            this stage (at layer 0: LLM input embeddings), or None. They enter the
+            sequence right after the ``n_keep - M`` kept tokens, in this order, as
+            upstream VisionZip appends its contextual tokens after the dominant ones;
+            their position ids are contiguous after the kept ones when the stage
+            renumbers, else each takes the position of the first token it absorbed.
+        merged_from: per batch element, per merged token, the relative indices
+            (``0..V_cur-1``) of the tokens it absorbed, the one whose position it
+            takes first; required with ``merged``. Records store them as original
+            indices; object coverage counts a merged token as covering them.
     """
 
     indices: torch.Tensor
     extras: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    merged: torch.Tensor | None = None
+    merged_from: tuple[tuple[tuple[int, ...], ...], ...] = field(default_factory=tuple)
 
 
 class Pruner(ABC):
@@ -207,12 +322,29 @@ class Pruner(ABC):
     name: ClassVar[str] = ""
     #: whether :meth:`select` reads ``ctx.scores`` (the engine skips computing them otherwise)
     needs_scores: ClassVar[bool] = True
+    #: the lowest ``layer`` the pruner supports (0: it can prune at the LLM input)
+    min_layer: ClassVar[int] = 1
 
     def __init__(self, *, keep: float, layer: int = 2) -> None:
         self.keep = validate_keep(keep)
-        if layer < 1:
-            raise ValueError(f"pruning layer must be >= 1 (layer 0 has no attention to score with), got {layer}")
+        if layer < self.min_layer:
+            why = "layer 0 has no attention to score with" if self.min_layer == 1 else "the LLM input is layer 0"
+            raise ValueError(f"{self.name or type(self).__name__} pruning layer must be >= {self.min_layer} "
+                             f"({why}), got {layer}")
         self.layer = int(layer)
+
+    @property
+    def needs_vision(self) -> frozenset[str]:
+        """The :class:`VisionSignals` fields :meth:`select` reads (default none).
+
+        The runner checks them against the model's ``vision_signals`` before the first
+        image, so a pruner a model cannot serve fails with one line at config time.
+        """
+        return frozenset()
+
+    def vision_hint(self) -> str:
+        """What to try instead when a model lacks :attr:`needs_vision` (``"; ..."``), for the one-line error."""
+        return ""
 
     @property
     def reselects_per_step(self) -> bool:
@@ -226,15 +358,22 @@ class Pruner(ABC):
         return False
 
     def schedule(self, info: ScheduleInfo) -> list[PruneStage]:
-        """Stages for one sequence; empty means no pruning."""
+        """Stages for one sequence; empty means no pruning.
+
+        The default: one stage at ``layer`` keeping ``floor(keep * V)``, scored by layer
+        ``layer - 1`` when :attr:`needs_scores`; at layer 0 (the LLM input) unscored,
+        with positions renumbered as the LLM-input pruners' upstream code feeds them.
+        """
         if self.layer >= info.num_layers:
             raise ValueError(f"pruning layer {self.layer} >= num_layers {info.num_layers}")
         n_keep = kept_count(self.keep, info.num_visual)
+        at_input = self.layer == 0
         return [
             PruneStage(
                 layer=self.layer,
                 n_keep=n_keep,
-                score_layer=self.layer - 1 if self.needs_scores else None,
+                score_layer=self.layer - 1 if (self.needs_scores and not at_input) else None,
+                renumber_positions=at_input,
             )
         ]
 

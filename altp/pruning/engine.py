@@ -66,7 +66,7 @@ from altp.pruning._kv_cache import growing_cache
 from altp.pruning._plan import KeptSetLog, PrunePlan, StageState
 from altp.pruning._rowwise import per_sample_linear
 from altp.pruning._selection import plan_prefill, select_stage
-from altp.pruning.base import Pruner
+from altp.pruning.base import Pruner, VisionSignals
 from altp.pruning.records import PruneRecord
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -125,6 +125,7 @@ class PruningEngine:
         # nn.ModuleList iterates as plain Modules; a LlamaModel's are its decoder layers
         self.layers = cast("list[LlamaDecoderLayer]", list(lm.model.layers)[: lm.config.num_hidden_layers])
         self._eager = impl == "eager"
+        self._vision: VisionSignals | None = None  # the current call's vision-tower signals
 
     # -- public API -------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -140,6 +141,7 @@ class PruningEngine:
         eos_token_id: int | list[int] | None,
         use_cache: bool | None = None,
         seed: int | Sequence[int] = 0,
+        vision: VisionSignals | None = None,
     ) -> GenerateOutput:
         """Prefill with pruning, then greedy decoding.
 
@@ -158,6 +160,8 @@ class PruningEngine:
                 else True.
             seed: per-sample seeds handed to the pruner (``PruneContext.seed``):
                 one per batch element, or one int ``s`` meaning ``s + b``.
+            vision: the batch's vision-tower signals (``PruneContext.vision``), for a
+                pruner that declares ``needs_vision``.
 
         Raises:
             ValueError: ``use_cache=True`` with a pruner that re-selects per step.
@@ -179,6 +183,7 @@ class PruningEngine:
             device=inputs_embeds.device,
         )
         dev = inputs_embeds.device
+        self._vision = vision
         synchronize(dev)
         t0 = time.perf_counter()
         plan = self._plan(inputs_embeds, visual_start, num_visual, grid, prep, seed)
@@ -265,6 +270,7 @@ class PruningEngine:
         seed: int | Sequence[int] = 0,
         use_cache: bool = True,
         last_only: bool = False,
+        vision: VisionSignals | None = None,
     ) -> tuple[torch.Tensor, PruneRecord]:
         """Prompt forward only (benchmarks, tests); arguments as :meth:`generate`.
 
@@ -276,6 +282,7 @@ class PruningEngine:
             last layer (all N when unpruned; N_last = 1 with ``last_only``), and
             the :class:`PruneRecord`.
         """
+        self._vision = vision
         plan = self._plan(inputs_embeds, visual_start, num_visual, grid, prep, seed)
         cache = growing_cache(self.lm.config) if use_cache else None
         hidden = self._forward(inputs_embeds, plan, cache=cache, select=True)
@@ -365,7 +372,7 @@ class PruningEngine:
     ) -> None:
         assert self.pruner is not None  # only a pruner's plan has stages to select at
         select_stage(pruner=self.pruner, layers=self.layers, st=st, plan=plan, h=h, pe=pe,
-                     score_in=score_in, cache=cache)  # fmt: skip
+                     score_in=score_in, cache=cache, norm=self.lm.model.norm, vision=self._vision)  # fmt: skip
 
     def _decode_step(
         self, e: torch.Tensor, plan: PrunePlan, cache: DynamicCache, j: int

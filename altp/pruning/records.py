@@ -23,7 +23,11 @@ class PruneRecord:
         kept_tokens_per_stage: per batch element, per stage, the original visual
             indices (0..V-1) kept after that stage, ascending ([] per element when
             unpruned).
-        kept_per_stage: visual tokens left after each stage.
+        merged_tokens_per_stage: per batch element, per stage, per token made by
+            merging, the original visual indices (0..V-1) it absorbed (the one whose
+            position it takes first); [] when no stage merged. Those tokens count in
+            ``kept_per_stage`` but not in ``kept_tokens``/``kept_tokens_per_stage``.
+        kept_per_stage: visual tokens left after each stage (merged ones included).
         stage_layers: the decoder layer of each stage.
         extras: per batch element, :attr:`Selection.extras` of every stage merged;
             with a pruner that re-selects per step also ``reselect_steps``
@@ -43,6 +47,7 @@ class PruneRecord:
     select_ms: float
     hparams: dict[str, Any] = field(default_factory=dict)
     kept_tokens_per_stage: list[list[list[int]]] = field(default_factory=list)
+    merged_tokens_per_stage: list[list[list[list[int]]]] = field(default_factory=list)
 
     def row(self, b: int, *, select_ms: float | None = None) -> PruneRecord:
         """Batch element ``b``'s record, shaped as the record of a batch of one.
@@ -55,6 +60,7 @@ class PruneRecord:
             self,
             kept_tokens=self.kept_tokens[b : b + 1],
             kept_tokens_per_stage=self.kept_tokens_per_stage[b : b + 1],
+            merged_tokens_per_stage=self.merged_tokens_per_stage[b : b + 1],
             extras=self.extras[b : b + 1],
             select_ms=self.select_ms if select_ms is None else select_ms,
             kept_per_stage=list(self.kept_per_stage),

@@ -78,6 +78,10 @@ def image_record(
     """
     rec = out.record
     per_stage = rec.kept_tokens_per_stage[0] if rec.kept_tokens_per_stage else []
+    merged = rec.merged_tokens_per_stage[0] if rec.merged_tokens_per_stage else []
+    # A token made by merging shows the patches it absorbed: they count as covered.
+    shown = [sorted({*kept, *(j for group in groups for j in group)})
+             for kept, groups in zip(per_stage, merged, strict=True)] if merged else per_stage  # fmt: skip
     record = {
         "image_id": sample.image_id,
         "error": None,
@@ -86,7 +90,8 @@ def image_record(
         "stage_layers": list(rec.stage_layers),
         "extras": rec.extras[0] if rec.extras else {},
         "kept_tokens_per_stage": per_stage,
-        **coverage_fields(gt_patches, per_stage),
+        **({"merged_tokens_per_stage": merged} if merged else {}),
+        **coverage_fields(gt_patches, shown),
         "num_visual": out.num_visual,
         "num_text_tokens": out.num_text_tokens,
         "new_tokens": out.new_tokens,

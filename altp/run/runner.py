@@ -59,6 +59,33 @@ __all__ = ["InjectedFault", "image_seed", "model_on_rank", "print_metrics", "res
            "summarise"]
 
 
+def _check_vision_signals(pruner: Pruner | None, model_name: str, has: frozenset[str] | None) -> None:
+    """One line when the pruner reads vision-tower signals the model does not expose (None: unknown)."""
+    needs = pruner.needs_vision if pruner is not None else frozenset()
+    if pruner is None or has is None or needs <= has:
+        return
+    from altp.errors import UserError
+
+    missing = ", ".join(sorted(needs - has))
+    offer = ", ".join(sorted(has)) or "none (no CLS token, no attention)"
+    raise UserError(
+        f"pruner={pruner.name} needs the vision tower's {missing}, which model={model_name} does not have "
+        f"(its vision signals: {offer}){pruner.vision_hint()}"
+    )
+
+
+def _builder_vision_signals(cfg: DictConfig) -> frozenset[str] | None:
+    """What the model config's builder module declares in ``VISION_SIGNALS``, before any weight loads."""
+    import importlib
+
+    module = str(cfg.model.get("_target_", "")).rpartition(".")[0]
+    try:
+        declared = getattr(importlib.import_module(module), "VISION_SIGNALS", None) if module else None
+    except ImportError:
+        return None  # Hydra reports the unknown target when it builds the model
+    return frozenset(declared) if declared is not None else None
+
+
 def _check_pruner_fits(pruner: Pruner | None, model: GCGModel, cfg: DictConfig) -> None:
     """Schedule the pruner once on the model's shape, so a budget it cannot meet (keep below one
     token, a PDrop lambda that empties a stage) is one line before the loop, not an error per image."""
@@ -66,6 +93,7 @@ def _check_pruner_fits(pruner: Pruner | None, model: GCGModel, cfg: DictConfig) 
         return
     from altp.errors import UserError
 
+    _check_vision_signals(pruner, model.name, frozenset(getattr(model, "vision_signals", frozenset())))
     shape = model.llm_shape
     info = ScheduleInfo(
         num_visual=model.num_visual,
@@ -160,6 +188,9 @@ def _run(cfg: DictConfig, *, choices: dict[str, str] | None, world: World) -> di
     from altp.errors import UserError
 
     pruner: Pruner | None = instantiate(cfg.pruner)  # validates the pruner's own arguments
+    # Before the model loads (minutes for the 7B ones): a pruner the model's vision tower cannot serve.
+    _check_vision_signals(pruner, choices.get("model") or str(cfg.model.get("_target_", "?")),
+                          _builder_vision_signals(cfg))  # fmt: skip
     split = split_on_ranks(cfg, world)
     samples = list(split)
     if cfg.get("max_images") is not None:

@@ -8,7 +8,7 @@ run recorded (``region_check`` says what differs, if anything).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
@@ -66,6 +66,8 @@ class ImageView:
         gt_masks: (H, W) bool GT masks; ``gt_labels``, ``gt_caption`` the GT's.
         scores: per-image scores (:mod:`eval.per_image`).
         error: the record's error for a failed image, else None.
+        merged: per token the first stage made by merging (VisionZip's contextual tokens),
+            the original indices of the patches it absorbed; empty for other pruners.
     """
 
     run: RunDir
@@ -87,6 +89,7 @@ class ImageView:
     gt_caption: str
     scores: ImageScores
     error: str | None
+    merged: list[list[int]] = field(default_factory=list)
 
     @property
     def n_stages(self) -> int:
@@ -152,4 +155,5 @@ def image_view(run: RunDir, image_id: str, *, encoder: Any | None = None) -> Ima
         caption=str(pred["caption"]),
         gt_masks=[decode_mask(a["segmentation"]) for a in gt_anns], gt_labels=list(sample.labels),
         gt_caption=sample.caption, scores=scores, error=record.get("error"),
+        merged=[list(map(int, g)) for g in (record.get("merged_tokens_per_stage") or [[]])[0]],
     )  # fmt: skip

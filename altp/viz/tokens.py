@@ -39,6 +39,7 @@ from altp.viz.overlays import (
     label_centroids,
     mask_overlay,
     region_value_image,
+    upsample_cells,
 )
 from altp.viz.rundir import RunDir
 from altp.viz.style import SYNTHETIC_LABEL, is_synthetic
@@ -46,6 +47,8 @@ from altp.viz.style import SYNTHETIC_LABEL, is_synthetic
 __all__ = ["draw_kept_tokens", "mask_colours", "stage_colours", "token_figure", "write_token_figure"]
 
 _STROKE = [patheffects.withStroke(linewidth=2.5, foreground="black")]
+#: tint of the patches a merging pruner (VisionZip) folded into its contextual tokens
+MERGED_RGB = (0.25, 0.55, 1.0)
 
 
 def mask_colours(n: int) -> list[tuple[float, float, float, float]]:
@@ -72,17 +75,30 @@ def draw_kept_tokens(ax: Axes, view: ImageView, legend_ax: Axes | None = None) -
     ax.imshow(kept_token_rgb(view.pixels, view.stages, n, tints), interpolation="nearest")
     if view.regions is not None:
         ax.imshow(_boundaries_rgba(view.regions.labels, (1.0, 1.0, 1.0), 0.5), interpolation="nearest")
+    absorbed = sorted({j for group in view.merged for j in group})
+    if absorbed:  # patches folded into merged tokens: tinted, not dropped
+        cells = np.zeros(view.geometry.num_tokens, dtype=bool)
+        cells[absorbed] = True
+        per_pixel = upsample_cells(cells.reshape(view.geometry.grid), view.pixels.shape[0])
+        tint = np.zeros((*per_pixel.shape, 4))
+        tint[per_pixel] = (*MERGED_RGB, 0.55)
+        ax.imshow(tint, interpolation="nearest")
     total, layers, counts = view.geometry.num_tokens, view.stage_layers, view.kept_counts
     if not layers:
         ax.set_title(f"all {total} tokens kept (unpruned)", fontsize=9)
         return
     if n == 1:
         title = f"kept {counts[0]}/{total} at layer {layers[0]}"
+        if view.merged:
+            title += f" + {len(view.merged)} merged"
         later = view.later_stages
         if later:  # a multi-stage record without per-stage indices: say what is not drawn
             title += "\nthen " + ", ".join(f"{k} (layer {lay})" for lay, k in later) + ": not drawn"
         ax.set_title(title, fontsize=8)
-        handles = [Patch(facecolor="black", alpha=0.72, label=f"pruned ({total - counts[0]})")]
+        handles = [Patch(facecolor="black", alpha=0.72, label=f"pruned ({total - counts[0] - len(absorbed)})")]
+        if view.merged:
+            handles.append(Patch(facecolor=MERGED_RGB, alpha=0.55,
+                                 label=f"merged into {len(view.merged)} tokens ({len(absorbed)} patches)"))
     else:
         ax.set_title(f"kept {' > '.join(map(str, counts))} of {total}\nat layers {', '.join(map(str, layers))}",
                      fontsize=9)
