@@ -16,7 +16,9 @@ from collections.abc import Iterable
 
 __all__ = ["PRUNER_ORDER", "in_display_order", "pruner_rank"]
 
-PRUNER_ORDER: tuple[str, ...] = ("none", "fastv", "pdrop", "random", "uniform", "ddc", "altp")
+PRUNER_ORDER: tuple[str, ...] = (
+    "none", "fastv", "pdrop", "random", "uniform", "visionzip", "divprune", "dart", "ddc", "altp",
+)
 
 
 def pruner_rank(name: str) -> int:

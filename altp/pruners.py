@@ -19,7 +19,7 @@ registers when its module is imported (README, "Pruners")::
 from __future__ import annotations
 
 import altp.methods  # noqa: F401  (registers ddc, altp)
-import baselines  # noqa: F401  (registers fastv, pdrop, random, uniform)
+import baselines  # noqa: F401  (registers fastv, pdrop, random, uniform, visionzip, divprune, dart)
 from altp.pruner_order import in_display_order
 from altp.pruning.base import available_pruners, build_pruner
 

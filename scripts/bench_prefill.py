@@ -2,14 +2,18 @@
 
 A CPU-sized Llama (8 layers, hidden 1024, MLP 2816, 16 heads, bf16, random
 weights, SDPA) runs GLaMM's GCG prompt with 576 visual tokens on a 24x24 grid.
-For each pruner and keep in {0.1, 0.25, 0.5}: unpruned and pruned prefills
+For each pruner (every registered one, plus ALTP and DDC at the LLM input:
+``altp@0``, ``ddc@0``) and keep in {0.1, 0.25, 0.5}: unpruned and pruned prefills
 alternate (so load drift hits both alike), and the reported ``time_ratio`` is
 the median of the per-pair ratios over ``--runs`` pairs, the pruner's
 selection work (``overhead_ms``, median of ``PruneRecord.select_ms``)
 included. ``prep_ms`` is the median of ``pruner.prepare`` on a synthetic
 336x336 image (superpixels; done at image load, off the critical path).
 ``flops_ratio`` is eq. 5 (:func:`altp.flops.flops_ratio`) for the same
-token counts and stages.
+token counts and stages, plus the selection work a method records as ``added_flops``
+(DivPrune's distance matrix, VisionZip's merge and projection, DART's similarities).
+The LLM-input pruners that read the vision tower (VisionZip, ``altp@0``) get random
+CLIP-L-shaped signals and a GLaMM-shaped projector (:func:`synthetic_vision`).
 
 Text token count: LLaMA's SentencePiece tokenizer is not available offline,
 so the prompt's text tokens are estimated (:func:`estimate_text_tokens`).
@@ -36,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from altp.flops import LLMShape, flops_ratio  # noqa: E402
 from altp.models.tokenizer import gcg_prompt  # noqa: E402
 from altp.pruners import available_pruners, build_pruner  # noqa: E402
+from altp.pruning.base import VisionSignals  # noqa: E402
 from altp.pruning.engine import PruningEngine  # noqa: E402
 
 GRID = (24, 24)
@@ -85,13 +90,34 @@ def synthetic_image(seed: int = 0) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+# The literal reading of ALTP's Algorithm 1 and its DDC ablation: pruning at the LLM input, ranked by CLS attention.
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "altp@0": ("altp", {"layer": 0, "importance": "cls"}),
+    "ddc@0": ("ddc", {"layer": 0, "importance": "cls"}),
+}
+
+
+def synthetic_vision(hidden: int, seed: int = 0) -> VisionSignals:
+    """Random CLIP-L-shaped vision signals (1024-d features, 64-d keys) and a GLaMM-shaped projector into ``hidden``."""
+    g = torch.Generator().manual_seed(seed)
+    proj = torch.nn.Sequential(torch.nn.Linear(1024, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, hidden))
+    proj = proj.to(torch.bfloat16).eval()
+    return VisionSignals(
+        cls_attention=torch.rand(1, V, generator=g).softmax(-1),
+        features=torch.randn(1, V, 1024, generator=g).to(torch.bfloat16),
+        keys=torch.randn(1, V, 64, generator=g).to(torch.bfloat16),
+        project=proj,
+    )
+
+
 def _timed_prefill(
-    engine: PruningEngine, embeds: torch.Tensor, start: int, prep: list
+    engine: PruningEngine, embeds: torch.Tensor, start: int, prep: list, vision: VisionSignals | None = None
 ) -> tuple[float, float]:
     t0 = time.perf_counter()
     _, rec = engine.prefill(
-        inputs_embeds=embeds, visual_start=start, num_visual=V, grid=GRID, prep=prep, last_only=True
-    )
+        inputs_embeds=embeds, visual_start=start, num_visual=V, grid=GRID, prep=prep, last_only=True,
+        vision=vision,
+    )  # fmt: skip
     return (time.perf_counter() - t0) * 1e3, rec.select_ms
 
 
@@ -108,9 +134,13 @@ def bench(
     base = PruningEngine(lm=lm, pruner=None)
     image = synthetic_image()
     rows = []
+    vision = synthetic_vision(1024)
     for name in pruners:
+        registered, extra = VARIANTS.get(name, (name, {}))
         for keep in KEEPS:
-            pruner = build_pruner(name, keep=keep)
+            pruner = build_pruner(registered, keep=keep, **extra)
+            assert pruner is not None
+            vis = vision if pruner.needs_vision else None
             prep_times = []
             for _ in range(3):
                 t0 = time.perf_counter()
@@ -120,11 +150,11 @@ def bench(
             engine = PruningEngine(lm=lm, pruner=pruner)
             for _ in range(warmup):
                 _timed_prefill(base, embeds, n_before, [None])
-                _timed_prefill(engine, embeds, n_before, prep)
+                _timed_prefill(engine, embeds, n_before, prep, vis)
             ratios, overheads, t_un, t_pr = [], [], [], []
             for _ in range(runs):
                 a, _ = _timed_prefill(base, embeds, n_before, [None])
-                b, sel = _timed_prefill(engine, embeds, n_before, prep)
+                b, sel = _timed_prefill(engine, embeds, n_before, prep, vis)
                 ratios.append(b / a)
                 overheads.append(sel)
                 t_un.append(a)
@@ -136,12 +166,14 @@ def bench(
                 grid=GRID,
                 prep=prep,
                 last_only=True,
+                vision=vis,
             )
             fr = flops_ratio(
                 num_text=num_text,
                 num_visual=V,
                 visual_kept=list(zip(rec.stage_layers, rec.kept_per_stage, strict=True)),
                 shape=shape,
+                added=float(rec.extras[0].get("added_flops", 0.0)),  # the method's own selection work
             )
             rows.append(
                 {
@@ -191,7 +223,7 @@ def main() -> None:
         ap.error("--runs must be >= 10 (medians of fewer runs are too noisy on a shared machine)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = args.pruners or [p for p in available_pruners() if p != "none"]
+    names = args.pruners or [p for p in available_pruners() if p != "none"] + list(VARIANTS)
     n_before, n_after = prompt_split()
     print(
         f"text tokens (estimated): {n_before} before + {n_after} after {V} visual; threads {torch.get_num_threads()}"

@@ -193,7 +193,7 @@ def test_misuse_errors_and_records(preps: tuple) -> None:
         bad = regions_from_labels(np.zeros((336, 336, 3), np.uint8), np.zeros((336, 336)), (12, 12))
         pruner.select(_ctx((bad,), torch.rand(1, V), 57))
     with pytest.raises(ValueError, match="importance"):
-        ALTPPruner(keep=0.1, importance="norm")
+        ALTPPruner(keep=0.1, importance="saliency")
     with pytest.raises(ValueError, match="alpha"):
         ALTPPruner(keep=0.1, alpha=0)
     assert pruner.hparams() == {

@@ -12,6 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from altp.pruners import available_pruners, build_pruner
 from altp.pruning import PruneContext, Pruner, Selection, kept_count
+from altp.pruning.base import VisionSignals
 from altp.pruning.engine import PruningEngine
 
 PREFIX, GRID, SUFFIX = 5, (4, 4), 7
@@ -92,6 +93,18 @@ def build(name: str, keep: float, **kw) -> Pruner | None:
     return build_pruner(name, keep=keep, **kw)
 
 
+def synthetic_vision(pruner: Pruner | None, batch: int = 1) -> VisionSignals | None:
+    """Random vision-tower signals of the tiny grid (32-d features, 8-d keys, a projector into 64-d), for a
+    pruner that reads them (VisionZip); None otherwise. Seeded: the same for every call."""
+    if pruner is None or not pruner.needs_vision:
+        return None
+    g = torch.Generator().manual_seed(2)
+    torch.manual_seed(3)
+    proj = torch.nn.Linear(32, 64).eval()
+    return VisionSignals(cls_attention=torch.rand(batch, V, generator=g), features=torch.randn(batch, V, 32, generator=g),
+                         keys=torch.randn(batch, V, 8, generator=g), project=proj)  # fmt: skip
+
+
 def engine_prefill(lm, pruner, embeds, **kw):
     return PruningEngine(lm=lm, pruner=pruner).prefill(
         inputs_embeds=embeds,
@@ -99,6 +112,7 @@ def engine_prefill(lm, pruner, embeds, **kw):
         num_visual=V,
         grid=GRID,
         prep=synthetic_prep(pruner, embeds.shape[0]),
+        vision=synthetic_vision(pruner, embeds.shape[0]),
         **kw,
     )
 
@@ -114,6 +128,7 @@ def engine_generate(lm, pruner, embeds, *, new: int = 6, use_cache: bool = True,
         eos_token_id=None,
         use_cache=use_cache,
         seed=seed,
+        vision=synthetic_vision(pruner, embeds.shape[0]),
     )
 
 
@@ -192,10 +207,14 @@ def test_first_stage_keeps_floor_keep_v_sorted_and_deterministic(name, keep):
     _, r2 = engine_prefill(lm, build(name, keep), x, seed=3)
     n = kept_count(keep, V)
     assert r1.kept_per_stage[0] == n
-    for row in r1.kept_tokens:
-        assert len(row) == n and row == sorted(set(row)) and 0 <= row[0] and row[-1] < V
+    # A merging pruner (VisionZip) keeps n - M tokens as they are and makes M by merging.
+    merged = [len(m[0]) for m in r1.merged_tokens_per_stage] or [0, 0]
+    for row, m in zip(r1.kept_tokens, merged, strict=True):
+        assert len(row) + m == n and row == sorted(set(row)) and 0 <= row[0] and row[-1] < V
     assert r1.kept_tokens == r2.kept_tokens and r1.extras == r2.extras
-    assert r1.stage_layers == [2] and r1.select_ms >= 0.0
+    assert r1.merged_tokens_per_stage == r2.merged_tokens_per_stage
+    at_input = build(name, keep).layer == 0  # VisionZip, DivPrune prune before layer 0
+    assert r1.stage_layers == [0 if at_input else 2] and r1.select_ms >= 0.0
     assert r1.hparams["keep"] == keep
 
 

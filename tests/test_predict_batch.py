@@ -28,7 +28,8 @@ from tests.test_engine import GRID, PREFIX, V, prompt, tiny_lm
 PRUNERS = [(p, {}) for p in available_pruners()] + [("fastv", {"reselect": "per_step"})]
 # The fast suite runs every pruner on glamm_tiny and a few on the others (OMG-LLaVA's vision tower
 # costs ~0.5 s an image on the CPU; per-step re-selection recomputes the sequence every step).
-FAST = {"glamm_tiny": {"altp", "ddc", "fastv", "none", "pdrop", "random", "uniform", "fastv-per_step"},
+FAST = {"glamm_tiny": {"altp", "ddc", "fastv", "none", "pdrop", "random", "uniform", "fastv-per_step", "visionzip",
+                       "divprune", "dart"},
         "glamm_shapes": {"none", "fastv", "random", "altp"}, "omg_llava_tiny": {"random"}}
 
 
@@ -72,6 +73,8 @@ def _fields(p: GCGPrediction) -> tuple:
 def _params():
     for model in _MODELS:
         for name, kw in PRUNERS:
+            if name == "visionzip" and model == "omg_llava_tiny":
+                continue  # needs a ViT's CLS attention: a config-time error there (tests/test_new_pruners_oracle.py)
             label = f"{name}{'-per_step' if kw else ''}"
             slow = label not in FAST[model]
             yield pytest.param(model, name, kw, marks=[pytest.mark.slow] if slow else [], id=f"{model}-{label}")
@@ -90,8 +93,8 @@ def test_batch_equals_batch_of_one(model_name: str, pruner_name: str, kw: dict) 
     assert all(p.timings["batch_size"] == len(inputs) for p in together)
     assert all(p.timings["batch_size"] == 1 for p in alone)
     # The cases the batch must get right really occur.
-    if name == "glamm_shapes":
-        assert len({p.new_tokens for p in alone}) > 1 and all(p.masks for p in alone)
+    if name == "glamm_shapes":  # (an image may get no mask under a harsh pruner: DivPrune at the input)
+        assert len({p.new_tokens for p in alone}) > 1 and any(p.masks for p in alone)
     if name == "glamm_tiny":
         assert all(len(p.masks) == 1 for p in alone)
     if name == "omg_llava_tiny":

@@ -72,7 +72,10 @@ def test_every_pruner_writes_valid_records(pruner: str, data_root: Path, tmp_pat
             expected = rec["kept_per_stage"][0]
         else:
             expected = 576 if pruner == "none" else kept_count(keep, 576)
-        assert len(rec["kept_tokens"]) == expected
+        merged = rec.get("merged_tokens_per_stage", [[]])[0]  # VisionZip's contextual tokens, each absorbing some
+        assert len(rec["kept_tokens"]) + len(merged) == expected
+        absorbed = [j for group in merged for j in group]
+        assert sorted(absorbed + rec["kept_tokens"]) == (list(range(576)) if merged else rec["kept_tokens"])
         assert rec["kept_tokens"] == sorted(set(rec["kept_tokens"]))
         assert all(0 <= i < 576 for i in rec["kept_tokens"])
     assert metrics["n_images"] == N_IMAGES and metrics["n_failed"] == 0
@@ -88,10 +91,15 @@ def test_every_pruner_writes_valid_records(pruner: str, data_root: Path, tmp_pat
     if pruner != "none" and rec["num_text_tokens"] > 32:
         assert metrics["flops_ratio_paper"] < metrics["flops_ratio"]
     if pruner != "none":
-        # Every pruner costs what single-stage pruning to floor(keep * V) at K=2 costs (PDrop up
-        # to its integer stage counts), as in the paper's FLOPs column.
-        single = flops_ratio(num_text=rec["num_text_tokens"], num_visual=576, visual_kept=[(2, 57)],
-                             shape=LLMShape(hidden_size=64, intermediate_size=128, num_layers=32))
+        # Every pruner costs what single-stage pruning to floor(keep * V) at its layer costs (K=2: the
+        # paper's FLOPs column; PDrop up to its integer stage counts; the LLM-input pruners K=0), plus
+        # the selection work a method adds (added_flops), the same for each image except DART's.
+        k = rec["stage_layers"][0] if pruner != "pdrop" else 2
+        added = [json.loads(q.read_text())["extras"].get("added_flops", 0.0)
+                 for q in sorted((tmp_path / "run" / "records").glob("*.json"))]  # fmt: skip
+        shape = LLMShape(hidden_size=64, intermediate_size=128, num_layers=32)
+        single = sum(flops_ratio(num_text=rec["num_text_tokens"], num_visual=576, visual_kept=[(k, 57)],
+                                 shape=shape, added=a) for a in added) / len(added)  # fmt: skip
         assert metrics["flops_ratio"] == pytest.approx(single, rel=0.02)
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert on_disk["pruner"] == pruner and on_disk["git_sha"]

@@ -8,6 +8,7 @@ budget rounding (about ten regions) and one vectorised per-region top-k.
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,7 +27,8 @@ from altp.pruning.base import (
 
 __all__ = ["DDCPruner", "RegionPruner", "top_per_region"]
 
-_IMPORTANCE: tuple[str, ...] = ("attention", "random")
+#: within-region token scores: the decoder's (attention, layer >= 1), image-side ones (cls, norm), a control
+_IMPORTANCE: tuple[str, ...] = ("attention", "cls", "norm", "random")
 
 
 def top_per_region(
@@ -69,14 +71,22 @@ class RegionPruner(Pruner):
     Args:
         keep: fraction of visual tokens kept, in (0, 1].
         layer: K, the decoder layer whose input is pruned (2: same place and
-            FLOPs as FastV).
+            FLOPs as FastV, the project's default reading of the paper); 0 prunes
+            at the LLM input, the literal reading of the paper's Algorithm 1
+            (step 4 feeds ``Proj(Enc_v(Omega_selected))`` to the LLM).
         n_segments, compactness, sigma: SLIC parameters (:func:`compute_regions`).
-        importance: within-region token score: ``"attention"`` (FastV's
-            last-token attention at layer K-1, the paper's choice) or
-            ``"random"`` (a seeded control; no attention row is computed).
+        importance: within-region token score. The paper says only "e.g.
+            cross-attention or self-attention magnitude"; the choices:
+            ``"attention"`` (FastV's last-token attention at layer K-1; K >= 1, the
+            default), ``"cls"`` (the vision tower's CLS attention to each patch at
+            its feature layer, VisionZip's signal; a ViT with a CLS token, i.e.
+            GLaMM), ``"norm"`` (the L2 norm of each projected visual embedding at
+            the LLM input; any model) or ``"random"`` (a seeded control). At layer
+            0 there is no decoder attention: pick ``cls`` or ``norm``.
     """
 
     needs_scores: ClassVar[bool] = True
+    min_layer: ClassVar[int] = 0
     #: colour space of the pixel variance; only ALTP's densities read it.
     variance_mode: VarianceMode = "channel_mean"
 
@@ -95,6 +105,12 @@ class RegionPruner(Pruner):
             raise ValueError(
                 f"unknown importance {importance!r}; choose one of: {', '.join(_IMPORTANCE)}"
             )
+        if layer == 0 and importance == "attention":
+            raise ValueError(
+                f"{self.name or 'region pruner'} at layer 0 (the LLM input) has no decoder attention to rank with; "
+                "pass importance=cls (the vision tower's CLS attention, GLaMM) or importance=norm "
+                "(the visual embedding norm, any model)"
+            )
         if int(n_segments) < 1 or compactness <= 0 or sigma < 0:
             raise ValueError(
                 f"need n_segments >= 1, compactness > 0, sigma >= 0; got {n_segments}, {compactness}, {sigma}"
@@ -108,8 +124,15 @@ class RegionPruner(Pruner):
         stages = super().schedule(info)
         if self.importance == "attention":
             return stages
-        # Random importance reads no scores: spare the engine the attention row.
-        return [PruneStage(layer=s.layer, n_keep=s.n_keep, score_layer=None) for s in stages]
+        # Other importances read no decoder scores: spare the engine the attention row.
+        return [replace(s, score_layer=None) for s in stages]
+
+    @property
+    def needs_vision(self) -> frozenset[str]:
+        return frozenset({"cls_attention"}) if self.importance == "cls" else frozenset()
+
+    def vision_hint(self) -> str:
+        return "; pass pruner.importance=norm (the visual embedding norm) for a model without CLS attention"
 
     def prepare(self, image: np.ndarray, grid: tuple[int, int]) -> RegionMap:
         """Superpixels of the image the vision tower sees; runs at image load."""
@@ -143,6 +166,13 @@ class RegionPruner(Pruner):
             # One generator per sample: an image's draw never depends on its batch.
             noise = [torch.rand(1, ctx.num_current, generator=torch.Generator().manual_seed(s)) for s in ctx.seeds]
             return torch.cat(noise).to(ctx.visual_ids.device)
+        if self.importance == "cls":
+            if ctx.vision is None or ctx.vision.cls_attention is None:
+                raise ValueError(f"{self.name} with importance='cls' needs the vision tower's CLS attention "
+                                 "(ctx.vision.cls_attention); this model does not provide it")
+            return ctx.vision.cls_attention.float().gather(1, ctx.visual_ids.to(ctx.vision.cls_attention.device))
+        if self.importance == "norm":
+            return ctx.visual_hidden.float().norm(dim=-1)  # (B, V_cur)
         if ctx.scores is None:
             raise ValueError(
                 f"{self.name} with importance='attention' needs ctx.scores; the stage must set score_layer"
