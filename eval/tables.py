@@ -79,6 +79,20 @@ DEFAULT_FLOPS = "paper"
 Rows = list[tuple[list[str], dict[str, "RunRecord"]]]  # (row labels, run per split)
 
 
+def flops_header(flops: FlopsConvention) -> str:
+    """The FLOPs column's header, naming its convention (``FLOPs (paper)``)."""
+    return f"FLOPs ({flops.name})"
+
+
+def keep_cell(run: RunRecord) -> str:
+    """The keep a row ran at: the command line's, or, where the pruner's schedule ignores it
+    (PDrop with ``lambda_``), the fraction kept after each stage (``0.5>0.25>0.125``)."""
+    fractions = run.metrics.get("kept_fraction_per_stage")
+    if run.metrics.get("keep_ignored") and fractions:
+        return ">".join(f"{f:.3g}" for f in fractions)
+    return f"{float(run.metrics['keep']):g}"
+
+
 def _tokens(runs: list[RunRecord]) -> str:
     """Kept visual tokens of a row (mean over images, from the first split that has it)."""
     kept = next(
@@ -108,7 +122,7 @@ def _metric_table(
     for split in splits:
         columns += [name for _, name in METRICS]
         groups.append((split, len(METRICS)))
-    columns.append("FLOPs")
+    columns.append(flops_header(flops))
     coverage = any(
         r.metrics.get("object_coverage") is not None for _, b in rows for r in b.values()
     )
@@ -199,7 +213,7 @@ def _model_tables(
         if not default and r.hparams:
             name += " (" + ", ".join(f"{k}={v}" for k, v in r.hparams) + ")"
         tokens = _tokens([x for x in mine if x.cell[3:] == r.cell[3:]])
-        return _row_key(r, default=default), [name, tokens, f"{float(r.metrics['keep']):g}"]
+        return _row_key(r, default=default), [name, tokens, keep_cell(r)]
 
     number = _MAIN_NUMBER.get(model, "Main table")
     tables = [
@@ -223,7 +237,7 @@ def _model_tables(
             hp = dict(r.hparams)
             cells = [str(hp.get(k, MISSING)) for k in varying]
             return (-float(r.metrics["keep"]), tuple(sortable(hp.get(k)) for k in varying)), [
-                f"{float(r.metrics['keep']):g}",
+                keep_cell(r),
                 *cells,
             ]
 

@@ -216,5 +216,8 @@ def _run(cfg: DictConfig, *, choices: dict[str, str] | None, world: World) -> di
         scores=scores,
         model=model,
         world_size=world.size,
+        # A pruner whose schedule ignores keep says so (PDrop with lambda_); the Pruner interface
+        # has no such attribute, so any other pruner uses keep.
+        keep_ignored=pruner is not None and not getattr(pruner, "uses_keep", True),
     )
     return broadcast_object(world, metrics)
