@@ -105,6 +105,17 @@ def test_summary_line_names_each_flops_convention_and_a_fixed_schedule(capsys):
     assert "keep=0.5>0.25>0.125 (schedule fixed by the pruner, not keep)" in capsys.readouterr().out
 
 
+def test_region_pruner_metrics_carry_realised_regions(data_root: Path, tmp_path: Path):
+    m = _run(data_root, tmp_path / "altp", "pruner=altp", "keep=0.1")
+    recs = [json.loads(p.read_text()) for p in sorted((tmp_path / "altp" / "records").glob("*.json"))]
+    regions = [r["extras"]["regions"] for r in recs]
+    assert all(r["extras"]["slic_segments"] >= n >= 1 for r, n in zip(recs, regions, strict=True))
+    assert m["extras.regions.mean"] == pytest.approx(sum(regions) / len(regions))
+    assert m["extras.regions.min"] == min(regions)
+    assert m["single_region_share"] == sum(n == 1 for n in regions) / len(regions)
+    assert m["pruner.enforce_connectivity"] is False  # the configs' choice (conf/pruner/altp.yaml)
+
+
 def test_unpruned_run_has_no_pruner_keys(data_root: Path, tmp_path: Path):
     m = _run(data_root, tmp_path / "none", "pruner=none")
     assert not [k for k in m if k.startswith(("pruner.", "extras."))]

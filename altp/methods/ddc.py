@@ -71,9 +71,12 @@ class RegionPruner(Pruner):
         layer: K, the decoder layer whose input is pruned (2: same place and
             FLOPs as FastV).
         n_segments, compactness, sigma: SLIC parameters (:func:`compute_regions`).
+        enforce_connectivity: SLIC's connectivity enforcement (scikit-image's
+            default True; the configs choose False, see conf/pruner/altp.yaml).
         importance: within-region token score: ``"attention"`` (FastV's
-            last-token attention at layer K-1, the paper's choice) or
-            ``"random"`` (a seeded control; no attention row is computed).
+            last-token attention at layer K-1; the paper leaves the score open,
+            "e.g. cross-attention or self-attention magnitude", and this is our
+            choice) or ``"random"`` (a seeded control; no attention row is computed).
     """
 
     needs_scores: ClassVar[bool] = True
@@ -89,6 +92,7 @@ class RegionPruner(Pruner):
         compactness: float = 5.0,
         sigma: float = 1.0,
         importance: str = "attention",
+        enforce_connectivity: bool = True,
     ) -> None:
         super().__init__(keep=keep, layer=layer)
         if importance not in _IMPORTANCE:
@@ -103,6 +107,7 @@ class RegionPruner(Pruner):
         self.compactness = float(compactness)
         self.sigma = float(sigma)
         self.importance = importance
+        self.enforce_connectivity = bool(enforce_connectivity)
 
     def schedule(self, info: ScheduleInfo) -> list[PruneStage]:
         stages = super().schedule(info)
@@ -120,6 +125,7 @@ class RegionPruner(Pruner):
             compactness=self.compactness,
             sigma=self.sigma,
             variance_mode=self.variance_mode,
+            enforce_connectivity=self.enforce_connectivity,
         )
 
     @abstractmethod
@@ -180,6 +186,10 @@ class RegionPruner(Pruner):
                     "region_ids": regions.region_labels[present].tolist(),
                     "region_sizes": sizes[present].tolist(),
                     "budgets": budgets[present].tolist(),
+                    # Realised counts: SLIC's superpixels, and the regions that own a token
+                    # (the paper's N is only SLIC's target; docs/protocol.md).
+                    "slic_segments": regions.num_segments,
+                    "regions": int(present.sum()),
                     **extra,
                 }
             )
@@ -198,6 +208,7 @@ class RegionPruner(Pruner):
             "compactness": self.compactness,
             "sigma": self.sigma,
             "importance": self.importance,
+            "enforce_connectivity": self.enforce_connectivity,
         }
 
 

@@ -83,6 +83,9 @@ def summarise(records: list[dict], *, llm_shape: Any) -> dict[str, Any]:
     out.update(summarise_coverage(ok))
     out.update(_solved_summary(ok))
     out["kept_fraction_per_stage"] = _kept_fraction_per_stage(ok)
+    regions = [r["extras"]["regions"] for r in ok if isinstance(r.get("extras", {}).get("regions"), int)]
+    if regions:  # DDC / ALTP: with one region the pruner is plain FastV (extras.regions.* has mean/min/max)
+        out["single_region_share"] = sum(n == 1 for n in regions) / len(regions)
     return out
 
 
