@@ -153,6 +153,11 @@ class PyramidDropPruner(Pruner):
         # one prefill, and select() reports it per image in the extras (hparams() never reads it).
         self._lambda_in_use: float | None = None
 
+    @property
+    def uses_keep(self) -> bool:
+        """False with an explicit ``lambda_``: the stages keep V*lambda**s whatever ``keep`` says."""
+        return self.lambda_ is None
+
     def stage_layers(self, num_layers: int) -> list[int]:
         """The stage layers for a decoder of ``num_layers`` layers."""
         layers = self.stage_layers_given or [self.layer] + [

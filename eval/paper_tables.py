@@ -158,7 +158,8 @@ def _one_table(
         columns += [name for _, name in metrics]
         groups.append((split, len(metrics)))
     if has_flops:
-        columns.append("FLOPs")
+        # The paper's rows are in its own convention; ours in the one chosen (the same by default).
+        columns.append("FLOPs (paper)" if flops.name == "paper" else f"FLOPs (paper's; ours: {flops.name})")
         groups.append(("", 1))
 
     body, missing_flops = [], 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +127,12 @@ def to_csv(table: Table) -> str:
         i += span
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([h.lower().replace(" ", "_").replace("-", "_") for h in headers])
+    writer.writerow([_csv_name(h) for h in headers])
     writer.writerows([["" if c == MISSING else c for c in row] for row in table.rows])
     return buf.getvalue()
+
+
+def _csv_name(header: str) -> str:
+    """``FLOPs (paper)`` -> ``flops_paper``: lower case, words joined by ``_``, no brackets."""
+    words = re.sub(r"[^0-9a-zA-Z]+", " ", header).split()
+    return "_".join(words).lower()

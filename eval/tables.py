@@ -79,6 +79,29 @@ DEFAULT_FLOPS = "paper"
 Rows = list[tuple[list[str], dict[str, "RunRecord"]]]  # (row labels, run per split)
 
 
+#: metrics.json key of the mean realised region count (DDC / ALTP; altp.run.summary)
+REGIONS_KEY = "extras.regions.mean"
+
+
+def _regions_cell(run: RunRecord) -> str:
+    v = run.metrics.get(REGIONS_KEY)
+    return MISSING if v is None else f"{float(v):.1f}"
+
+
+def flops_header(flops: FlopsConvention) -> str:
+    """The FLOPs column's header, naming its convention (``FLOPs (paper)``)."""
+    return f"FLOPs ({flops.name})"
+
+
+def keep_cell(run: RunRecord) -> str:
+    """The keep a row ran at: the command line's, or, where the pruner's schedule ignores it
+    (PDrop with ``lambda_``), the fraction kept after each stage (``0.5>0.25>0.125``)."""
+    fractions = run.metrics.get("kept_fraction_per_stage")
+    if run.metrics.get("keep_ignored") and fractions:
+        return ">".join(f"{f:.3g}" for f in fractions)
+    return f"{float(run.metrics['keep']):g}"
+
+
 def _tokens(runs: list[RunRecord]) -> str:
     """Kept visual tokens of a row (mean over images, from the first split that has it)."""
     kept = next(
@@ -104,11 +127,15 @@ def _metric_table(
     flops: FlopsConvention,
 ) -> Table:
     """Row labels, then METEOR..Recall per split, then FLOPs (from val, else the first split)."""
-    columns, groups = list(label_cols), [("", len(label_cols))]
+    # Realised SLIC regions (DDC / ALTP records since the field exists), next to the row's labels.
+    regions = any(r.metrics.get(REGIONS_KEY) is not None for _, b in rows for r in b.values())
+    columns, groups = list(label_cols), [("", len(label_cols) + regions)]
+    if regions:
+        columns.append("Regions")
     for split in splits:
         columns += [name for _, name in METRICS]
         groups.append((split, len(METRICS)))
-    columns.append("FLOPs")
+    columns.append(flops_header(flops))
     coverage = any(
         r.metrics.get("object_coverage") is not None for _, b in rows for r in b.values()
     )
@@ -118,6 +145,8 @@ def _metric_table(
     body, notes, missing_flops = [], [], 0
     for labels, by_split in rows:
         cells = list(labels)
+        if regions:
+            cells.append(_regions_cell(by_split.get("val") or next(iter(by_split.values()))))
         for split in splits:
             run = by_split.get(split)
             cells += [pct(run.metrics.get(key)) if run else MISSING for key, _ in METRICS]
@@ -144,6 +173,12 @@ def _metric_table(
         notes.append(
             f"{missing_flops} row(s) have no {flops.key} (recorded before that convention "
             "existed): rerun them, or pass --flops prompt"
+        )
+    if regions:
+        notes.append(
+            "Regions = SLIC regions that own at least one visual token, mean over images of the val "
+            "run like FLOPs (the N of n_segments is only SLIC's target; metrics.json also has "
+            "extras.regions.min, single_region_share and extras.slic_segments.*)"
         )
     if coverage:
         notes.append(
@@ -199,7 +234,7 @@ def _model_tables(
         if not default and r.hparams:
             name += " (" + ", ".join(f"{k}={v}" for k, v in r.hparams) + ")"
         tokens = _tokens([x for x in mine if x.cell[3:] == r.cell[3:]])
-        return _row_key(r, default=default), [name, tokens, f"{float(r.metrics['keep']):g}"]
+        return _row_key(r, default=default), [name, tokens, keep_cell(r)]
 
     number = _MAIN_NUMBER.get(model, "Main table")
     tables = [
@@ -223,7 +258,7 @@ def _model_tables(
             hp = dict(r.hparams)
             cells = [str(hp.get(k, MISSING)) for k in varying]
             return (-float(r.metrics["keep"]), tuple(sortable(hp.get(k)) for k in varying)), [
-                f"{float(r.metrics['keep']):g}",
+                keep_cell(r),
                 *cells,
             ]
 

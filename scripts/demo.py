@@ -38,7 +38,7 @@ _COLUMNS = (  # (metrics.json key, header, format of the shown value)
     ("ap50", "AP50", "{:.1f}", 100),
     ("miou", "mIoU", "{:.1f}", 100),
     ("recall", "Recall", "{:.1f}", 100),
-    (FLOPS.key, "FLOPs %", "{:.1f}", 100),
+    (FLOPS.key, f"FLOPs % ({FLOPS.name})", "{:.1f}", 100),
     ("mean_kept_tokens", "kept tok", "{:.0f}", 1),
     ("time_per_image_s", "s / img", "{:.2f}", 1),
 )
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(f"{args.model} on the first {args.max_images} images of {args.data} -- a SYNTHETIC benchmark and a")
     print("small model trained here (altp/models/assets/shapes/TRAINING.md), not GranD-f:")
     print(format_rows(rows))
-    print(f"FLOPs % = {FLOPS.description} (metrics.json {FLOPS.key})")
+    print(f"FLOPs % ({FLOPS.name}) = {FLOPS.description} (metrics.json {FLOPS.key}); each run's own line above "
+          "also prints FLOPs%(prompt), the same eq. 5 on its real prompt")
     print(f"\nrun records under {out}; total {time.perf_counter() - t0:.0f} s")
     return rows
 

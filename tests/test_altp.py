@@ -198,7 +198,7 @@ def test_misuse_errors_and_records(preps: tuple) -> None:
         ALTPPruner(keep=0.1, alpha=0)
     assert pruner.hparams() == {
         "keep": 0.1, "layer": 2, "n_segments": 10, "compactness": 5.0, "sigma": 1.0,
-        "importance": "attention", "alpha": 1.5, "variance_mode": "channel_mean",
+        "importance": "attention", "enforce_connectivity": True, "alpha": 1.5, "variance_mode": "channel_mean",
     }  # fmt: skip
     assert set(DDCPruner(keep=0.1).hparams()) == {
         "keep",
@@ -207,6 +207,7 @@ def test_misuse_errors_and_records(preps: tuple) -> None:
         "compactness",
         "sigma",
         "importance",
+        "enforce_connectivity",
     }
 
 
@@ -275,3 +276,35 @@ def test_engine_keeps_budgeted_top_attention_tokens(
         budgets = record.extras[b]["budgets"]
         assert sum(budgets) == n_keep and len(budgets) == prep[b].num_regions
         assert kept == _oracle(scores[b].numpy(), prep[b].patch_region, dict(enumerate(budgets)))
+
+
+def _region_extras(img: np.ndarray, grid: tuple[int, int], n_segments: int, enforce: bool) -> dict:
+    """The record extras DDC writes for one image: SLIC's realised count and the regions with a token."""
+    pruner = DDCPruner(keep=0.25, n_segments=n_segments, enforce_connectivity=enforce)
+    v = grid[0] * grid[1]
+    ctx = PruneContext(stage=0, layer=2, n_keep=kept_count(0.25, v), num_visual=v, grid=grid,
+                       visual_ids=torch.arange(v)[None], scores=torch.rand(1, v), prep=(pruner.prepare(img, grid),),
+                       seed=7)  # fmt: skip
+    return pruner.select(ctx).extras[0]
+
+
+@pytest.mark.parametrize("enforce", [True, False])
+def test_realised_regions_on_hand_made_images(enforce: bool) -> None:
+    uniform = np.full((336, 336, 3), 128, dtype=np.uint8)
+    got = _region_extras(uniform, GRID, 1, enforce)
+    assert (got["slic_segments"], got["regions"]) == (1, 1)
+    # Two colours side by side, SLIC asked for two: two superpixels, each owning its half of the grid.
+    split = np.zeros((336, 672, 3), dtype=np.uint8)
+    split[:, :336] = (255, 0, 0)
+    split[:, 336:] = (0, 0, 255)
+    got = _region_extras(split, (24, 48), 2, enforce)
+    assert (got["slic_segments"], got["regions"], got["region_sizes"]) == (2, 2, [576, 576])
+
+
+def test_connectivity_switch_changes_the_realised_count() -> None:
+    # SLIC's N is a target: on a noisy half-textured image, enforcing connectivity merges segments.
+    img = _half_textured()
+    merged = _region_extras(img, GRID, 10, True)
+    free = _region_extras(img, GRID, 10, False)
+    assert free["slic_segments"] == 9 and merged["slic_segments"] <= free["slic_segments"]
+    assert DDCPruner(keep=0.1, enforce_connectivity=False).hparams()["enforce_connectivity"] is False

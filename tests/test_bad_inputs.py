@@ -287,6 +287,36 @@ def test_bad_gt_file_is_refused_naming_file_and_entry(case, data_root, run_copy,
     assert _state(run_copy) == before
 
 
+EARLY_ERRORS = {  # errors found before the first image: (overrides, text of the one line)
+    "missing GT folder": (lambda tmp: ("~data.generate", f"data.gt_dir={tmp / 'no_gt'}"), "no_gt"),
+    "missing weights": (lambda tmp: ("model=glamm", f"model.checkpoint_dir={tmp / 'no_ckpt'}"), "no_ckpt"),
+}
+
+
+@pytest.mark.parametrize("case", list(EARLY_ERRORS))
+def test_early_error_leaves_no_run_folder(case, data_root, tmp_path, capsys, monkeypatch) -> None:
+    overrides, needle = EARLY_ERRORS[case]
+    monkeypatch.chdir(tmp_path)
+    out = Path("runs/m/d/fastv/keep0.25")  # relative, as the default runs/<model>/<data>/<cell>
+    out.mkdir(parents=True)
+    (out / "run.log").write_text("")  # what Hydra leaves before the runner starts
+    (tmp_path / "runs" / "other").mkdir()  # a sibling run's folder stays
+    _refused(lambda: run(_cfg(data_root, out, *overrides(tmp_path))), capsys, needle)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["other"]
+    # An absolute out_dir: the run folder goes, its parents (maybe the user's) stay.
+    absolute = tmp_path / "abs" / "keep0.25"
+    absolute.mkdir(parents=True)
+    _refused(lambda: run(_cfg(data_root, absolute, *overrides(tmp_path))), capsys, needle)
+    assert (tmp_path / "abs").is_dir() and not absolute.exists()
+
+
+def test_early_error_leaves_a_started_run_folder_alone(data_root, run_copy, tmp_path, capsys) -> None:
+    before = sorted(p.name for p in run_copy.iterdir())
+    _refused(lambda: run(_cfg(data_root, run_copy, "~data.generate", f"data.gt_dir={tmp_path / 'no_gt'}")),
+             capsys, "no_gt")  # fmt: skip
+    assert sorted(p.name for p in run_copy.iterdir()) == before
+
+
 # --------------------------------------------------------------------------- image files
 
 
@@ -523,8 +553,10 @@ def _corrupt_fingerprint(run_dir: Path, tmp: Path) -> tuple[str, ...]:
 
 
 def _old_fingerprint(run_dir: Path, tmp: Path) -> tuple[str, ...]:
+    # An unversioned (version 1) fingerprint, as the committed study's were before they were refreshed.
     committed = ROOT / "results/shapes/ci_slice/glamm_shapes/shapes_val/fastv/keep0.1/fingerprint.json"
-    shutil.copy(committed, run_dir / "fingerprint.json")  # the committed study's, written before weights/data
+    old = {k: v for k, v in json.loads(committed.read_text()).items() if k != "fingerprint_version"}
+    (run_dir / "fingerprint.json").write_text(json.dumps(old))
     return ()
 
 

@@ -258,7 +258,7 @@ def test_tables_show_first_stage_coverage_only_when_recorded():
     runs = [rec("fastv", 0.1, "val", object_coverage=0.4321, object_coverage_final=0.1),
             rec("fastv", 0.1, "test", object_coverage=0.9), rec("pdrop", 0.1, "val")]  # fmt: skip
     table = build_tables(runs)[0]
-    assert table.columns[-2:] == ["FLOPs", "ObjCov"] and sum(s for _, s in table.groups) == len(
+    assert table.columns[-2:] == ["FLOPs (paper)", "ObjCov"] and sum(s for _, s in table.groups) == len(
         table.columns
     )
     by_name = {row[0]: row for row in table.rows}

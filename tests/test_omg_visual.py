@@ -40,3 +40,21 @@ def test_class_embed_validation(visual):
         visual.set_class_embed(torch.ones(5, 1, 8))
     with pytest.raises(ValueError, match="must be"):
         visual.set_class_embed(torch.ones(4, 1, 8))
+
+
+@torch.inference_mode()
+def test_pixel_decoder_gets_contiguous_stages(visual, monkeypatch):
+    # Upstream's backbone returns ``.contiguous()`` stages; channels-last strides left by the
+    # ConvNeXt block's permutes make the pixel decoder's 1x1 convolutions round differently.
+    seen: list[torch.Tensor] = []
+    decoder = visual.head.pixel_decoder
+    original = decoder.forward
+
+    def spy(feats):
+        seen.extend(feats)
+        return original(feats)
+
+    monkeypatch.setattr(decoder, "forward", spy)
+    visual.encode(torch.randn(1, 3, 1024, 1024))
+    assert len(seen) == 4
+    assert all(f.is_contiguous() for f in seen), [f.stride() for f in seen]

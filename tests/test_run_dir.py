@@ -30,8 +30,10 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 def test_cell_path_names_what_differs_from_the_defaults() -> None:
     altp = {"name": "altp", "keep": 0.1, "layer": 2, "n_segments": 10, "compactness": 5.0,
-            "sigma": 1.0, "alpha": 1.5, "importance": "attention", "variance_mode": "channel_mean"}  # fmt: skip
+            "sigma": 1.0, "alpha": 1.5, "importance": "attention", "variance_mode": "channel_mean",
+            "enforce_connectivity": False}  # fmt: skip
     assert cell_path(altp) == "altp/keep0.1"  # today's path for the default setting
+    assert cell_path({**altp, "enforce_connectivity": True}) == "altp/keep0.1_enforce_connectivitytrue"
     assert cell_path({**altp, "compactness": 5}) == "altp/keep0.1"  # 5 is the default 5.0
     assert cell_path({**altp, "compactness": 3.0}) == "altp/keep0.1_compactness3"
     assert cell_path({**altp, "n_segments": 3, "alpha": 0.5, "keep": 0.25}) == (

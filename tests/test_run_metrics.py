@@ -87,6 +87,33 @@ def test_pdrop_hparams_are_the_config_and_solved_values_come_from_records(
     assert upstream["stage_schedules"] == [
         {"stage_layers": [8, 16, 24], "kept_per_stage": [288, 144, 72], "n_images": 2}
     ]
+    # lambda_ fixes the schedule: the metrics say keep was ignored and what was kept per stage.
+    assert upstream["keep_ignored"] is True and "keep_ignored" not in solved
+    assert upstream["kept_fraction_per_stage"] == [0.5, 0.25, 0.125]
+    assert solved["kept_fraction_per_stage"][0] > 0.25  # PDrop's first stage keeps more, at equal FLOPs
+
+
+def test_summary_line_names_each_flops_convention_and_a_fixed_schedule(capsys):
+    from altp.run.summary import print_metrics
+
+    m = {"model": "m", "data": "d", "pruner": "fastv", "keep": 0.1, "ap50": 0.5,
+         "flops_ratio": 0.331, "flops_ratio_paper": 0.309, "mean_kept_tokens": 57.0, "n_images": 3}  # fmt: skip
+    print_metrics(m)
+    line = capsys.readouterr().out
+    assert "FLOPs%(paper) 30.9" in line and "FLOPs%(prompt) 33.1" in line and "keep=0.1" in line
+    print_metrics({**m, "pruner": "pdrop", "keep_ignored": True, "kept_fraction_per_stage": [0.5, 0.25, 0.125]})
+    assert "keep=0.5>0.25>0.125 (schedule fixed by the pruner, not keep)" in capsys.readouterr().out
+
+
+def test_region_pruner_metrics_carry_realised_regions(data_root: Path, tmp_path: Path):
+    m = _run(data_root, tmp_path / "altp", "pruner=altp", "keep=0.1")
+    recs = [json.loads(p.read_text()) for p in sorted((tmp_path / "altp" / "records").glob("*.json"))]
+    regions = [r["extras"]["regions"] for r in recs]
+    assert all(r["extras"]["slic_segments"] >= n >= 1 for r, n in zip(recs, regions, strict=True))
+    assert m["extras.regions.mean"] == pytest.approx(sum(regions) / len(regions))
+    assert m["extras.regions.min"] == min(regions)
+    assert m["single_region_share"] == sum(n == 1 for n in regions) / len(regions)
+    assert m["pruner.enforce_connectivity"] is False  # the configs' choice (conf/pruner/altp.yaml)
 
 
 def test_unpruned_run_has_no_pruner_keys(data_root: Path, tmp_path: Path):

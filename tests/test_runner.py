@@ -252,3 +252,16 @@ def test_killed_process_resumes_to_identical_bytes(fault: str, tmp_path: Path) -
     assert again.returncode == 0, again.stderr[-2000:]
     assert _bytes(out / "predictions") == _bytes(tmp_path / "ref" / "predictions")
     assert not list(out.rglob(".*.tmp")), "no temp files left behind"
+
+
+def test_progress_bar_names_what_runs():
+    from omegaconf import OmegaConf
+
+    from altp.pruners import build_pruner
+    from altp.run.runner import _progress_label
+
+    cfg = OmegaConf.create({"keep": 0.1})
+    assert _progress_label(None, cfg, {"pruner": "none"}) == "none (unpruned)"
+    assert _progress_label(build_pruner("fastv", keep=0.1), cfg, {"pruner": "fastv"}) == "fastv keep=0.1"
+    fixed = build_pruner("pdrop", keep=0.1, lambda_=0.5)
+    assert _progress_label(fixed, cfg, {"pruner": "pdrop"}) == "pdrop (own schedule; keep=0.1 unused)"

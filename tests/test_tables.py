@@ -150,7 +150,7 @@ def test_main_table_cells_and_newest_wins(results: Path, conf: Path) -> None:
     fastv = _row(main, "fastv", "57", "0.1")
     # Newest (finished_at 2026-02) wins: base 0.14 -> AP50 0.143 -> "14.3".
     assert (fastv["val METEOR"], fastv["val AP50"], fastv["val Recall"]) == ("14.1", "14.3", "14.5")
-    assert fastv["test AP50"] == "12.3" and fastv["FLOPs"] == "19.6"
+    assert fastv["test AP50"] == "12.3" and fastv["FLOPs (prompt)"] == "19.6"
     assert any("kept the newest" in n and "fastv/new" in n and "fastv/old" in n for n in main.notes)
     altp = _row(main, "altp", "57", "0.1")
     assert altp["val CIDEr"] == "20.2" and altp["test CIDEr"] == MISSING
@@ -233,7 +233,7 @@ def test_csv_and_markdown(results: Path, conf: Path) -> None:
     metrics = ["meteor", "cider", "ap50", "miou", "recall"]
     assert rows[0] == ["method", "tokens", "keep"] + [
         f"{s}_{m}" for s in ("val", "test") for m in metrics
-    ] + ["flops"]
+    ] + ["flops_paper"]
     assert rows[1][:3] == ["none", "576", "1"] and len(rows) == 1 + len(main.rows)
     altp = next(r for r in rows if r[:3] == ["altp", "57", "0.1"])
     assert altp[rows[0].index("val_ap50")] == "20.3" and altp[rows[0].index("test_ap50")] == ""
@@ -273,8 +273,8 @@ def test_flops_column_follows_the_chosen_convention(
         find_runs(results), pruner_defaults=load_pruner_defaults(conf), flops=name
     )
     main = _table(tables, "main_glamm_grandf")
-    assert _row(main, "fastv", "57", "0.1")["FLOPs"] == shown
-    assert _row(main, "none", "576", "1")["FLOPs"] == "100.0"
+    assert _row(main, "fastv", "57", "0.1")[f"FLOPs ({name})"] == shown
+    assert _row(main, "none", "576", "1")[f"FLOPs ({name})"] == "100.0"
     assert any(f"metrics.json {key}" in n and f"--flops {name}" in n for n in main.notes)
 
 
@@ -283,7 +283,7 @@ def test_records_without_the_chosen_flops_key_are_named(results: Path, conf: Pat
     del old["flops_ratio_paper"]
     _write(results, "glamm/uniform_old", old)
     main = _table(build_tables(find_runs(results), flops="paper"), "main_glamm_grandf")
-    assert _row(main, "uniform", "57", "0.1")["FLOPs"] == MISSING
+    assert _row(main, "uniform", "57", "0.1")["FLOPs (paper)"] == MISSING
     assert any("1 row(s) have no flops_ratio_paper" in n for n in main.notes)
     with pytest.raises(ValueError, match="choose one of: prompt, paper, generation"):
         flops_convention("tokens")
@@ -372,7 +372,7 @@ def test_paper_tables_put_ours_under_each_paper_row(
     t1 = tables[0]
     assert "paper (glamm on GranD-f) vs ours (glamm on grandf)" in t1.title
     assert "SYNTHETIC" not in t1.title
-    assert t1.columns == ["Method", "Tokens", "Source", "AP50", "AP50", "FLOPs"]
+    assert t1.columns == ["Method", "Tokens", "Source", "AP50", "AP50", "FLOPs (paper)"]
     assert t1.rows == [
         ["none", "576", "paper", "30.8", "29.2", "100"],
         ["none", "576", "ours", "30.3", "30.3", "100.0"],
@@ -488,3 +488,17 @@ def test_make_tables_on_the_committed_study(tmp_path: Path) -> None:
     t4 = _table(tables, "paper_table4_glamm_shapes_shapes")
     ours = {tuple(r[2:4]): r for r in t4.rows if r[4] == "ours"}
     assert MISSING not in ours[("10", "5")] and ours[("3", "5")][5] == MISSING
+
+
+def test_a_schedule_that_ignores_keep_shows_its_kept_fractions(conf: Path) -> None:
+    from eval.run_records import RunRecord
+    from eval.tables import keep_cell
+
+    m = _metrics("glamm", "grandf", "val", "pdrop", 0.1, 0.3, **{"pruner.lambda_": 0.5})
+    plain = RunRecord(path=Path("a"), metrics=m, finished=0.0)
+    assert keep_cell(plain) == "0.1"
+    fixed = RunRecord(path=Path("b"), finished=0.0,
+                      metrics={**m, "keep_ignored": True, "kept_fraction_per_stage": [0.5, 0.25, 0.125]})
+    assert keep_cell(fixed) == "0.5>0.25>0.125"
+    main = _table(build_tables([fixed], flops="paper"), "main_glamm_grandf")
+    assert main.rows[0][2] == "0.5>0.25>0.125"

@@ -27,7 +27,7 @@ class ALTPPruner(RegionPruner):
     """Adaptive local-aware token pruning (DDC + DDF).
 
     Args:
-        keep, layer, n_segments, compactness, sigma, importance: as
+        keep, layer, n_segments, compactness, sigma, importance, enforce_connectivity: as
             :class:`altp.methods.ddc.RegionPruner`.
         alpha: DDF softmax temperature (paper 1.5). Weights lie within a factor
             ``exp(1/alpha)`` of each other, so budgets stay close to uniform
@@ -52,6 +52,7 @@ class ALTPPruner(RegionPruner):
         importance: str = "attention",
         alpha: float = 1.5,
         variance_mode: VarianceMode = "channel_mean",
+        enforce_connectivity: bool = True,
     ) -> None:
         super().__init__(
             keep=keep,
@@ -60,6 +61,7 @@ class ALTPPruner(RegionPruner):
             compactness=compactness,
             sigma=sigma,
             importance=importance,
+            enforce_connectivity=enforce_connectivity,
         )
         if not alpha > 0:
             raise ValueError(f"alpha must be > 0 (paper: 1.5), got {alpha}")

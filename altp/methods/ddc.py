@@ -75,12 +75,14 @@ class RegionPruner(Pruner):
             at the LLM input, the literal reading of the paper's Algorithm 1
             (step 4 feeds ``Proj(Enc_v(Omega_selected))`` to the LLM).
         n_segments, compactness, sigma: SLIC parameters (:func:`compute_regions`).
+        enforce_connectivity: SLIC's connectivity enforcement (scikit-image's
+            default True; the configs choose False, see conf/pruner/altp.yaml).
         importance: within-region token score. The paper says only "e.g.
             cross-attention or self-attention magnitude"; the choices:
-            ``"attention"`` (FastV's last-token attention at layer K-1; K >= 1, the
-            default), ``"cls"`` (the vision tower's CLS attention to each patch at
-            its feature layer, VisionZip's signal; a ViT with a CLS token, i.e.
-            GLaMM), ``"norm"`` (the L2 norm of each projected visual embedding at
+            ``"attention"`` (FastV's last-token attention at layer K-1; K >= 1; the
+            default and our choice), ``"cls"`` (the vision tower's CLS attention to
+            each patch at its feature layer, VisionZip's signal; a ViT with a CLS
+            token, i.e. GLaMM), ``"norm"`` (the L2 norm of each projected visual embedding at
             the LLM input; any model) or ``"random"`` (a seeded control). At layer
             0 there is no decoder attention: pick ``cls`` or ``norm``.
     """
@@ -99,6 +101,7 @@ class RegionPruner(Pruner):
         compactness: float = 5.0,
         sigma: float = 1.0,
         importance: str = "attention",
+        enforce_connectivity: bool = True,
     ) -> None:
         super().__init__(keep=keep, layer=layer)
         if importance not in _IMPORTANCE:
@@ -119,6 +122,7 @@ class RegionPruner(Pruner):
         self.compactness = float(compactness)
         self.sigma = float(sigma)
         self.importance = importance
+        self.enforce_connectivity = bool(enforce_connectivity)
 
     def schedule(self, info: ScheduleInfo) -> list[PruneStage]:
         stages = super().schedule(info)
@@ -143,6 +147,7 @@ class RegionPruner(Pruner):
             compactness=self.compactness,
             sigma=self.sigma,
             variance_mode=self.variance_mode,
+            enforce_connectivity=self.enforce_connectivity,
         )
 
     @abstractmethod
@@ -210,6 +215,10 @@ class RegionPruner(Pruner):
                     "region_ids": regions.region_labels[present].tolist(),
                     "region_sizes": sizes[present].tolist(),
                     "budgets": budgets[present].tolist(),
+                    # Realised counts: SLIC's superpixels, and the regions that own a token
+                    # (the paper's N is only SLIC's target; docs/protocol.md).
+                    "slic_segments": regions.num_segments,
+                    "regions": int(present.sum()),
                     **extra,
                 }
             )
@@ -228,6 +237,7 @@ class RegionPruner(Pruner):
             "compactness": self.compactness,
             "sigma": self.sigma,
             "importance": self.importance,
+            "enforce_connectivity": self.enforce_connectivity,
         }
 
 

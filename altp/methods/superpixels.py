@@ -61,6 +61,9 @@ class RegionMap:
             measured as ``variance_mode`` says.
         total_pixels: |P_total| = H * W.
         variance_mode: how ``variance`` was measured.
+        num_segments: distinct labels of the pixel label image (SLIC's realised
+            superpixel count, which can be far below its target ``n_segments``);
+            ``num_regions`` counts those that own at least one patch.
     """
 
     grid: tuple[int, int]
@@ -71,6 +74,7 @@ class RegionMap:
     variance: np.ndarray
     total_pixels: int
     variance_mode: str
+    num_segments: int
 
     @property
     def num_regions(self) -> int:
@@ -174,12 +178,16 @@ def compute_regions(
     compactness: float = 5.0,
     sigma: float = 1.0,
     variance_mode: VarianceMode = "channel_mean",
+    enforce_connectivity: bool = True,
 ) -> RegionMap:
     """SLIC superpixels of ``image`` mapped onto the patch grid, with density statistics.
 
-    SLIC is scikit-image's (``start_label=0``, Lab conversion and connectivity
-    enforcement at their defaults); it is deterministic (grid-seeded centres, no
-    random draws), so the same image always gives the same regions.
+    SLIC is scikit-image's (``start_label=0``, Lab conversion at its default);
+    it is deterministic (grid-seeded centres, no random draws), so the same image
+    always gives the same regions. ``n_segments`` is SLIC's target, not a count:
+    with connectivity enforced (scikit-image's default) segments smaller than
+    half the expected size are merged into a neighbour, and on the shapes val
+    images N=10 leaves 4.7 superpixels on average (docs/protocol.md).
 
     Args:
         image: (H, W, 3) uint8 RGB as the vision tower sees it.
@@ -189,16 +197,24 @@ def compute_regions(
         sigma: Gaussian pre-smoothing width in pixels (the paper names a sigma
             without a value; 1.0 is scikit-image's usual example value).
         variance_mode: colour space of the variance, see :func:`region_variance`.
+        enforce_connectivity: scikit-image's switch (default True, its own
+            default): merge small and disconnected segments into neighbours.
 
     Returns:
         A :class:`RegionMap`.
     """
-    labels = slic_labels(image, n_segments=n_segments, compactness=compactness, sigma=sigma)
+    labels = slic_labels(image, n_segments=n_segments, compactness=compactness, sigma=sigma,
+                         enforce_connectivity=enforce_connectivity)  # fmt: skip
     return regions_from_labels(image, labels, grid, variance_mode=variance_mode)
 
 
 def slic_labels(
-    image: np.ndarray, *, n_segments: int = 10, compactness: float = 5.0, sigma: float = 1.0
+    image: np.ndarray,
+    *,
+    n_segments: int = 10,
+    compactness: float = 5.0,
+    sigma: float = 1.0,
+    enforce_connectivity: bool = True,
 ) -> np.ndarray:
     """The (H, W) int SLIC label image :func:`compute_regions` maps onto the grid.
 
@@ -215,6 +231,7 @@ def slic_labels(
         sigma=float(sigma),
         start_label=0,
         channel_axis=-1,
+        enforce_connectivity=bool(enforce_connectivity),
     )
 
 
@@ -256,6 +273,7 @@ def regions_from_labels(
         variance=variance_all[region_labels],
         total_pixels=int(labels.size),
         variance_mode=variance_mode,
+        num_segments=int(np.unique(labels).size),
     )
 
 

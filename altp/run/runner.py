@@ -38,6 +38,7 @@ from omegaconf import DictConfig
 import altp.pruners  # noqa: F401  (registers the built-in pruners conf/pruner/*.yaml build)
 from altp.data.grandf import GrandfFormatError, GrandfSplit
 from altp.data.resolve import resolve_split
+from altp.errors import UserError
 from altp.flops import PAPER_TEXT_TOKENS
 from altp.pruning.base import ScheduleInfo
 from altp.run.batches import InjectedFault, run_images
@@ -111,6 +112,45 @@ def _check_pruner_fits(pruner: Pruner | None, model: GCGModel, cfg: DictConfig) 
         ) from None
 
 
+def _progress_label(pruner: Pruner | None, cfg: DictConfig, choices: dict[str, str]) -> str:
+    """What runs, for the progress bar: the unpruned model has no keep, PDrop with lambda_ ignores it."""
+    if pruner is None:
+        return f"{choices.get('pruner', 'none')} (unpruned)"
+    name = choices.get("pruner", pruner.name)
+    if not getattr(pruner, "uses_keep", True):  # see write_summary's keep_ignored
+        return f"{name} (own schedule; keep={cfg.keep} unused)"
+    return f"{name} keep={cfg.keep}"
+
+
+#: What a run leaves in its directory before its first image: Hydra's log, the lock, the two folders.
+_SKELETON = frozenset({"run.log", ".run.lock", "predictions", "records"})
+
+
+def _is_skeleton(out_dir: Path) -> bool:
+    """True when ``out_dir`` holds nothing a run wrote but its empty skeleton (or does not exist)."""
+    if not out_dir.is_dir():
+        return True
+    for entry in out_dir.iterdir():
+        if entry.name not in _SKELETON or (entry.is_dir() and any(entry.iterdir())):
+            return False
+    return True
+
+
+def _remove_skeleton(out_dir: Path) -> None:
+    """Remove a skeleton run directory, then its parents that this leaves empty, up to the first
+    folder of a relative ``out_dir`` (``runs/``) and never outside it; an absolute one alone."""
+    if not out_dir.is_dir():
+        return
+    for entry in out_dir.iterdir():
+        entry.rmdir() if entry.is_dir() else entry.unlink()
+    out_dir.rmdir()
+    parents = out_dir.parents[: max(len(out_dir.parts) - 2, 0)] if not out_dir.is_absolute() else ()
+    for parent in parents:
+        if any(parent.iterdir()):
+            break
+        parent.rmdir()
+
+
 def run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str, Any]:
     """Run inference, score, and write the run records; returns the flat metrics.
 
@@ -128,8 +168,19 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str, 
     world = init_world(str(cfg.model.get("device", "cpu")))
     if not world.is_main:
         return _run(cfg, choices=choices, world=world)
-    with locked(Path(cfg.out_dir)):
-        return _run(cfg, choices=choices, world=world)
+    from hydra.errors import InstantiationException  # a builder's error (missing weights), wrapped
+
+    out_dir = Path(cfg.out_dir)
+    try:
+        with locked(out_dir):
+            return _run(cfg, choices=choices, world=world)
+    except (UserError, FileNotFoundError, GrandfFormatError, InstantiationException):
+        # Errors found before the first image (missing GT or weights, a refused config) leave no
+        # folder behind: Hydra made it for run.log before the runner could check anything. A
+        # folder that holds anything else (a refused resume's, a failed image's) stays as it is.
+        if _is_skeleton(out_dir):
+            _remove_skeleton(out_dir)
+        raise
 
 
 def model_on_rank(cfg: DictConfig, world: World) -> GCGModel:
@@ -213,9 +264,7 @@ def _run(cfg: DictConfig, *, choices: dict[str, str] | None, world: World) -> di
     done, todo_ids = decision[1]
     by_id = {s.image_id: s for s in samples}
     mine = rank_share([by_id[i] for i in todo_ids], world)
-    desc = f"{choices.get('pruner', 'run')} keep={cfg.keep}" + (
-        f" rank {world.rank}" if world.distributed else ""
-    )
+    desc = _progress_label(pruner, cfg, choices) + (f" rank {world.rank}" if world.distributed else "")
     with torch.inference_mode():
         ran = run_images(model, pruner, split, mine, pred_dir=pred_dir, rec_dir=rec_dir, seed=int(cfg.seed),
                          batch_size=int(cfg.get("batch_size", 1)), num_workers=int(cfg.get("num_workers", 0)),
@@ -247,5 +296,8 @@ def _run(cfg: DictConfig, *, choices: dict[str, str] | None, world: World) -> di
         scores=scores,
         model=model,
         world_size=world.size,
+        # A pruner whose schedule ignores keep says so (PDrop with lambda_); the Pruner interface
+        # has no such attribute, so any other pruner uses keep.
+        keep_ignored=pruner is not None and not getattr(pruner, "uses_keep", True),
     )
     return broadcast_object(world, metrics)

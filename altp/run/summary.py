@@ -82,6 +82,24 @@ def summarise(records: list[dict], *, llm_shape: Any) -> dict[str, Any]:
             out[key] = mean(vals)
     out.update(summarise_coverage(ok))
     out.update(_solved_summary(ok))
+    out["kept_fraction_per_stage"] = _kept_fraction_per_stage(ok)
+    regions = [r["extras"]["regions"] for r in ok if isinstance(r.get("extras", {}).get("regions"), int)]
+    if regions:  # DDC / ALTP: with one region the pruner is plain FastV (extras.regions.* has mean/min/max)
+        out["single_region_share"] = sum(n == 1 for n in regions) / len(regions)
+    return out
+
+
+def _kept_fraction_per_stage(ok: list[dict]) -> list[float]:
+    """Mean over images of the visual tokens kept after each stage, as a fraction of all of them.
+
+    What a run really kept, whatever ``keep`` said (PDrop with ``lambda_`` keeps lambda**s of
+    the tokens at stage s). Images with fewer stages than the most (none here) count from theirs.
+    """
+    n_stages = max((len(r["kept_per_stage"]) for r in ok), default=0)
+    out = []
+    for s in range(n_stages):
+        fr = [r["kept_per_stage"][s] / r["num_visual"] for r in ok if len(r["kept_per_stage"]) > s]
+        out.append(sum(fr) / len(fr))
     return out
 
 
@@ -95,6 +113,7 @@ def write_summary(
     scores: dict[str, Any] | None,
     model: GCGModel,
     world_size: int = 1,
+    keep_ignored: bool = False,
 ) -> dict[str, Any]:
     """Write metrics.json and run.json of a finished run; returns the metrics.
 
@@ -107,6 +126,9 @@ def write_summary(
         scores: :func:`eval.gcg.evaluate`'s result, or None when not scored.
         model: the model adapter (``llm_shape``, ``device``, ``dtype``).
         world_size: processes that ran the images (run.json's ``throughput``).
+        keep_ignored: the pruner's schedule does not depend on ``keep`` (PDrop with
+            ``lambda_``): metrics.json then says so (``keep_ignored``), and tables show
+            ``kept_fraction_per_stage`` instead of ``keep``, which still names the cell.
     """
     metrics: dict[str, Any] = {
         "model": choices.get("model", ""),
@@ -115,6 +137,8 @@ def write_summary(
         "data": cfg.data.name,
         "split": cfg.data.split,
     }
+    if keep_ignored:
+        metrics["keep_ignored"] = True
     if scores is not None:
         metrics.update({k: scores[k] for k in ("meteor", "cider", "ap50", "miou", "recall")})
         metrics["text_encoder"] = scores.get("text_encoder", cfg.text_encoder)
@@ -163,15 +187,25 @@ def write_hydra_files(out_dir: Path, cfg: DictConfig) -> None:
 
 def print_metrics(metrics: dict[str, Any]) -> None:
     """Print one run's headline numbers (metrics x100, FLOPs as remaining %)."""
-    head = f"{metrics.get('model')} | {metrics.get('data')} | {metrics.get('pruner')} keep={metrics.get('keep')}"
+    head = f"{metrics.get('model')} | {metrics.get('data')} | {metrics.get('pruner')} keep={_keep_text(metrics)}"
+    # Each FLOPs figure names its convention (altp.flops.FLOPS_CONVENTIONS): the paper's (what the
+    # tables show by default) and the run's own prompt differ by a few points for the same run.
     cols = [("METEOR", "meteor"), ("CIDEr", "cider"), ("AP50", "ap50"), ("mIoU", "miou"), ("Recall", "recall"),
-            ("FLOPs%", "flops_ratio")]
+            ("FLOPs%(paper)", "flops_ratio_paper"), ("FLOPs%(prompt)", "flops_ratio")]
     cells = [f"{name} {100 * metrics[key]:.1f}" for name, key in cols if metrics.get(key) is not None]
     extra = f"kept {metrics.get('mean_kept_tokens', float('nan')):.1f} tok, {metrics.get('n_images')} img"
     print(f"{head}: " + "  ".join(cells) + f"  ({extra})")
     if metrics.get("n_failed"):
         print(f"{metrics['n_failed']} image(s) FAILED and score as empty predictions: "
               f"{name_ids(metrics.get('failed_images') or [])}; rerun the same command to retry them")
+
+
+def _keep_text(metrics: dict[str, Any]) -> str:
+    """``keep`` as run: the command line's, or the kept fraction per stage where the schedule ignores it."""
+    fractions = metrics.get("kept_fraction_per_stage")
+    if metrics.get("keep_ignored") and fractions:
+        return ">".join(f"{f:.3g}" for f in fractions) + " (schedule fixed by the pruner, not keep)"
+    return str(metrics.get("keep"))
 
 
 def name_ids(ids: list[str], shown: int = 5) -> str:

@@ -106,8 +106,10 @@ def _regions(run: RunDir, extras: dict[str, Any], pixels: np.ndarray, grid: tupl
     if "region_ids" not in extras:
         return None
     p = run.pruner
+    # A run recorded before the switch existed ran with scikit-image's default (True).
     labels = slic_labels(pixels, n_segments=int(p.get("n_segments", 10)),
-                         compactness=float(p.get("compactness", 5.0)), sigma=float(p.get("sigma", 1.0)))
+                         compactness=float(p.get("compactness", 5.0)), sigma=float(p.get("sigma", 1.0)),
+                         enforce_connectivity=bool(p.get("enforce_connectivity", True)))
     regions = regions_from_labels(pixels, labels, grid, variance_mode=cast("VarianceMode", str(p.get("variance_mode", "channel_mean"))))  # the run's validated config
     ids, sizes = [int(x) for x in extras["region_ids"]], [int(x) for x in extras["region_sizes"]]
     got_ids, got_sizes = regions.region_labels.tolist(), regions.patch_count.tolist()

@@ -38,9 +38,9 @@ __all__ = ["METRICS", "study_groups", "write_study_figures"]
 METRICS = (("meteor", "METEOR"), ("cider", "CIDEr"), ("ap50", "AP50"), ("miou", "mIoU"), ("recall", "Recall"))
 _GROUNDING = (("ap50", "AP50"), ("miou", "mIoU"), ("recall", "Recall"))
 _COST_LABELS = {
-    "flops_ratio": "remaining FLOPs, prefill (eq. 5), %",
-    "flops_ratio_paper": "remaining FLOPs, eq. 5, 32 text tokens (paper), %",
-    "generation_flops_ratio": "remaining FLOPs, prefill + decoding, %",
+    "flops_ratio": "remaining FLOPs (prompt): prefill, eq. 5, own prompt, %",
+    "flops_ratio_paper": "remaining FLOPs (paper): eq. 5, 32 text tokens, %",
+    "generation_flops_ratio": "remaining FLOPs (generation): prefill + decoding, %",
     "time_per_image_s": "measured time per image, s",
 }
 

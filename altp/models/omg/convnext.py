@@ -83,7 +83,8 @@ class ConvNeXtTrunk(nn.Module):
         in_channels: image channels.
 
     ``forward(x (B, 3, H, W))`` returns the four stage outputs
-    ``(B, dims[i], H / 2**(i + 2), W / 2**(i + 2))``, finest first.
+    ``(B, dims[i], H / 2**(i + 2), W / 2**(i + 2))``, finest first, each contiguous
+    (NCHW strides) as upstream returns them.
     """
 
     def __init__(
@@ -118,5 +119,9 @@ class ConvNeXtTrunk(nn.Module):
         outs = []
         for stage in self.stages:
             x = stage(x)
-            outs.append(x)
+            # Upstream (OpenCLIPBackbone_omgseg.forward) appends ``x.contiguous()``. The block's
+            # permutes leave ``x`` with channels-last strides, and the pixel decoder's 1x1
+            # convolutions round differently on those (mask features off by ~2e-5 relative);
+            # contiguous stage outputs make them bitwise equal to upstream's.
+            outs.append(x.contiguous())
         return tuple(outs)
