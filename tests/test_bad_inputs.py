@@ -672,3 +672,53 @@ def test_unpruned_cell_is_one_directory_whatever_the_keep(data_root) -> None:
     finally:
         HydraConfig.instance().cfg = None
     assert dirs == {"runs/glamm_tiny/shapes_val/none/keep1.0"}
+
+
+# --------------------------------------------------------------------------- images a model cannot take
+
+
+def _degenerate_split(data_root: Path, folder: Path, k: int, width: int, height: int) -> tuple[Path, Path]:
+    """A copy of the split whose k-th image (and its GT entries) is ``width x height``: (gt_dir, image_dir)."""
+    from pycocotools import mask as mask_utils
+
+    gt, images = folder / "gt", folder / "images"
+    shutil.copytree(data_root / "annotations", gt)
+    shutil.copytree(data_root / "images", images)
+    sample = GrandfSplit(gt, "val", images)[k]
+    Image.new("RGB", (width, height), (120, 60, 30)).save(sample.image_path)
+    blob = np.zeros((height, width), np.uint8, order="F")
+    blob[:, : max(1, width // 2)] = 1
+    rle = mask_utils.encode(blob)
+    rle = {"size": [height, width], "counts": rle["counts"].decode()}  # pyright: ignore[reportIndexIssue]
+
+    def edit(d: dict) -> None:
+        for img in d["images"]:
+            if str(img["id"]) == sample.image_id:
+                img.update(height=height, width=width)
+        for ann in d["annotations"]:
+            if str(ann["image_id"]) == sample.image_id and "segmentation" in ann:
+                ann["segmentation"] = rle
+
+    _edit("caption", edit)(gt)
+    _edit("mask", edit)(gt)
+    return gt, images
+
+
+@pytest.mark.parametrize(("model", "width", "height", "needle"), [
+    ("glamm_tiny", 4000, 2, "SAM's resize makes it 256x0 px"),  # the SAM side below one pixel
+    ("glamm_tiny", 30000, 1, "CLIP's resize makes it"),  # the CLIP resize too large to hold
+    ("omg_llava_tiny", 30000, 1, "padding to a square makes it 30000x30000 px"),
+])
+@pytest.mark.parametrize("workers", [0, 1])
+def test_image_a_model_cannot_take_is_a_recorded_failure(model, width, height, needle, workers, data_root, finished,
+                                                         tmp_path, capsys) -> None:  # fmt: skip
+    gt, images = _degenerate_split(data_root, tmp_path, 1, width, height)
+    order = [s.image_id for s in GrandfSplit(gt, "val", images)]
+    cfg = _cfg(data_root, tmp_path / "run", f"model={model}", "~data.generate", f"data.gt_dir={gt}",
+               f"data.image_dir={images}", "max_images=3", f"num_workers={workers}")  # fmt: skip
+    metrics: dict = {}
+    code, _ = _call(lambda: metrics.update(run(cfg)), capsys)
+    assert code == 0 and metrics["failed_images"] == [order[1]]
+    rec = json.loads((tmp_path / "run" / "records" / f"{order[1]}.json").read_text())
+    assert rec["error"].startswith("UnprocessableImageError: ") and needle in rec["error"], rec["error"]
+    assert "aspect ratio" in rec["error"]

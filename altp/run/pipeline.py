@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from altp.data.grandf import GrandfSplit, ImageLoadError, Sample
 from altp.models.base import ImageInputs
+from altp.models.pixels import UnprocessableImageError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from altp.models.base import GCGModel
@@ -91,8 +92,8 @@ class LoadedImage:
 
     @property
     def load_failed(self) -> bool:
-        """The image itself could not be read (always a recorded failure, never a crash)."""
-        return isinstance(self.error, ImageLoadError)
+        """The image could not be read, or the model cannot take it (always a recorded failure, never a crash)."""
+        return isinstance(self.error, ImageLoadError | UnprocessableImageError)
 
 
 def _sendable(err: BaseException) -> BaseException:
