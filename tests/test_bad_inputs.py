@@ -722,3 +722,101 @@ def test_image_a_model_cannot_take_is_a_recorded_failure(model, width, height, n
     rec = json.loads((tmp_path / "run" / "records" / f"{order[1]}.json").read_text())
     assert rec["error"].startswith("UnprocessableImageError: ") and needle in rec["error"], rec["error"]
     assert "aspect ratio" in rec["error"]
+
+
+# --------------------------------------------------------------------------- the machine fails mid-run
+
+
+def _preds(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((folder / "predictions").glob("*.json"))}
+
+
+def _machine_failure(fn: Callable[[], Any], capsys, *needles: str) -> str:
+    code, lines = _call(fn, capsys)
+    lines = [ln for ln in lines if ln.startswith(("error:", "Traceback"))]  # the progress bar shares stderr
+    assert code == 1 and len(lines) == 1, lines
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_killed_input_worker_is_one_line_and_the_run_resumes(data_root, finished, tmp_path, monkeypatch,
+                                                             capsys) -> None:  # fmt: skip
+    out = tmp_path / "run"
+    monkeypatch.setenv("ALTP_TEST_FAULT", "kill-worker@3")
+    _machine_failure(lambda: run(_cfg(data_root, out, "num_workers=1")), capsys,
+                     "input-pipeline worker died", "killed by signal", "rerun the same command")  # fmt: skip
+    written = _preds(out)
+    assert 0 < len(written) < N and all(finished.joinpath("predictions", k).read_bytes() == v
+                                        for k, v in written.items())  # fmt: skip
+    monkeypatch.delenv("ALTP_TEST_FAULT")
+    assert _call(lambda: run(_cfg(data_root, out, "num_workers=1")), capsys)[0] == 0
+    assert _preds(out) == _preds(finished)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    """A 2 MiB tmpfs (root only; skipped where mounting is not permitted), unmounted with what is below it."""
+    import subprocess
+
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        for sub in ("records", "predictions"):  # a read-only bind a failed case left behind
+            subprocess.run(["umount", str(mnt / "run" / sub)], check=False, capture_output=True)
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _after_writes(monkeypatch, k: int, action: Callable[[], None]) -> None:
+    """Call ``action`` once ``k`` images are written (the disk fills, the folder turns read-only)."""
+    import altp.run.batches as batches
+
+    real, count = batches.write_image, [0]
+
+    def write_image(*args: Any, **kwargs: Any) -> None:
+        if count[0] == k:
+            action()
+        count[0] += 1
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(batches, "write_image", write_image)
+
+
+@pytest.mark.parametrize("fault", ["disk full", "read-only"])
+def test_full_or_read_only_disk_is_one_line_and_the_run_resumes(fault, small_fs, data_root, finished,
+                                                                monkeypatch, capsys) -> None:  # fmt: skip
+    import subprocess
+
+    out, filler = small_fs / "run", small_fs / "filler"
+
+    def fill() -> None:
+        with open(filler, "wb", buffering=0) as fh, pytest.raises(OSError):
+            while True:
+                fh.write(b"\0" * 4096)
+
+    def read_only() -> None:  # the run's folders turn read-only (its open lock file keeps the fs itself busy)
+        for sub in ("records", "predictions"):
+            subprocess.run(["mount", "--bind", str(out / sub), str(out / sub)], check=True)
+            subprocess.run(["mount", "-o", "remount,ro,bind", str(out / sub)], check=True)
+
+    _after_writes(monkeypatch, 3, fill if fault == "disk full" else read_only)
+    needles = ("No space left on device", "free some space") if fault == "disk full" else (
+        "Read-only file system", "make it writable again")
+    line = _machine_failure(lambda: run(_cfg(data_root, out, "num_workers=0")), capsys, *needles,
+                            f"cannot write {out}", "rerun the same command")  # fmt: skip
+    assert "[Errno" in line
+    written = _preds(out)
+    assert len(written) == 3 and all(finished.joinpath("predictions", k).read_bytes() == v
+                                     for k, v in written.items())  # fmt: skip
+    monkeypatch.undo()
+    if fault == "disk full":
+        filler.unlink()
+    else:
+        for sub in ("records", "predictions"):
+            subprocess.run(["umount", str(out / sub)], check=True)
+    assert _call(lambda: run(_cfg(data_root, out, "num_workers=0")), capsys)[0] == 0
+    assert _preds(out) == _preds(finished)

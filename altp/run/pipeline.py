@@ -128,6 +128,8 @@ class _Images(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> LoadedImage:
+        if os.environ.get("ALTP_TEST_FAULT") == f"kill-worker@{index}" and torch.utils.data.get_worker_info():
+            os.kill(os.getpid(), signal.SIGKILL)  # tests only: the OS kills an input worker at this image
         sample = self.samples[index]
         t0 = time.perf_counter()
         try:
