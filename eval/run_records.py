@@ -89,7 +89,8 @@ def find_runs(results: Path) -> list[RunRecord]:
 
     Raises:
         FileNotFoundError: ``results`` does not exist.
-        ValueError: a metrics.json is not a flat dict with model, pruner, keep, data and split.
+        ValueError: a metrics.json is not JSON (torn, corrupt), or not a flat dict with model, pruner,
+            keep, data and split; the message names the file.
     """
     results = Path(results)
     if not results.is_dir():
@@ -100,7 +101,11 @@ def find_runs(results: Path) -> list[RunRecord]:
     for path in sorted(results.rglob("metrics.json")):
         if path.relative_to(results).parts[0] in _SKIP_DIRS:
             continue
-        metrics = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            metrics = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path} is not readable JSON ({err}); rerun its run to rewrite it, "
+                             f"or delete that folder") from None
         required = ("model", "pruner", "keep", "data", "split")
         missing = (
             [k for k in required if k not in metrics] if isinstance(metrics, dict) else required

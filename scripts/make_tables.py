@@ -16,6 +16,7 @@ default, so it compares with the paper's column; see altp/flops.py):
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from altp.configs import conf_dir
@@ -53,9 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     paper = None if str(args.paper) == "none" else args.paper
     if paper is not None and not paper.is_file():
         parser.error(f"--paper {paper} does not exist; pass --paper none to skip the comparison")
-    tables = write_tables(
-        args.results, args.out, conf_dir=args.conf or conf_dir(), paper_csv=paper, flops=args.flops
-    )
+    try:
+        tables = write_tables(
+            args.results, args.out, conf_dir=args.conf or conf_dir(), paper_csv=paper, flops=args.flops
+        )
+    except (OSError, ValueError) as err:  # a missing folder, a torn metrics.json: each names its file
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     for table in tables:
         print(to_markdown(table))
     n_main = sum(t.slug.startswith("main_") for t in tables)

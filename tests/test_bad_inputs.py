@@ -820,3 +820,58 @@ def test_full_or_read_only_disk_is_one_line_and_the_run_resumes(fault, small_fs,
             subprocess.run(["umount", str(out / sub)], check=True)
     assert _call(lambda: run(_cfg(data_root, out, "num_workers=0")), capsys)[0] == 0
     assert _preds(out) == _preds(finished)
+
+
+# --------------------------------------------------------------------------- report tools over damaged records
+
+
+def _tool(tool: str, results: Path, out: Path) -> list[str]:
+    if tool == "tables":
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("make_tables", ROOT / "scripts" / "make_tables.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return [module.main, "--results", str(results), "--out", str(out), "--paper", "none"]
+    if tool == "figures":
+        from altp.viz.__main__ import main as viz_main
+
+        return [viz_main, "figures", str(results), "--out", str(out)]
+    from altp.report.__main__ import main as report_main
+
+    return [report_main, str(results), "--out", str(out), "--text-encoder", "none"]
+
+
+def _scored_results(tmp_path: Path) -> Path:
+    """A results folder with one scored run record (the committed study's FastV cell at keep 0.1)."""
+    results = tmp_path / "results"
+    cell = ROOT / "results/shapes/glamm_shapes/shapes_val/fastv/keep0.1"
+    shutil.copytree(cell, results / "fastv")
+    return results
+
+
+@pytest.mark.parametrize("tool", ["tables", "figures", "report"])
+def test_report_tools_name_the_torn_metrics_file(tool, tmp_path, capsys) -> None:
+    results = _scored_results(tmp_path)
+    torn = results / "fastv" / "metrics.json"
+    torn.write_bytes(torn.read_bytes()[:200])
+    main, *argv = _tool(tool, results, tmp_path / "out")
+    capsys.readouterr()
+    code = main(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and str(torn) in lines[0] and "not readable JSON" in lines[0], lines
+
+
+def test_figures_over_runs_without_scores_say_so_and_write_nothing(finished, tmp_path, capsys) -> None:
+    results = tmp_path / "results"
+    shutil.copytree(finished, results / "run")
+    assert json.loads((results / "run" / "metrics.json").read_text()).get("meteor") is None  # evaluate=false
+    main, *argv = _tool("figures", results, tmp_path / "figs")
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert "no run of glamm_tiny synthetic" in err and "evaluate=false" in err
+    written = sorted(p.name for p in (tmp_path / "figs").glob("*")) if (tmp_path / "figs").exists() else []
+    assert not any("metrics" in n or "pareto" in n for n in written), written
+    assert code == (0 if written else 2)
