@@ -22,8 +22,12 @@ from typing import Any
 
 import yaml
 
+from altp.run_dir import FAILED_FILE
+
 __all__ = [
+    "FailedRun",
     "RunRecord",
+    "find_failed",
     "find_runs",
     "is_default",
     "load_pruner_defaults",
@@ -116,6 +120,34 @@ def find_runs(results: Path) -> list[RunRecord]:
         when = datetime.fromisoformat(finished).timestamp() if finished else os.stat(path).st_mtime
         runs.append(RunRecord(path=path, metrics=metrics, finished=when))
     return runs
+
+
+@dataclass(frozen=True)
+class FailedRun:
+    """A run directory whose last run failed (its ``failed.json``: model, data, split, pruner, keep, error)."""
+
+    path: Path
+    info: dict[str, Any]
+
+    @property
+    def line(self) -> str:
+        m = self.info
+        return (f"FAILED: {m.get('model')} {m.get('data')} {m.get('pruner')} keep={m.get('keep')} "
+                f"({self.path.parent}): {m.get('error')}")
+
+
+def find_failed(results: Path) -> list[FailedRun]:
+    """Every run directory under ``results`` whose last run failed (``failed.json``, written by run.py)."""
+    out = []
+    for path in sorted(Path(results).rglob(FAILED_FILE)):
+        if path.relative_to(results).parts[0] in _SKIP_DIRS:
+            continue
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            info = {}
+        out.append(FailedRun(path=path, info=info if isinstance(info, dict) else {}))
+    return out
 
 
 def newest_per_cell(

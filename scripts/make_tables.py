@@ -21,6 +21,7 @@ from pathlib import Path
 
 from altp.configs import conf_dir
 from altp.flops import FLOPS_CONVENTIONS
+from eval.run_records import find_failed
 from eval.table_format import to_markdown
 from eval.tables import DEFAULT_FLOPS, write_tables
 
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for table in tables:
         print(to_markdown(table))
+    for failed in find_failed(args.results):  # cells whose last run failed: no numbers, said so
+        print(failed.line)
     n_main = sum(t.slug.startswith("main_") for t in tables)
     print(f"FLOPs column: {FLOPS_CONVENTIONS[args.flops].description} (--flops {args.flops})")
     print(

@@ -47,7 +47,7 @@ from altp.run.fingerprint import fingerprint, guard_resume
 from altp.run.inference import image_seed
 from altp.run.resume import plan_resume, read_record
 from altp.run.summary import print_metrics, summarise, write_hydra_files, write_summary
-from altp.run_dir import locked
+from altp.run_dir import FAILED_FILE, locked
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from altp.models.base import GCGModel
@@ -217,4 +217,5 @@ def _run(cfg: DictConfig, *, choices: dict[str, str] | None, world: World) -> di
         model=model,
         world_size=world.size,
     )
+    (out_dir / FAILED_FILE).unlink(missing_ok=True)  # an earlier failure of this cell is over
     return broadcast_object(world, metrics)
