@@ -875,3 +875,31 @@ def test_figures_over_runs_without_scores_say_so_and_write_nothing(finished, tmp
     written = sorted(p.name for p in (tmp_path / "figs").glob("*")) if (tmp_path / "figs").exists() else []
     assert not any("metrics" in n or "pareto" in n for n in written), written
     assert code == (0 if written else 2)
+
+
+# --------------------------------------------------------------------------- ranks that never come
+
+
+@pytest.mark.parametrize("slurm", [True, False], ids=["sbatch without srun", "a rank that never started"])
+def test_rank_whose_peers_never_join_gives_up_in_one_line(slurm, data_root, tmp_path, monkeypatch, capsys) -> None:
+    import os
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    env.update({"SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_JOB_ID": "1"} if slurm else
+               {"RANK": "0", "WORLD_SIZE": "2"})  # fmt: skip
+    env.pop("TORCHELASTIC_USE_AGENT_STORE", None)
+    monkeypatch.setattr(os, "environ", env)
+    cfg = _cfg(data_root, tmp_path / "run", "rendezvous_timeout_min=0.05")  # 3 s
+    t0 = time.perf_counter()
+    line = _machine_failure(lambda: run(cfg), capsys, "rank 0 of 2: the other ranks did not join", "within 0.05 min",
+                            "started without srun" if slurm else "a rank that died or never started")  # fmt: skip
+    assert time.perf_counter() - t0 < 60 and "rendezvous_timeout_min" in line
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()

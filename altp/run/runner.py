@@ -97,7 +97,8 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str, 
         choices: config-group choices (model/pruner/data names) for the records.
     """
     check_config(cfg)  # one line per bad value, before the run directory is made
-    world = init_world(str(cfg.model.get("device", "cpu")))
+    world = init_world(str(cfg.model.get("device", "cpu")),
+                       rendezvous_timeout_min=float(cfg.get("rendezvous_timeout_min", 10)))
     if not world.is_main:
         return _run(cfg, choices=choices, world=world)
     with locked(Path(cfg.out_dir)):
