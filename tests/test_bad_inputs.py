@@ -350,7 +350,8 @@ def test_sixteen_bit_png_loads_as_its_grey_not_white(image_run, data_root) -> No
     assert got.mean() < 250
 
 
-def test_fixing_image_dir_reruns_exactly_the_failed_images(image_run, finished, data_root, tmp_path) -> None:
+def test_fixing_image_dir_reruns_exactly_the_failed_images(image_run, finished, data_root, tmp_path,
+                                                           order) -> None:  # fmt: skip
     out0, _, metrics = image_run
     out = tmp_path / "run"
     shutil.copytree(out0, out)
@@ -362,7 +363,9 @@ def test_fixing_image_dir_reruns_exactly_the_failed_images(image_run, finished, 
     assert fixed["n_failed"] == 0 and fixed["failed_images"] == []
     after = _state(out)
     changed = sorted(Path(k).stem for k in after if after[k] != before.get(k))
-    assert changed == sorted(failed * 2)  # each failed image's record and prediction, nothing else
+    # Each failed image's record and prediction, and those of the two converted ones (16-bit and
+    # RGBA PNG): their predictions came from other files than the original JPEGs. Nothing else.
+    assert changed == sorted((failed + [order[5], order[7]]) * 2)
     for image_id in failed:
         assert (out / "predictions" / f"{image_id}.json").read_bytes() == (
             finished / "predictions" / f"{image_id}.json").read_bytes()
@@ -903,3 +906,33 @@ def test_rank_whose_peers_never_join_gives_up_in_one_line(slurm, data_root, tmp_
     import torch.distributed as dist
 
     assert not dist.is_initialized()
+
+
+# --------------------------------------------------------------------------- images changed under the same name
+
+
+@pytest.mark.parametrize("keep_stat", [False, True], ids=["new mtime", "old mtime restored"])
+def test_changed_image_file_reruns_that_image_only(keep_stat, data_root, finished, tmp_path, order, capsys) -> None:
+    import os
+
+    images = tmp_path / "images"
+    shutil.copytree(data_root / "images", images)
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    assert (run_dir / "image_identities.json").is_file()
+    target = GrandfSplit(data_root / "annotations", "val", images)[2].image_path
+    st = target.stat()
+    Image.open(target).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(target, format="JPEG")
+    if keep_stat:  # the mtime says nothing changed: the new size does
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    before = _state(run_dir)
+    metrics: dict = {}
+    code, _ = _call(lambda: metrics.update(run(_cfg(data_root, run_dir, f"data.image_dir={images}"))), capsys)
+    assert code == 0 and metrics["n_failed"] == 0
+    after = _state(run_dir)
+    changed = {Path(k).stem for k in after if after[k] != before.get(k)}
+    assert changed == {order[2]}
+    # The resume after that runs nothing.
+    again = _state(run_dir)
+    assert _call(lambda: run(_cfg(data_root, run_dir, f"data.image_dir={images}")), capsys)[0] == 0
+    assert _state(run_dir) == again

@@ -44,6 +44,7 @@ from altp.run.batches import InjectedFault, run_images
 from altp.run.config_checks import check_config
 from altp.run.distributed import World, barrier, broadcast_object, init_world, rank_share
 from altp.run.fingerprint import fingerprint, guard_resume
+from altp.run.image_identity import stale_images
 from altp.run.inference import image_seed
 from altp.run.resume import plan_resume, read_record
 from altp.run.summary import print_metrics, summarise, write_hydra_files, write_summary
@@ -138,6 +139,7 @@ def _plan(
     guard_resume(out_dir, fingerprint(cfg, split))
     # Only now: a refused resume leaves the folder's .hydra/ as it was.
     write_hydra_files(out_dir, cfg)
+    stale_images(samples, out_dir)  # a changed image file: its old prediction is deleted and run again
     plan = plan_resume(samples, out_dir / "predictions", out_dir / "records")
     log.info("%d images, %d already done, writing to %s", len(samples), len(plan.done), out_dir)
     if plan.retried:
