@@ -936,3 +936,32 @@ def test_changed_image_file_reruns_that_image_only(keep_stat, data_root, finishe
     again = _state(run_dir)
     assert _call(lambda: run(_cfg(data_root, run_dir, f"data.image_dir={images}")), capsys)[0] == 0
     assert _state(run_dir) == again
+
+
+# --------------------------------------------------------------------------- threads
+
+
+@pytest.mark.parametrize(("setting", "env", "workers", "want"), [
+    ("auto", None, 1, "cores - 1"), ("auto", None, 0, "cores"), ("auto", "3", 1, 3), (2, "3", 1, 2), (1, None, 0, 1)])
+def test_model_threads_leave_the_workers_their_cores(setting, env, workers, want, monkeypatch) -> None:
+    import torch
+
+    from altp.run.threads import available_cores, set_model_threads
+
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    before = torch.get_num_threads()
+    try:
+        expected = {"cores - 1": max(1, available_cores() - 1), "cores": available_cores()}.get(str(want), want)
+        assert set_model_threads(setting, workers) == expected == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_threads_value_is_checked_and_recorded(data_root, finished, tmp_path, capsys) -> None:
+    _refused(lambda: run(_cfg(data_root, tmp_path / "x", "threads=0")), capsys, "threads must be auto or an integer")
+    out = tmp_path / "run"
+    assert _call(lambda: run(_cfg(data_root, out, "threads=1", "max_images=1")), capsys)[0] == 0
+    assert json.loads((out / "run.json").read_text())["throughput"]["threads"] == 1

@@ -14,13 +14,17 @@ import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
+from altp.run.threads import passive_openmp
 
-from altp.configs import conf_dir
-from altp.run.cli import OneLineExit, check_overrides, one_line_errors
-from altp.run.distributed import main_process
-from altp.run.sweeper import CellFailed, failed_cells
+passive_openmp()  # before torch (imported below) loads OpenMP: idle threads sleep instead of spinning
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from altp.configs import conf_dir  # noqa: E402
+from altp.run.cli import OneLineExit, check_overrides, one_line_errors  # noqa: E402
+from altp.run.distributed import main_process  # noqa: E402
+from altp.run.sweeper import CellFailed, failed_cells  # noqa: E402
 
 __all__ = ["main", "run_app"]
 

@@ -48,6 +48,7 @@ from altp.run.image_identity import stale_images
 from altp.run.inference import image_seed
 from altp.run.resume import plan_resume, read_record
 from altp.run.summary import print_metrics, summarise, write_hydra_files, write_summary
+from altp.run.threads import set_model_threads
 from altp.run_dir import FAILED_FILE, locked
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -98,6 +99,7 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str, 
         choices: config-group choices (model/pruner/data names) for the records.
     """
     check_config(cfg)  # one line per bad value, before the run directory is made
+    set_model_threads(cfg.get("threads", "auto"), int(cfg.get("num_workers", 0)))
     world = init_world(str(cfg.model.get("device", "cpu")),
                        rendezvous_timeout_min=float(cfg.get("rendezvous_timeout_min", 10)))
     if not world.is_main:
