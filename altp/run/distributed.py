@@ -117,8 +117,8 @@ def _world_from_env(env: Mapping[str, str]) -> World:
     )
 
 
-def _rendezvous(world: World, minutes: float) -> dist.Store | None:
-    """The ranks' store, once every rank has joined within ``minutes``; None under torchrun (its agent
+def _rendezvous(world: World, minutes: float) -> Any:
+    """The ranks' ``TCPStore``, once every rank has joined within ``minutes``; None under torchrun (its agent
     started every rank and hosts the store).
 
     Raises:
@@ -130,8 +130,9 @@ def _rendezvous(world: World, minutes: float) -> dist.Store | None:
         return None
     addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500"))
     try:
-        return dist.TCPStore(addr, port, world.size, world.is_main, timeout=datetime.timedelta(minutes=minutes),
-                             wait_for_workers=True)  # fmt: skip
+        # torch.distributed re-exports TCPStore from its C extension at run time.
+        return dist.TCPStore(addr, port, world.size, world.is_main,  # pyright: ignore[reportPrivateImportUsage]
+                             timeout=datetime.timedelta(minutes=minutes), wait_for_workers=True)  # fmt: skip
     except RuntimeError as err:  # DistStoreError (rank 0 waited), DistNetworkError (no rank 0 to reach)
         slurm = os.environ.get("SLURM_NTASKS")
         cause = (f"a SLURM job with {slurm} tasks started without srun (run `srun python run.py ...` inside "
