@@ -74,6 +74,8 @@ def write_json_atomic(path: Path, obj: Any, *, indent: int | None = 1) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None:  # a failed write() names no file: name it
+            err.filename = str(path)
         raise

@@ -42,9 +42,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from altp.configs import conf_dir, config_options
 
-__all__ = ["RESOLVER", "cell_path", "default_cell", "effective_keep", "locked", "register_resolver"]
+__all__ = ["FAILED_FILE", "RESOLVER", "cell_path", "default_cell", "effective_keep", "locked", "register_resolver"]
 
 RESOLVER = "run_cell"
+#: Left in a run directory by a run that failed (its one-line error); removed when the run next finishes.
+FAILED_FILE = "failed.json"
 _NOT_HPARAMS = ("_target_", "name", "keep")
 _UNSAFE = re.compile(r"[^A-Za-z0-9.+-]")  # anything else in a value would be a path or shell hazard
 _LOCK_NAME = ".run.lock"

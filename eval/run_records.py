@@ -22,8 +22,12 @@ from typing import Any
 
 import yaml
 
+from altp.run_dir import FAILED_FILE
+
 __all__ = [
+    "FailedRun",
     "RunRecord",
+    "find_failed",
     "find_runs",
     "is_default",
     "load_pruner_defaults",
@@ -89,7 +93,8 @@ def find_runs(results: Path) -> list[RunRecord]:
 
     Raises:
         FileNotFoundError: ``results`` does not exist.
-        ValueError: a metrics.json is not a flat dict with model, pruner, keep, data and split.
+        ValueError: a metrics.json is not JSON (torn, corrupt), or not a flat dict with model, pruner,
+            keep, data and split; the message names the file.
     """
     results = Path(results)
     if not results.is_dir():
@@ -100,7 +105,11 @@ def find_runs(results: Path) -> list[RunRecord]:
     for path in sorted(results.rglob("metrics.json")):
         if path.relative_to(results).parts[0] in _SKIP_DIRS:
             continue
-        metrics = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            metrics = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path} is not readable JSON ({err}); rerun its run to rewrite it, "
+                             f"or delete that folder") from None
         required = ("model", "pruner", "keep", "data", "split")
         missing = (
             [k for k in required if k not in metrics] if isinstance(metrics, dict) else required
@@ -111,6 +120,34 @@ def find_runs(results: Path) -> list[RunRecord]:
         when = datetime.fromisoformat(finished).timestamp() if finished else os.stat(path).st_mtime
         runs.append(RunRecord(path=path, metrics=metrics, finished=when))
     return runs
+
+
+@dataclass(frozen=True)
+class FailedRun:
+    """A run directory whose last run failed (its ``failed.json``: model, data, split, pruner, keep, error)."""
+
+    path: Path
+    info: dict[str, Any]
+
+    @property
+    def line(self) -> str:
+        m = self.info
+        return (f"FAILED: {m.get('model')} {m.get('data')} {m.get('pruner')} keep={m.get('keep')} "
+                f"({self.path.parent}): {m.get('error')}")
+
+
+def find_failed(results: Path) -> list[FailedRun]:
+    """Every run directory under ``results`` whose last run failed (``failed.json``, written by run.py)."""
+    out = []
+    for path in sorted(Path(results).rglob(FAILED_FILE)):
+        if path.relative_to(results).parts[0] in _SKIP_DIRS:
+            continue
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            info = {}
+        out.append(FailedRun(path=path, info=info if isinstance(info, dict) else {}))
+    return out
 
 
 def newest_per_cell(

@@ -16,10 +16,12 @@ default, so it compares with the paper's column; see altp/flops.py):
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from altp.configs import conf_dir
 from altp.flops import FLOPS_CONVENTIONS
+from eval.run_records import find_failed
 from eval.table_format import to_markdown
 from eval.tables import DEFAULT_FLOPS, write_tables
 
@@ -53,11 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     paper = None if str(args.paper) == "none" else args.paper
     if paper is not None and not paper.is_file():
         parser.error(f"--paper {paper} does not exist; pass --paper none to skip the comparison")
-    tables = write_tables(
-        args.results, args.out, conf_dir=args.conf or conf_dir(), paper_csv=paper, flops=args.flops
-    )
+    try:
+        tables = write_tables(
+            args.results, args.out, conf_dir=args.conf or conf_dir(), paper_csv=paper, flops=args.flops
+        )
+    except (OSError, ValueError) as err:  # a missing folder, a torn metrics.json: each names its file
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     for table in tables:
         print(to_markdown(table))
+    for failed in find_failed(args.results):  # cells whose last run failed: no numbers, said so
+        print(failed.line)
     n_main = sum(t.slug.startswith("main_") for t in tables)
     print(f"FLOPs column: {FLOPS_CONVENTIONS[args.flops].description} (--flops {args.flops})")
     print(

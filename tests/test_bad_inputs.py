@@ -380,7 +380,8 @@ def test_sixteen_bit_png_loads_as_its_grey_not_white(image_run, data_root) -> No
     assert got.mean() < 250
 
 
-def test_fixing_image_dir_reruns_exactly_the_failed_images(image_run, finished, data_root, tmp_path) -> None:
+def test_fixing_image_dir_reruns_exactly_the_failed_images(image_run, finished, data_root, tmp_path,
+                                                           order) -> None:  # fmt: skip
     out0, _, metrics = image_run
     out = tmp_path / "run"
     shutil.copytree(out0, out)
@@ -392,7 +393,9 @@ def test_fixing_image_dir_reruns_exactly_the_failed_images(image_run, finished, 
     assert fixed["n_failed"] == 0 and fixed["failed_images"] == []
     after = _state(out)
     changed = sorted(Path(k).stem for k in after if after[k] != before.get(k))
-    assert changed == sorted(failed * 2)  # each failed image's record and prediction, nothing else
+    # Each failed image's record and prediction, and those of the two converted ones (16-bit and
+    # RGBA PNG): their predictions came from other files than the original JPEGs. Nothing else.
+    assert changed == sorted((failed + [order[5], order[7]]) * 2)
     for image_id in failed:
         assert (out / "predictions" / f"{image_id}.json").read_bytes() == (
             finished / "predictions" / f"{image_id}.json").read_bytes()
@@ -553,9 +556,11 @@ def _corrupt_fingerprint(run_dir: Path, tmp: Path) -> tuple[str, ...]:
 
 
 def _old_fingerprint(run_dir: Path, tmp: Path) -> tuple[str, ...]:
-    # An unversioned (version 1) fingerprint, as the committed study's were before they were refreshed.
-    committed = ROOT / "results/shapes/ci_slice/glamm_shapes/shapes_val/fastv/keep0.1/fingerprint.json"
-    old = {k: v for k, v in json.loads(committed.read_text()).items() if k != "fingerprint_version"}
+    # What the first harness wrote (unversioned: model, pruner, keep, seed, data name and split; the
+    # committed study's fingerprints were refreshed to today's version by scripts/refresh_fingerprints.py).
+    fp = json.loads((run_dir / "fingerprint.json").read_text())
+    old = {k: fp[k] for k in ("model", "pruner", "keep", "seed")}
+    old["data"] = {k: fp["data"][k] for k in ("name", "split")}
     (run_dir / "fingerprint.json").write_text(json.dumps(old))
     return ()
 
@@ -704,3 +709,293 @@ def test_unpruned_cell_is_one_directory_whatever_the_keep(data_root) -> None:
     finally:
         HydraConfig.instance().cfg = None
     assert dirs == {"runs/glamm_tiny/shapes_val/none/keep1.0"}
+
+
+# --------------------------------------------------------------------------- images a model cannot take
+
+
+def _degenerate_split(data_root: Path, folder: Path, k: int, width: int, height: int) -> tuple[Path, Path]:
+    """A copy of the split whose k-th image (and its GT entries) is ``width x height``: (gt_dir, image_dir)."""
+    from pycocotools import mask as mask_utils
+
+    gt, images = folder / "gt", folder / "images"
+    shutil.copytree(data_root / "annotations", gt)
+    shutil.copytree(data_root / "images", images)
+    sample = GrandfSplit(gt, "val", images)[k]
+    Image.new("RGB", (width, height), (120, 60, 30)).save(sample.image_path)
+    blob = np.zeros((height, width), np.uint8, order="F")
+    blob[:, : max(1, width // 2)] = 1
+    rle = mask_utils.encode(blob)
+    rle = {"size": [height, width], "counts": rle["counts"].decode()}  # pyright: ignore[reportIndexIssue]
+
+    def edit(d: dict) -> None:
+        for img in d["images"]:
+            if str(img["id"]) == sample.image_id:
+                img.update(height=height, width=width)
+        for ann in d["annotations"]:
+            if str(ann["image_id"]) == sample.image_id and "segmentation" in ann:
+                ann["segmentation"] = rle
+
+    _edit("caption", edit)(gt)
+    _edit("mask", edit)(gt)
+    return gt, images
+
+
+@pytest.mark.parametrize(("model", "width", "height", "needle"), [
+    ("glamm_tiny", 4000, 2, "SAM's resize makes it 256x0 px"),  # the SAM side below one pixel
+    ("glamm_tiny", 30000, 1, "CLIP's resize makes it"),  # the CLIP resize too large to hold
+    ("omg_llava_tiny", 30000, 1, "padding to a square makes it 30000x30000 px"),
+])
+@pytest.mark.parametrize("workers", [0, 1])
+def test_image_a_model_cannot_take_is_a_recorded_failure(model, width, height, needle, workers, data_root, finished,
+                                                         tmp_path, capsys) -> None:  # fmt: skip
+    gt, images = _degenerate_split(data_root, tmp_path, 1, width, height)
+    order = [s.image_id for s in GrandfSplit(gt, "val", images)]
+    cfg = _cfg(data_root, tmp_path / "run", f"model={model}", "~data.generate", f"data.gt_dir={gt}",
+               f"data.image_dir={images}", "max_images=3", f"num_workers={workers}")  # fmt: skip
+    metrics: dict = {}
+    code, _ = _call(lambda: metrics.update(run(cfg)), capsys)
+    assert code == 0 and metrics["failed_images"] == [order[1]]
+    rec = json.loads((tmp_path / "run" / "records" / f"{order[1]}.json").read_text())
+    assert rec["error"].startswith("UnprocessableImageError: ") and needle in rec["error"], rec["error"]
+    assert "aspect ratio" in rec["error"]
+
+
+# --------------------------------------------------------------------------- the machine fails mid-run
+
+
+def _preds(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((folder / "predictions").glob("*.json"))}
+
+
+def _machine_failure(fn: Callable[[], Any], capsys, *needles: str) -> str:
+    code, lines = _call(fn, capsys)
+    lines = [ln for ln in lines if ln.startswith(("error:", "Traceback"))]  # the progress bar shares stderr
+    assert code == 1 and len(lines) == 1, lines
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_killed_input_worker_is_one_line_and_the_run_resumes(data_root, finished, tmp_path, monkeypatch,
+                                                             capsys) -> None:  # fmt: skip
+    out = tmp_path / "run"
+    monkeypatch.setenv("ALTP_TEST_FAULT", "kill-worker@3")
+    _machine_failure(lambda: run(_cfg(data_root, out, "num_workers=1")), capsys,
+                     "input-pipeline worker died", "killed by signal", "rerun the same command")  # fmt: skip
+    written = _preds(out)
+    assert 0 < len(written) < N and all(finished.joinpath("predictions", k).read_bytes() == v
+                                        for k, v in written.items())  # fmt: skip
+    monkeypatch.delenv("ALTP_TEST_FAULT")
+    assert _call(lambda: run(_cfg(data_root, out, "num_workers=1")), capsys)[0] == 0
+    assert _preds(out) == _preds(finished)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    """A 2 MiB tmpfs (root only; skipped where mounting is not permitted), unmounted with what is below it."""
+    import subprocess
+
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        for sub in ("records", "predictions"):  # a read-only bind a failed case left behind
+            subprocess.run(["umount", str(mnt / "run" / sub)], check=False, capture_output=True)
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _after_writes(monkeypatch, k: int, action: Callable[[], None]) -> None:
+    """Call ``action`` once ``k`` images are written (the disk fills, the folder turns read-only)."""
+    import altp.run.batches as batches
+
+    real, count = batches.write_image, [0]
+
+    def write_image(*args: Any, **kwargs: Any) -> None:
+        if count[0] == k:
+            action()
+        count[0] += 1
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(batches, "write_image", write_image)
+
+
+@pytest.mark.parametrize("fault", ["disk full", "read-only"])
+def test_full_or_read_only_disk_is_one_line_and_the_run_resumes(fault, small_fs, data_root, finished,
+                                                                monkeypatch, capsys) -> None:  # fmt: skip
+    import subprocess
+
+    out, filler = small_fs / "run", small_fs / "filler"
+
+    def fill() -> None:
+        with open(filler, "wb", buffering=0) as fh, pytest.raises(OSError):
+            while True:
+                fh.write(b"\0" * 4096)
+
+    def read_only() -> None:  # the run's folders turn read-only (its open lock file keeps the fs itself busy)
+        for sub in ("records", "predictions"):
+            subprocess.run(["mount", "--bind", str(out / sub), str(out / sub)], check=True)
+            subprocess.run(["mount", "-o", "remount,ro,bind", str(out / sub)], check=True)
+
+    _after_writes(monkeypatch, 3, fill if fault == "disk full" else read_only)
+    needles = ("No space left on device", "free some space") if fault == "disk full" else (
+        "Read-only file system", "make it writable again")
+    line = _machine_failure(lambda: run(_cfg(data_root, out, "num_workers=0")), capsys, *needles,
+                            f"cannot write {out}", "rerun the same command")  # fmt: skip
+    assert "[Errno" in line
+    written = _preds(out)
+    assert len(written) == 3 and all(finished.joinpath("predictions", k).read_bytes() == v
+                                     for k, v in written.items())  # fmt: skip
+    monkeypatch.undo()
+    if fault == "disk full":
+        filler.unlink()
+    else:
+        for sub in ("records", "predictions"):
+            subprocess.run(["umount", str(out / sub)], check=True)
+    assert _call(lambda: run(_cfg(data_root, out, "num_workers=0")), capsys)[0] == 0
+    assert _preds(out) == _preds(finished)
+
+
+# --------------------------------------------------------------------------- report tools over damaged records
+
+
+def _tool(tool: str, results: Path, out: Path) -> list[str]:
+    if tool == "tables":
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("make_tables", ROOT / "scripts" / "make_tables.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return [module.main, "--results", str(results), "--out", str(out), "--paper", "none"]
+    if tool == "figures":
+        from altp.viz.__main__ import main as viz_main
+
+        return [viz_main, "figures", str(results), "--out", str(out)]
+    from altp.report.__main__ import main as report_main
+
+    return [report_main, str(results), "--out", str(out), "--text-encoder", "none"]
+
+
+def _scored_results(tmp_path: Path) -> Path:
+    """A results folder with one scored run record (the committed study's FastV cell at keep 0.1)."""
+    results = tmp_path / "results"
+    cell = ROOT / "results/shapes/glamm_shapes/shapes_val/fastv/keep0.1"
+    shutil.copytree(cell, results / "fastv")
+    return results
+
+
+@pytest.mark.parametrize("tool", ["tables", "figures", "report"])
+def test_report_tools_name_the_torn_metrics_file(tool, tmp_path, capsys) -> None:
+    results = _scored_results(tmp_path)
+    torn = results / "fastv" / "metrics.json"
+    torn.write_bytes(torn.read_bytes()[:200])
+    main, *argv = _tool(tool, results, tmp_path / "out")
+    capsys.readouterr()
+    code = main(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and str(torn) in lines[0] and "not readable JSON" in lines[0], lines
+
+
+def test_figures_over_runs_without_scores_say_so_and_write_nothing(finished, tmp_path, capsys) -> None:
+    results = tmp_path / "results"
+    shutil.copytree(finished, results / "run")
+    assert json.loads((results / "run" / "metrics.json").read_text()).get("meteor") is None  # evaluate=false
+    main, *argv = _tool("figures", results, tmp_path / "figs")
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert "no run of glamm_tiny synthetic" in err and "evaluate=false" in err
+    written = sorted(p.name for p in (tmp_path / "figs").glob("*")) if (tmp_path / "figs").exists() else []
+    assert not any("metrics" in n or "pareto" in n for n in written), written
+    assert code == (0 if written else 2)
+
+
+# --------------------------------------------------------------------------- ranks that never come
+
+
+@pytest.mark.parametrize("slurm", [True, False], ids=["sbatch without srun", "a rank that never started"])
+def test_rank_whose_peers_never_join_gives_up_in_one_line(slurm, data_root, tmp_path, monkeypatch, capsys) -> None:
+    import os
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    env.update({"SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_JOB_ID": "1"} if slurm else
+               {"RANK": "0", "WORLD_SIZE": "2"})  # fmt: skip
+    env.pop("TORCHELASTIC_USE_AGENT_STORE", None)
+    monkeypatch.setattr(os, "environ", env)
+    cfg = _cfg(data_root, tmp_path / "run", "rendezvous_timeout_min=0.05")  # 3 s
+    t0 = time.perf_counter()
+    line = _machine_failure(lambda: run(cfg), capsys, "rank 0 of 2: the other ranks did not join", "within 0.05 min",
+                            "started without srun" if slurm else "a rank that died or never started")  # fmt: skip
+    assert time.perf_counter() - t0 < 60 and "rendezvous_timeout_min" in line
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()
+
+
+# --------------------------------------------------------------------------- images changed under the same name
+
+
+@pytest.mark.parametrize("keep_stat", [False, True], ids=["new mtime", "old mtime restored"])
+def test_changed_image_file_reruns_that_image_only(keep_stat, data_root, finished, tmp_path, order, capsys) -> None:
+    import os
+
+    images = tmp_path / "images"
+    shutil.copytree(data_root / "images", images)
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    assert (run_dir / "image_identities.json").is_file()
+    target = GrandfSplit(data_root / "annotations", "val", images)[2].image_path
+    st = target.stat()
+    Image.open(target).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(target, format="JPEG")
+    if keep_stat:  # the mtime says nothing changed: the new size does
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    before = _state(run_dir)
+    metrics: dict = {}
+    code, _ = _call(lambda: metrics.update(run(_cfg(data_root, run_dir, f"data.image_dir={images}"))), capsys)
+    assert code == 0 and metrics["n_failed"] == 0
+    after = _state(run_dir)
+    changed = {Path(k).stem for k in after if after[k] != before.get(k)}
+    assert changed == {order[2]}
+    # The resume after that runs nothing.
+    again = _state(run_dir)
+    assert _call(lambda: run(_cfg(data_root, run_dir, f"data.image_dir={images}")), capsys)[0] == 0
+    assert _state(run_dir) == again
+
+
+# --------------------------------------------------------------------------- threads
+
+
+@pytest.mark.parametrize(("setting", "env", "workers", "want"), [
+    ("auto", None, 1, "cores - 1"), ("auto", None, 0, "cores"), ("auto", "3", 1, 3), (2, "3", 1, 2), (1, None, 0, 1)])
+def test_model_threads_leave_the_workers_their_cores(setting, env, workers, want, monkeypatch) -> None:
+    import torch
+
+    from altp.run.threads import available_cores, set_model_threads
+
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    before = torch.get_num_threads()
+    try:
+        expected = {"cores - 1": max(1, available_cores() - 1), "cores": available_cores()}.get(str(want), want)
+        assert set_model_threads(setting, workers) == expected == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_threads_value_is_checked_and_recorded(data_root, finished, tmp_path, capsys) -> None:
+    _refused(lambda: run(_cfg(data_root, tmp_path / "x", "threads=0")), capsys, "threads must be auto or an integer")
+    out = tmp_path / "run"
+    assert _call(lambda: run(_cfg(data_root, out, "threads=1", "max_images=1")), capsys)[0] == 0
+    assert json.loads((out / "run.json").read_text())["throughput"]["threads"] == 1

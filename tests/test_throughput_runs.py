@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from altp.configs import config_options
@@ -76,7 +77,8 @@ def test_batch_8_writes_what_batch_1_writes(pruner: str, data_root: Path, refere
     assert metrics["n_failed"] == 0
     _same_as_reference(tmp_path / "run", reference, pruner)
     info = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert info["throughput"] == {"batch_size": 8, "num_workers": 1, "world_size": 1}
+    assert info["throughput"] == {"batch_size": 8, "num_workers": 1, "world_size": 1, "threads": torch.get_num_threads(),
+                                  "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
     assert all(r["input_wait_ms"] >= 0 and r["wall_ms"] > 0 for r in info["per_image"])
 
 

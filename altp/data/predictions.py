@@ -177,8 +177,10 @@ def write_prediction(
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None:  # a failed write() names no file: name it
+            err.filename = str(final)
         raise
     return final
 

@@ -52,8 +52,8 @@ from altp.models.base import (
 )
 from altp.models.generate import generate_and_decode
 from altp.models.patch_grid import rect_area_fractions
-from altp.models.pixels import clip_geometry, clip_resize_crop
-from altp.models.sam import GroundingEncoder, GroundingEncoderConfig
+from altp.models.pixels import check_resizes, clip_geometry, clip_resize_crop
+from altp.models.sam import GroundingEncoder, GroundingEncoderConfig, resize_longest_side_shape
 from altp.models.tokenizer import (
     GLAMM_ADDED_TOKENS,
     GLaMMTokenIds,
@@ -202,7 +202,15 @@ class GLaMM(nn.Module, GCGModel):
 
     def preprocess(self, image: Image.Image) -> ImageInputs:
         """CPU-only inputs of one image: CLIP's resize + crop and SAM's resize, uint8
-        (``pixels["sam"]``; see :class:`altp.models.base.ImageInputs`)."""
+        (``pixels["sam"]``; see :class:`altp.models.base.ImageInputs`).
+
+        Raises:
+            UnprocessableImageError: a resize that leaves a side of zero pixels (or one too large to hold).
+        """
+        sam_h, sam_w = resize_longest_side_shape(image.height, image.width,
+                                                  self.grounding_encoder.config.image_size)
+        clip_w, clip_h, _, _ = clip_geometry(image.width, image.height, self.clip_size)
+        check_resizes(image.width, image.height, {"CLIP's resize": (clip_w, clip_h), "SAM's resize": (sam_w, sam_h)})
         image = image.convert("RGB")
         return ImageInputs(vision_image=self.vision_image(image), size=(image.height, image.width),
                            pixels={"sam": self.grounding_encoder.resize(image)})

@@ -59,7 +59,7 @@ from altp.models.omg.projector import ProjectedVisual
 from altp.models.omg.tokenizer import OmgTokenIds, decode_answer, encode_gcg_prompt
 from altp.models.omg.visual import OmgLlavaVisual, VisualEncoding
 from altp.models.patch_grid import rect_area_fractions
-from altp.models.pixels import omg_square_pixels
+from altp.models.pixels import check_resizes, omg_square_pixels
 from altp.pruning._rowwise import encode_per_sample
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -172,7 +172,13 @@ class OmgLlava(nn.Module, GCGModel):
         return rect_area_fractions(mask, y, x)
 
     def preprocess(self, image: Image.Image) -> ImageInputs:
-        """CPU-only inputs of one image: its mean-colour square at 1024 px, uint8 (``vision_image``)."""
+        """CPU-only inputs of one image: its mean-colour square at 1024 px, uint8 (``vision_image``).
+
+        Raises:
+            UnprocessableImageError: a square too large to hold (an aspect ratio beyond ~20000:1).
+        """
+        side = max(image.width, image.height)
+        check_resizes(image.width, image.height, {"padding to a square": (side, side)})
         image = image.convert("RGB")
         return ImageInputs(vision_image=self.vision_image(image), size=(image.height, image.width))
 

@@ -15,12 +15,39 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-__all__ = ["OMG_IMAGE_SIZE", "OMG_PAD_COLOUR", "clip_geometry", "clip_resize_crop", "expand_to_square",
-           "omg_square_pixels"]
+__all__ = ["MAX_RESIZED_PIXELS", "OMG_IMAGE_SIZE", "OMG_PAD_COLOUR", "UnprocessableImageError", "check_resizes",
+           "clip_geometry", "clip_resize_crop", "expand_to_square", "omg_square_pixels"]
 
 OMG_IMAGE_SIZE = 1024
 # int(m * 255) of OMG-LLaVA's truncated CLIP mean (0.4814, 0.4578, 0.4082), as upstream truncates.
 OMG_PAD_COLOUR = (122, 116, 104)
+# The largest intermediate image a preprocessing step may make (537 M px, 1.6 GB of uint8 RGB):
+# a 20000 x 20 image padded to OMG-LLaVA's square (400 M px) still passes, a 100000 x 1 one
+# (10^10 px) is refused before it exhausts the memory.
+MAX_RESIZED_PIXELS = 2**29
+
+
+class UnprocessableImageError(ValueError):
+    """An image a model cannot take (a side that resizes to zero pixels, an intermediate image too
+    large to hold): the runner records it as a failed image with this message, never a crash."""
+
+
+def check_resizes(width: int, height: int, resizes: dict[str, tuple[int, int]]) -> None:
+    """Raise :class:`UnprocessableImageError` if a resize of a ``width x height`` image is degenerate.
+
+    Args:
+        width, height: the image's size.
+        resizes: step name -> the ``(w, h)`` it resizes the image to (e.g. ``{"SAM's resize": (1024, 1)}``).
+    """
+    for step, (w, h) in resizes.items():
+        if w < 1 or h < 1:
+            raise UnprocessableImageError(
+                f"a {width}x{height} image: {step} makes it {w}x{h} px; the model cannot take an aspect "
+                f"ratio this extreme (crop or pad the image)")
+        if w * h > MAX_RESIZED_PIXELS:
+            raise UnprocessableImageError(
+                f"a {width}x{height} image: {step} makes it {w}x{h} px, more than {MAX_RESIZED_PIXELS:,} px; "
+                f"the model cannot take an aspect ratio this extreme (crop or pad the image)")
 
 
 def clip_resize_crop(image: Image.Image, size: int) -> np.ndarray:

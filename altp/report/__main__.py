@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         index = build_report(args.results, args.out, conf_dir=args.conf or conf_dir(),
                              text_encoder=None if args.text_encoder == "none" else args.text_encoder,
                              max_images=args.max_images or None)
-    except (FileNotFoundError, KeyError, ValueError) as err:
+    except (OSError, KeyError, ValueError) as err:  # each names the file it could not read
         print(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}", file=sys.stderr)
         return 2
     print(f"wrote {index} (open it in a browser; all files are relative)")

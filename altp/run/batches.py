@@ -66,13 +66,14 @@ def fault_point(where: str, index: int) -> None:
     ``-torn`` after its record is written and before its prediction. Images of a batch
     are written one by one, so the fault lands at the same image whatever the batch size
     (with several ranks, at each rank's k-th image). Resume tests interrupt a run at an
-    exact image this way instead of racing a timer. Unset in normal use.
+    exact image this way instead of racing a timer. Unset in normal use. (``kill-worker@k``
+    is the input pipeline's: :mod:`altp.run.pipeline`.)
     """
     spec = os.environ.get("ALTP_TEST_FAULT")
     if not spec:
         return
     action, _, at = spec.partition("@")
-    if int(at) != index or action.endswith("-torn") != (where == "torn"):
+    if action not in ("raise", "kill", "raise-torn", "kill-torn") or int(at) != index or action.endswith("-torn") != (where == "torn"):
         return
     if action.removesuffix("-torn") == "raise":
         raise InjectedFault(f"ALTP_TEST_FAULT={spec}")
@@ -154,41 +155,43 @@ def run_images(
     bar = tqdm(total=len(samples), desc=desc, unit="img")
     loaded = load_images(model, pruner, split, samples, num_workers=num_workers, lookahead=2 * batch_size,
                          gt_patches=partial(sample_gt_patches, model, split))  # fmt: skip
-    for batch in _batches(loaded, batch_size):
-        t0 = time.perf_counter()
-        for it in batch:
-            if it.error is not None and not it.load_failed and not continue_on_error:
-                raise it.error
-        ready = [it for it in batch if it.error is None]
-        outs = dict(zip((id(it) for it in ready), _predict(model, pruner, ready, seed, continue_on_error),
-                        strict=True))  # fmt: skip
-        wait_ms = sum(it.wait_ms for it in batch) / len(batch)  # the batch's arrival, shared over its images
-        results = []
-        for it in batch:
-            out = it.error if it.error is not None else outs[id(it)]
-            if isinstance(out, BaseException):
-                log.warning("image %s failed: %s", it.sample.image_id, out)
-                results.append(
-                    (
-                        it,
-                        empty_prediction(),
-                        failed_record(it.sample, out, type_name=error_name(out)),
+    try:  # the bar ends its line before an error's message is printed
+        for batch in _batches(loaded, batch_size):
+            t0 = time.perf_counter()
+            for it in batch:
+                if it.error is not None and not it.load_failed and not continue_on_error:
+                    raise it.error
+            ready = [it for it in batch if it.error is None]
+            outs = dict(zip((id(it) for it in ready), _predict(model, pruner, ready, seed, continue_on_error),
+                            strict=True))  # fmt: skip
+            wait_ms = sum(it.wait_ms for it in batch) / len(batch)  # the batch's arrival, shared over its images
+            results = []
+            for it in batch:
+                out = it.error if it.error is not None else outs[id(it)]
+                if isinstance(out, BaseException):
+                    log.warning("image %s failed: %s", it.sample.image_id, out)
+                    results.append(
+                        (
+                            it,
+                            empty_prediction(),
+                            failed_record(it.sample, out, type_name=error_name(out)),
+                        )
                     )
-                )
-                continue
-            timings = {"input_wait_ms": wait_ms, "load_ms": it.load_ms, "prep_ms": it.prep_ms, "gt_ms": it.gt_ms}
-            results.append((it, *image_record(it.sample, out, it.gt_patches, timings)))
-        wall_ms = wait_ms + (time.perf_counter() - t0) * 1e3 / len(batch)
-        for it, pred, record in results:
-            if record["error"] is None:
-                record["timings"]["wall_ms"] = wall_ms
-            fault_point("before", written)
-            write_image(pred_dir, rec_dir, it.sample.image_id, pred, record,
-                        torn=lambda k=written: fault_point("torn", k))  # fmt: skip
-            records[it.sample.image_id] = json.loads(json.dumps(record))  # as a resumed run reads it back
-            written += 1
-            bar.update(1)
-        if on_written is not None:
-            on_written(written)
-    bar.close()
+                    continue
+                timings = {"input_wait_ms": wait_ms, "load_ms": it.load_ms, "prep_ms": it.prep_ms, "gt_ms": it.gt_ms}
+                results.append((it, *image_record(it.sample, out, it.gt_patches, timings)))
+            wall_ms = wait_ms + (time.perf_counter() - t0) * 1e3 / len(batch)
+            for it, pred, record in results:
+                if record["error"] is None:
+                    record["timings"]["wall_ms"] = wall_ms
+                fault_point("before", written)
+                write_image(pred_dir, rec_dir, it.sample.image_id, pred, record,
+                            torn=lambda k=written: fault_point("torn", k))  # fmt: skip
+                records[it.sample.image_id] = json.loads(json.dumps(record))  # as a resumed run reads it back
+                written += 1
+                bar.update(1)
+            if on_written is not None:
+                on_written(written)
+    finally:
+        bar.close()
     return records

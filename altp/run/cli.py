@@ -10,14 +10,34 @@ raised later.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import sys
 from collections.abc import Iterator
 
 from altp.configs import conf_dir, config_options
-from altp.errors import UserError
+from altp.errors import RunFailure, UserError
 
-__all__ = ["UserError", "check_overrides", "one_line_errors"]
+__all__ = ["OneLineExit", "UserError", "check_overrides", "machine_error_line", "one_line_errors"]
+
+#: Errors of the machine, not of the run: what each needs before the same command resumes.
+_MACHINE_ERRNOS = {
+    errno.ENOSPC: "free some space",
+    errno.EDQUOT: "free some space (disk quota exceeded)",
+    errno.EROFS: "make it writable again",
+    errno.EACCES: "make it writable again",
+    errno.EPERM: "make it writable again",
+    errno.EIO: "check the disk",
+}
+
+
+class OneLineExit(SystemExit):
+    """The exit of a run that failed with a one-line message (``line``, already printed to stderr)."""
+
+    def __init__(self, code: int, line: str) -> None:
+        super().__init__(code)
+        self.line = line
 
 
 def check_overrides(argv: list[str]) -> None:
@@ -42,9 +62,27 @@ def check_overrides(argv: list[str]) -> None:
         check_command_line(argv, conf_dir=conf_dir())
 
 
-def _die(msg: str) -> None:
+def _die(msg: str, code: int = 2) -> None:
     print(f"error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
+    raise OneLineExit(code, msg)
+
+
+def machine_error_line(err: BaseException) -> str | None:
+    """One line for an error of the machine (a full or read-only disk, a killed input worker), else None.
+
+    The line names the cause and the path, and says that rerunning the same command resumes:
+    every image written before the error is kept (records and predictions are written atomically).
+    """
+    resume = "then rerun the same command: it resumes, the images already written are kept"
+    if isinstance(err, RunFailure):
+        return str(err).splitlines()[0]
+    if isinstance(err, OSError) and err.errno in _MACHINE_ERRNOS:
+        where = f"cannot write {err.filename}" if err.filename else "a write failed"
+        return f"{where}: {err.strerror} [Errno {err.errno}]; {_MACHINE_ERRNOS[err.errno]}, {resume}"
+    if isinstance(err, RuntimeError) and str(err).startswith("DataLoader worker (pid"):
+        return (f"an input-pipeline worker died: {str(err).splitlines()[0]} (the out-of-memory killer, or a signal "
+                f"sent to it); {resume} (num_workers=0 runs without workers)")
+    return None
 
 
 def _project_errors() -> tuple[type[BaseException], ...]:
@@ -73,13 +111,14 @@ def _one_line(err: BaseException) -> str:
 
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
-    """Turn user-facing errors into one line on stderr and exit 2.
+    """Turn user-facing errors into one line on stderr and exit 2, the machine's into one line and exit 1.
 
-    Covers the project's own error types (bad config values, GT and prediction files,
+    Exit 2 covers the project's own error types (bad config values, GT and prediction files,
     missing checkpoints and encoders), failed instantiation of a config's arguments,
     and Hydra's and OmegaConf's composition errors (unknown key, missing config,
-    malformed override, bad interpolation). Set ``ALTP_DEBUG=1`` to get the full
-    traceback instead.
+    malformed override, bad interpolation). Exit 1 covers a full or read-only disk and a
+    killed input worker (:func:`machine_error_line`). The exception raised is
+    :class:`OneLineExit`. Set ``ALTP_DEBUG=1`` to get the full traceback instead.
     """
     from hydra.errors import HydraException, InstantiationException
     from omegaconf.errors import OmegaConfBaseException
@@ -88,6 +127,8 @@ def one_line_errors() -> Iterator[None]:
         yield
         return
     own = _project_errors()
+    # A full disk also fails every write of the log file: one line from us, not a trace per record.
+    raise_before, logging.raiseExceptions = logging.raiseExceptions, False
     try:
         yield
     except InstantiationException as err:
@@ -99,3 +140,10 @@ def one_line_errors() -> Iterator[None]:
         _die(str(err).splitlines()[0])
     except (HydraException, OmegaConfBaseException) as err:
         _die(_one_line(err))
+    except (OSError, RuntimeError, RunFailure) as err:
+        line = machine_error_line(err)
+        if line is None:
+            raise
+        _die(line, code=1)
+    finally:
+        logging.raiseExceptions = raise_before

@@ -51,6 +51,16 @@ def _keep(key: str, value: Any) -> None:
         raise _error(str(err)) from None
 
 
+def _positive(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise _error(f"{key} must be a number > 0, got {value!r}")
+
+
+def _threads(key: str, value: Any) -> None:
+    if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise _error(f"{key} must be auto or an integer >= 1, got {value!r}")
+
+
 def _bool(key: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise _error(f"{key} must be true or false, got {value!r}")
@@ -72,6 +82,8 @@ RULES: dict[str, Callable[[str, Any], None]] = {
     "out_dir": _text,
     "batch_size": _int_at_least(1),
     "num_workers": _int_at_least(0),
+    "rendezvous_timeout_min": _positive,
+    "threads": _threads,
 }
 
 

@@ -43,6 +43,9 @@ __all__ = [
 # Ranks legitimately wait on each other for a whole shard's imbalance or rank 0's scoring
 # (minutes at paper scale); a dead rank is torchrun's to notice, not a collective timeout.
 _TIMEOUT = datetime.timedelta(hours=6)
+# Joining, though, is bounded (conf/config.yaml's rendezvous_timeout_min): a rank whose peers never
+# start (SLURM tasks without srun, a rank that died first) says so instead of waiting 6 h.
+DEFAULT_RENDEZVOUS_MIN = 10.0
 _PORT_BASE, _PORT_SPAN = 20000, 20000
 
 
@@ -114,12 +117,42 @@ def _world_from_env(env: Mapping[str, str]) -> World:
     )
 
 
-def init_world(device: str = "cpu") -> World:
+def _rendezvous(world: World, minutes: float) -> Any:
+    """The ranks' ``TCPStore``, once every rank has joined within ``minutes``; None under torchrun (its agent
+    started every rank and hosts the store).
+
+    Raises:
+        RunFailure: the other ranks did not join in time (one line naming the likely cause).
+    """
+    from altp.errors import RunFailure
+
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        return None
+    addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500"))
+    try:
+        # torch.distributed re-exports TCPStore from its C extension at run time.
+        return dist.TCPStore(addr, port, world.size, world.is_main,  # pyright: ignore[reportPrivateImportUsage]
+                             timeout=datetime.timedelta(minutes=minutes), wait_for_workers=True)  # fmt: skip
+    except RuntimeError as err:  # DistStoreError (rank 0 waited), DistNetworkError (no rank 0 to reach)
+        slurm = os.environ.get("SLURM_NTASKS")
+        cause = (f"a SLURM job with {slurm} tasks started without srun (run `srun python run.py ...` inside "
+                 f"sbatch), or a rank that died" if slurm else "a rank that died or never started")
+        raise RunFailure(f"rank {world.rank} of {world.size}: the other ranks did not join at {addr}:{port} within "
+                         f"{minutes:g} min ({str(err).splitlines()[0]}); likely {cause}; "
+                         f"rendezvous_timeout_min=N waits longer") from None
+
+
+def init_world(device: str = "cpu", *, rendezvous_timeout_min: float = DEFAULT_RENDEZVOUS_MIN) -> World:
     """This process's :class:`World`; joins the process group on first call when there are several ranks.
 
     Args:
         device: the model config's device (``cpu``, ``cuda``, ``cuda:1``): a CUDA run
             adds NCCL and pins this rank to ``cuda:LOCAL_RANK``.
+        rendezvous_timeout_min: how long the ranks wait for each other to join (collectives
+            afterwards may wait 6 h: a shard's imbalance, rank 0's scoring).
+
+    Raises:
+        RunFailure: the other ranks did not join within ``rendezvous_timeout_min``.
     """
     env_from_slurm()
     world = _world_from_env(os.environ)
@@ -130,7 +163,12 @@ def init_world(device: str = "cpu") -> World:
         torch.cuda.set_device(world.local_rank)
     if not dist.is_initialized():
         backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
-        dist.init_process_group(backend=backend, timeout=_TIMEOUT)
+        store = _rendezvous(world, rendezvous_timeout_min)
+        if store is None:
+            dist.init_process_group(backend=backend, timeout=_TIMEOUT)
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=world.rank, world_size=world.size,
+                                    timeout=_TIMEOUT)  # fmt: skip
     return world
 
 

@@ -23,8 +23,8 @@ Left out on purpose: scoring options (text encoder, ``evaluate``) and
 not what (run.json records them), so a run resumes with any of them; file locations
 (``gt_dir``, ``image_dir``, checkpoint folders) are replaced by their content,
 so a moved checkpoint or a fixed ``image_dir`` resumes. Image bytes are not
-hashed: pointing ``image_dir`` at a folder of different pictures under the same
-names is not detected.
+part of the fingerprint: a changed image file re-runs that image
+(:mod:`altp.run.image_identity`), it does not refuse the directory.
 """
 
 from __future__ import annotations

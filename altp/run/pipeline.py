@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from altp.data.grandf import GrandfSplit, ImageLoadError, Sample
 from altp.models.base import ImageInputs
+from altp.models.pixels import UnprocessableImageError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from altp.models.base import GCGModel
@@ -91,8 +92,8 @@ class LoadedImage:
 
     @property
     def load_failed(self) -> bool:
-        """The image itself could not be read (always a recorded failure, never a crash)."""
-        return isinstance(self.error, ImageLoadError)
+        """The image could not be read, or the model cannot take it (always a recorded failure, never a crash)."""
+        return isinstance(self.error, ImageLoadError | UnprocessableImageError)
 
 
 def _sendable(err: BaseException) -> BaseException:
@@ -127,6 +128,8 @@ class _Images(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> LoadedImage:
+        if os.environ.get("ALTP_TEST_FAULT") == f"kill-worker@{index}" and torch.utils.data.get_worker_info():
+            os.kill(os.getpid(), signal.SIGKILL)  # tests only: the OS kills an input worker at this image
         sample = self.samples[index]
         t0 = time.perf_counter()
         try:

@@ -45,10 +45,12 @@ from altp.run.batches import InjectedFault, run_images
 from altp.run.config_checks import check_config
 from altp.run.distributed import World, barrier, broadcast_object, init_world, rank_share
 from altp.run.fingerprint import fingerprint, guard_resume
+from altp.run.image_identity import stale_images
 from altp.run.inference import image_seed
 from altp.run.resume import plan_resume, read_record
 from altp.run.summary import print_metrics, summarise, write_hydra_files, write_summary
-from altp.run_dir import locked
+from altp.run.threads import set_model_threads
+from altp.run_dir import FAILED_FILE, locked
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from altp.models.base import GCGModel
@@ -165,7 +167,9 @@ def run(cfg: DictConfig, *, choices: dict[str, str] | None = None) -> dict[str, 
         choices: config-group choices (model/pruner/data names) for the records.
     """
     check_config(cfg)  # one line per bad value, before the run directory is made
-    world = init_world(str(cfg.model.get("device", "cpu")))
+    set_model_threads(cfg.get("threads", "auto"), int(cfg.get("num_workers", 0)))
+    world = init_world(str(cfg.model.get("device", "cpu")),
+                       rendezvous_timeout_min=float(cfg.get("rendezvous_timeout_min", 10)))
     if not world.is_main:
         return _run(cfg, choices=choices, world=world)
     from hydra.errors import InstantiationException  # a builder's error (missing weights), wrapped
@@ -216,6 +220,7 @@ def _plan(
     guard_resume(out_dir, fingerprint(cfg, split))
     # Only now: a refused resume leaves the folder's .hydra/ as it was.
     write_hydra_files(out_dir, cfg)
+    stale_images(samples, out_dir)  # a changed image file: its old prediction is deleted and run again
     plan = plan_resume(samples, out_dir / "predictions", out_dir / "records")
     log.info("%d images, %d already done, writing to %s", len(samples), len(plan.done), out_dir)
     if plan.retried:
@@ -300,4 +305,5 @@ def _run(cfg: DictConfig, *, choices: dict[str, str] | None, world: World) -> di
         # has no such attribute, so any other pruner uses keep.
         keep_ignored=pruner is not None and not getattr(pruner, "uses_keep", True),
     )
+    (out_dir / FAILED_FILE).unlink(missing_ok=True)  # an earlier failure of this cell is over
     return broadcast_object(world, metrics)

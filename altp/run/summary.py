@@ -11,10 +11,12 @@ so a fully resumed run writes the same metrics as a fresh one.
 from __future__ import annotations
 
 import math
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from altp.coverage import summarise_coverage
@@ -158,7 +160,8 @@ def write_summary(
         "pruner_hparams": hp,
         # How this (last) invocation ran; not in the fingerprint: none of it changes the outputs.
         "throughput": {"batch_size": int(cfg.get("batch_size", 1)), "num_workers": int(cfg.get("num_workers", 0)),
-                       "world_size": int(world_size)},
+                       "world_size": int(world_size), "threads": torch.get_num_threads(),
+                       "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
         "per_image": [{"image_id": r["image_id"], "error": r.get("error"), **r.get("timings", {})} for r in records],
     })
     return metrics

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {len(paths)} figure file(s) to {args.out}")
             if not paths:
                 print(f"no run records under {args.results}: run experiments first (python run.py ...)")
-    except (FileNotFoundError, KeyError, ValueError) as err:
+    except (OSError, KeyError, ValueError) as err:  # each names the file it could not read
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {msg}", file=sys.stderr)
         return 2

@@ -103,7 +103,10 @@ def kept_per_stage_lists(record: dict[str, Any], num_visual: int) -> list[list[i
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; is {path.parent.parent} a run directory of altp.run.runner?")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not readable JSON ({err})") from None
 
 
 def _load(path: Path) -> RunDir:

@@ -19,6 +19,7 @@ Example (what ``make figures`` runs)::
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from collections import defaultdict
 from pathlib import Path
@@ -193,12 +194,28 @@ def coverage_figure(model: str, data: str, runs: list[RunRecord]) -> Figure | No
 
 def write_study_figures(results: Path, out_dir: Path, *, conf_dir: Path | None = None,
                         formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
-    """Draw every figure for every (model, data) under ``results`` into ``out_dir``; returns the files."""
-    written = []
+    """Draw every figure for every (model, data) under ``results`` into ``out_dir``; returns the files.
+
+    A group whose runs hold no scores (made with ``evaluate=false``) gets no metric figures
+    (they would be empty panels): a note on stderr says so.
+
+    Raises:
+        ValueError: there are run records, but none of them has scores (nothing would be drawn).
+    """
+    written, unscored = [], []
     for (model, data), runs in study_groups(results, conf_dir).items():
-        figs = {"metrics": metrics_figure(model, data, runs), "pareto": pareto_figure(model, data, runs),
+        scored = any(_num(r.metrics.get(key)) is not None for r in runs for key, _ in METRICS)
+        if not scored:
+            unscored.append(f"{model} {data}")
+            print(f"note: no run of {model} {data} under {results} has scores (made with evaluate=false?): "
+                  f"no metric figures for it", file=sys.stderr)
+        figs = {"metrics": metrics_figure(model, data, runs) if scored else None,
+                "pareto": pareto_figure(model, data, runs) if scored else None,
                 "coverage": coverage_figure(model, data, runs)}
         for name, fig in figs.items():
             if fig is not None:
                 written += save(fig, Path(out_dir) / f"{model}_{data}_{name}", formats=formats)
+    if unscored and not written:
+        raise ValueError(f"no run under {results} has scores ({', '.join(unscored)}: made with evaluate=false?); "
+                         f"nothing to draw: score them (python -m eval.gcg) or rerun with evaluate=true")
     return written
