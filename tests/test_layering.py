@@ -41,7 +41,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
         "altp", "altp.configs", "altp.run_dir", "altp.provenance", "altp.flops", "altp.pruner_order",
         "altp.data", "altp._device", "altp.errors",
     )},
-    {"pruner interface": ("altp.pruning", "altp.pruning.base", "altp.pruning.records")},
+    {"pruner interface": ("altp.pruning", "altp.pruning.base", "altp.pruning.context", "altp.pruning.records")},
     {"pruner building blocks": ("altp.methods.superpixels", "altp.methods.budgets"),
      "engine": ("altp.pruning.engine", "altp.pruning._plan", "altp.pruning._scores",
                 "altp.pruning._rowwise", "altp.pruning._kv_cache", "altp.pruning._selection")},
