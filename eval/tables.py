@@ -13,6 +13,9 @@ without its ``_val`` / ``_test`` suffix, so val and test runs share a row:
   val/test x METEOR CIDEr AP50 mIoU Recall, then remaining FLOPs, then object
   coverage (``ObjCov``, :mod:`altp.coverage`) when a run of the table records it;
 * ablation (Table 3): none / uniform / random / ddc / altp rows only;
+* beyond the paper: pruners the paper does not compare (VisionZip, DivPrune, DART, ...) and
+  ALTP / DDC at the LLM input (``pruner.layer=0``), with the unpruned, FastV and ALTP rows
+  beside them; those runs stay out of the main and sweep tables;
 * sweep (Table 4): ALTP runs, one row per setting of the ``pruner.*`` keys that vary;
 * with the paper's numbers (:mod:`eval.paper_tables`): the paper's Tables 1-4, each
   paper row followed by our run of that cell.
@@ -71,6 +74,9 @@ METRICS = (
 )
 SPLITS = ("val", "test")
 _ABLATION = ("none", "uniform", "random", "ddc", "altp")
+#: the pruners of the paper's tables; the others (and ALTP/DDC at the LLM input) go to "beyond the paper"
+PAPER_PRUNERS = ("none", "fastv", "pdrop", "random", "uniform", "ddc", "altp")
+_BEYOND_REFERENCES = ("none", "fastv", "altp")
 _MAIN_NUMBER = {"glamm": "Table 1", "omg_llava": "Table 2"}
 _SYNTHETIC_WORDS = ("synthetic", "shapes", "tiny")
 _LABELS = ["Method", "Tokens", "keep"]
@@ -211,6 +217,17 @@ def _row_key(run: RunRecord, *, default: bool) -> tuple:
     return (pruner != "none", -keep, pruner_rank(pruner), pruner, "" if default else repr(run.hparams))
 
 
+def _at_input(run: RunRecord) -> bool:
+    """A run of the paper's method (or its ablation) pruning at the LLM input (``pruner.layer=0``)."""
+    return str(run.metrics["pruner"]) in ("altp", "ddc") and dict(run.hparams).get("layer") == 0
+
+
+def _changed(run: RunRecord, defaults: dict[str, dict[str, Any]]) -> str:
+    """``key=value`` of the hyper-parameters that differ from the pruner's config, or ''."""
+    want = defaults.get(str(run.metrics["pruner"]), {})
+    return ", ".join(f"{k}={v}" for k, v in run.hparams if k in want and k != "keep" and want[k] != v)
+
+
 def _model_tables(
     model: str,
     family: str,
@@ -225,10 +242,11 @@ def _model_tables(
         where += " (synthetic benchmark / small model, not GranD-f with the paper's model)"
     tag = f"{model}_{family}"
 
-    main = [r for r in mine if is_default(r, defaults)]
+    paper_rows = [r for r in mine if str(r.metrics["pruner"]) in PAPER_PRUNERS]
+    main = [r for r in paper_rows if is_default(r, defaults)]
     # A pruner with no run at its default setting still shows up, labelled with its setting.
     shown = {str(r.metrics["pruner"]) for r in main}
-    main += [r for r in mine if str(r.metrics["pruner"]) not in shown]
+    main += [r for r in paper_rows if str(r.metrics["pruner"]) not in shown and not _at_input(r)]
 
     def label(r: RunRecord) -> tuple[Any, list[str]]:
         name, default = str(r.metrics["pruner"]), is_default(r, defaults)
@@ -242,6 +260,23 @@ def _model_tables(
         _metric_table(slug=f"main_{tag}", title=f"{number}: {where}", label_cols=_LABELS,
                       rows=_group_rows(main, label), splits=splits, flops=flops)
     ]  # fmt: skip
+    beyond = [r for r in mine if _at_input(r)
+              or (str(r.metrics["pruner"]) not in PAPER_PRUNERS and is_default(r, defaults))]  # fmt: skip
+    if beyond:
+        # The paper's references beside them: the unpruned model, FastV and ALTP at their defaults.
+        beyond += [r for r in main if str(r.metrics["pruner"]) in _BEYOND_REFERENCES and is_default(r, defaults)]
+
+        def beyond_label(r: RunRecord) -> tuple[Any, list[str]]:
+            changed = _changed(r, defaults)
+            name = str(r.metrics["pruner"]) + (f" ({changed})" if changed else "")
+            tokens = _tokens([x for x in mine if x.cell[3:] == r.cell[3:]])
+            return _row_key(r, default=not changed), [name, tokens, keep_cell(r)]
+
+        tables.append(
+            _metric_table(slug=f"beyond_{tag}",
+                          title=f"Beyond the paper: the 2025 baselines and ALTP/DDC at the LLM input: {where}",
+                          label_cols=_LABELS, rows=_group_rows(beyond, beyond_label), splits=splits, flops=flops)
+        )  # fmt: skip
     ablation = [r for r in main if r.metrics["pruner"] in _ABLATION]
     names = {str(r.metrics["pruner"]) for r in ablation}
     if names & {"ddc", "altp"} and len(names) > 1:
@@ -250,7 +285,7 @@ def _model_tables(
                           label_cols=_LABELS, rows=_group_rows(ablation, label), splits=splits,
                           flops=flops)
         )  # fmt: skip
-    sweep = [r for r in mine if r.metrics["pruner"] == "altp"]
+    sweep = [r for r in mine if r.metrics["pruner"] == "altp" and not _at_input(r)]  # the LLM-input rows: beyond
     keys = sorted({k for r in sweep for k, _ in r.hparams})
     varying = [k for k in keys if len({repr(dict(r.hparams).get(k)) for r in sweep}) > 1]
     if varying:

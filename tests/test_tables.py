@@ -502,3 +502,22 @@ def test_a_schedule_that_ignores_keep_shows_its_kept_fractions(conf: Path) -> No
     assert keep_cell(fixed) == "0.5>0.25>0.125"
     main = _table(build_tables([fixed], flops="paper"), "main_glamm_grandf")
     assert main.rows[0][2] == "0.5>0.25>0.125"
+
+
+def test_beyond_the_paper_table_holds_the_new_pruners_and_the_llm_input_rows(results: Path, conf: Path) -> None:
+    (conf / "pruner/dart.yaml").write_text("_target_: x\nname: dart\nkeep: ${keep}\nlayer: 2\npivot_image: 4\n")
+    _write(results, "glamm/dart", _metrics("glamm", "grandf", "val", "dart", 0.1, 0.15,
+                                           **{"pruner.layer": 2, "pruner.pivot_image": 4}))  # fmt: skip
+    _write(results, "glamm/altp_in", _metrics("glamm", "grandf", "val", "altp", 0.1, 0.16,
+                                              **{**ALTP_DEFAULT, "pruner.layer": 0, "pruner.importance": "cls"}))  # fmt: skip
+    tables = build_tables(find_runs(results), pruner_defaults=load_pruner_defaults(conf))
+    main = [r[0] for r in _table(tables, "main_glamm_grandf").rows]
+    assert "dart" not in main and not any("layer=0" in n for n in main)
+    beyond = _table(tables, "beyond_glamm_grandf")
+    assert "Beyond the paper" in beyond.title
+    # The new pruner, ALTP at the input labelled by what differs from its config, and the references.
+    assert [r[0] for r in beyond.rows if r[2] == "0.1"] == ["fastv", "dart", "altp", "altp (layer=0)"]
+    assert beyond.rows[0][0] == "none"
+    assert _row(beyond, "dart")["val AP50"] == "15.3" and _row(beyond, "altp (layer=0)")["val AP50"] == "16.3"
+    sweep = _table(tables, "sweep_glamm_grandf")
+    assert all("0" != r[1] for r in sweep.rows) and sweep.columns[:2] == ["keep", "alpha"]  # no layer-0 row
