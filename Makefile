@@ -35,7 +35,9 @@ PRUNERS := $(shell ls conf/pruner/*.yaml | sed 's|.*/||; s|\.yaml$$||' | paste -
 # keeps, the unpruned model included, which ignores keep and runs once per split in none/keep1.0
 # (its three sweep jobs share that directory: one runs, the others wait on its lock, then only
 # score; keep is the outer loop so those three jobs are a whole pruner list apart and rarely wait).
-STUDY_JOBS := hydra/launcher=joblib hydra.launcher.n_jobs=2
+# Eight images per model call: the predictions are batch 1's (tests/test_predict_batch.py), the
+# records' stage times are then per-image shares of a batch, not one image's latency.
+STUDY_JOBS := hydra/launcher=joblib hydra.launcher.n_jobs=2 batch_size=8
 STUDY_GRID := model=glamm_shapes keep=0.1,0.25,0.5 pruner=$(PRUNERS) $(STUDY_JOBS)
 # PDrop rows beyond the grid. Upstream's lambda 0.5 on val and test (layers=null gives [2, 4, 6] on the
 # 8-layer model, upstream's [8, 16, 24] scaled): with lambda set, keep does not change the schedule,
@@ -46,11 +48,15 @@ STUDY_PDROP_UPSTREAM := model=glamm_shapes data=shapes_val,shapes_test pruner=pd
 # solved to keep/1); score=previous renumber=false is FastV itself.
 STUDY_PDROP_ABLATION := model=glamm_shapes data=shapes_val pruner=pdrop keep=0.1,0.5 'pruner.layers=[2]' \
 	pruner.score=own,previous pruner.renumber=true,false $(STUDY_JOBS)
-study: $(STAMP) ## Rerun the shapes study (val, then test, then the PDrop rows), publish it to results/shapes, rebuild tables
+# ALTP and DDC at the LLM input (Algorithm 1 read literally), ranked within regions by CLIP's CLS attention.
+STUDY_INPUT_LEVEL := model=glamm_shapes data=shapes_val,shapes_test keep=0.1,0.25,0.5 pruner=altp,ddc \
+	pruner.layer=0 pruner.importance=cls $(STUDY_JOBS)
+study: $(STAMP) ## Rerun the shapes study (val, then test, then the PDrop and LLM-input rows), publish it to results/shapes, rebuild tables
 	$(PY) run.py -m data=shapes_val $(STUDY_GRID)
 	$(PY) run.py -m data=shapes_test $(STUDY_GRID)
 	$(PY) run.py -m $(STUDY_PDROP_UPSTREAM)
 	$(PY) run.py -m $(STUDY_PDROP_ABLATION)
+	$(PY) run.py -m $(STUDY_INPUT_LEVEL)
 	$(PY) scripts/publish_study.py --runs runs/glamm_shapes --out results/shapes/glamm_shapes
 	$(MAKE) tables
 

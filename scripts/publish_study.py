@@ -26,7 +26,8 @@ import shutil
 from pathlib import Path
 
 # pruner:keep as recorded in metrics.json (the unpruned model records keep 1.0).
-DEFAULT_SLICE = ("none:1.0", "fastv:0.1", "pdrop:0.25", "ddc:0.5", "altp:0.1", "random:0.25", "uniform:0.5")
+DEFAULT_SLICE = ("none:1.0", "fastv:0.1", "pdrop:0.25", "ddc:0.5", "altp:0.1", "random:0.25", "uniform:0.5",
+                 "visionzip:0.25", "divprune:0.1", "dart:0.5")
 
 
 def publish(runs: Path, out: Path, *, slice_cells: list[str], slice_images: int,
