@@ -29,8 +29,14 @@ from altp.run.sweeper import CellFailed, failed_cells  # noqa: E402
 __all__ = ["main", "run_app"]
 
 
-def _record_failure(cfg: DictConfig, choices: dict[str, str], line: str) -> None:
-    """``failed.json`` in the run directory, if it exists and can be written (the tables mark the cell)."""
+def _record_failure(cfg: DictConfig, choices: dict[str, str], line: str, *, sweep: bool) -> None:
+    """``failed.json`` in the run directory, if it can be written (the tables mark the cell).
+
+    A single run writes it only into a folder that still exists: an error found before the first
+    image removes the empty run folder (:func:`altp.run.runner.run`), and a lone ``failed.json``
+    would be that skeleton again. A sweep's cell always gets one, so the failure shows up beside
+    the healthy cells' records.
+    """
     from altp.provenance import write_json_atomic
     from altp.run_dir import FAILED_FILE, effective_keep
 
@@ -38,6 +44,8 @@ def _record_failure(cfg: DictConfig, choices: dict[str, str], line: str) -> None
         return
     with contextlib.suppress(Exception):  # a full or read-only disk: the sweep's summary still says it
         out_dir = Path(cfg.out_dir)
+        if sweep:
+            out_dir.mkdir(parents=True, exist_ok=True)
         if out_dir.is_dir():
             write_json_atomic(out_dir / FAILED_FILE, {
                 "model": choices.get("model"), "pruner": choices.get("pruner"), "data": cfg.data.name,
@@ -64,12 +72,12 @@ def run_app(cfg: DictConfig) -> dict:
         with one_line_errors():
             metrics = run(cfg, choices=choices)
     except OneLineExit as err:
-        _record_failure(cfg, choices, err.line)
+        _record_failure(cfg, choices, err.line, sweep=sweep)
         if not sweep:
             raise
         raise CellFailed(err.line, int(err.code or 1)) from None
     except Exception as err:
-        _record_failure(cfg, choices, f"{type(err).__name__}: {err}".splitlines()[0])
+        _record_failure(cfg, choices, f"{type(err).__name__}: {err}".splitlines()[0], sweep=sweep)
         if sweep:  # the sweep goes on: the stack is printed here, not lost
             traceback.print_exc()
         raise
