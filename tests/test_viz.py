@@ -20,6 +20,7 @@ from altp.viz.geometry import geometry_for
 from altp.viz.image_view import ImageView, image_view
 from altp.viz.overlays import stage_cells
 from altp.viz.rundir import RunDir, find_run_dirs, load_run_dir
+from altp.viz.study import metrics_figure, study_groups
 from altp.viz.tokens import draw_kept_tokens, token_figure
 from eval.per_image import ImageScores
 
@@ -126,3 +127,12 @@ def test_committed_slice_regions_and_tokens_match_the_records(tmp_path):
 def test_load_run_dir_says_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         load_run_dir(tmp_path)
+
+
+def test_metrics_figure_ticks_are_legible_in_the_report_column():
+    """At a 1400 px page the report shows figures ~1330 px wide: tick labels must stay >= 11 px there."""
+    (model, data), runs = next(iter(study_groups(ROOT / "results", ROOT / "conf").items()))
+    fig = metrics_figure(model, data, runs)
+    scale = min(1.0, 1330 / (fig.get_figwidth() * 120))  # saved at 120 dpi, shrunk to the column
+    sizes = [t.get_fontsize() for ax in fig.axes if ax.axison for t in ax.get_xticklabels() + ax.get_yticklabels()]
+    assert sizes and min(sizes) * 120 / 72 * scale >= 11
