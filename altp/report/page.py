@@ -16,7 +16,7 @@ from eval.table_format import Table
 __all__ = ["gallery_html", "page_html", "table_html"]
 
 _CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1600px;color:#222;background:#fafafa}
 header,section{padding:12px 24px}
 header{background:#fff;border-bottom:1px solid #ddd}
 h1{font-size:22px;margin:4px 0}h2{font-size:18px;margin:18px 0 8px}h3{font-size:15px;margin:14px 0 6px}
@@ -33,11 +33,11 @@ figcaption{font-size:12px;color:#555}
 .controls{position:sticky;top:0;background:#fafafa;padding:8px 0;z-index:2;border-bottom:1px solid #ddd}
 .controls label{margin-right:12px;white-space:nowrap}
 .scroll{overflow-x:auto}
-table.gallery{border-collapse:collapse;background:#fff}
-table.gallery th,table.gallery td{border:1px solid #ddd;padding:6px;vertical-align:top}
-.cell{width:200px;overflow-wrap:anywhere}
+table.gallery{border-collapse:collapse;background:#fff;width:100%;table-layout:fixed}
+table.gallery th,table.gallery td{border:1px solid #ddd;padding:4px;vertical-align:top}
+.cell{overflow-wrap:anywhere}
 table.gallery th{background:#f0f0f0;position:sticky;top:0;font-size:13px}
-table.gallery img{display:block;width:200px;height:auto;margin-bottom:4px;image-rendering:pixelated}
+table.gallery img{display:block;width:100%;max-width:200px;height:auto;margin-bottom:4px;image-rendering:pixelated}
 table.gallery img.photo{image-rendering:auto}
 .cap{font-size:12px;margin:4px 0}
 .chip{display:inline-block;font-size:11px;padding:0 5px;margin:1px 2px 1px 0;border-radius:3px;color:#fff;text-shadow:0 0 2px #000}
