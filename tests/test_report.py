@@ -65,3 +65,5 @@ def test_report_lists_every_slice_image_under_every_pruner(tmp_path):
     assert re.search(r"body\{[^}]*max-width:\d+px", css)
     assert re.search(r"table\.gallery\{[^}]*width:100%;table-layout:fixed", css)
     assert not re.findall(r"(?<![-\w])width:\d+px", css), "a fixed pixel width makes the gallery scroll"
+    # Masks are numbered outlines; each phrase under a thumbnail carries its mask's number.
+    assert '<span class="chip"><b>1</b>' in html and "style=\"background:" not in html
