@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -56,4 +57,13 @@ def test_report_lists_every_slice_image_under_every_pruner(tmp_path):
     missing = [r for r in files if not (out / r).is_file()]
     assert not missing, f"report refers to missing files: {missing[:5]}"
     assert any(r.startswith("figures/") for r in files), "the study figures are missing from the report"
-    assert "SYNTHETIC benchmark" in index.read_text(encoding="utf-8")
+    html = index.read_text(encoding="utf-8")
+    assert "SYNTHETIC benchmark" in html
+    # Legible at 1400 px: the gallery fills the page width instead of a fixed 200 px per column,
+    # the page has a maximum width, and no rule fixes an element wider than a column.
+    css = html[html.index("<style>"):html.index("</style>")]
+    assert re.search(r"body\{[^}]*max-width:\d+px", css)
+    assert re.search(r"table\.gallery\{[^}]*width:100%;table-layout:fixed", css)
+    assert not re.findall(r"(?<![-\w])width:\d+px", css), "a fixed pixel width makes the gallery scroll"
+    # Masks are numbered outlines; each phrase under a thumbnail carries its mask's number.
+    assert '<span class="chip"><b>1</b>' in html and "style=\"background:" not in html

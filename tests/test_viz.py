@@ -18,8 +18,9 @@ from matplotlib.figure import Figure
 
 from altp.viz.geometry import geometry_for
 from altp.viz.image_view import ImageView, image_view
-from altp.viz.overlays import stage_cells
+from altp.viz.overlays import mask_anchor, mask_overlay, stage_cells
 from altp.viz.rundir import RunDir, find_run_dirs, load_run_dir
+from altp.viz.study import metrics_figure, study_groups
 from altp.viz.tokens import draw_kept_tokens, token_figure
 from eval.per_image import ImageScores
 
@@ -126,3 +127,30 @@ def test_committed_slice_regions_and_tokens_match_the_records(tmp_path):
 def test_load_run_dir_says_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         load_run_dir(tmp_path)
+
+
+def test_mask_overlay_outlines_and_numbers_without_recolouring_the_object():
+    colour = np.array([40, 200, 220], np.uint8)  # a "cyan" object: a fill colour would read as its own
+    image = np.broadcast_to(colour, (200, 200, 3)).copy()
+    square = np.zeros((200, 200), bool)
+    square[40:160, 40:160] = True
+    bar = np.zeros((200, 200), bool)
+    bar[170:195, 20:180] = True
+    out = mask_overlay(image, [square, bar])
+    assert (out[60, 60] == colour).all() and (out[140, 70] == colour).all()  # inside, off border and number
+    assert (out[5, 5] == colour).all()  # outside every mask
+    assert (out[100, 40] == 255).all() and (out[100, 39] == 0).all()  # white inner ring, black outer ring
+    assert (out[169, 100] == 0).all() and (out[170, 100] == 255).all()  # the bar's outline too
+    for y, x in (mask_anchor(square), mask_anchor(bar)):  # each mask's number: white on black at its anchor
+        patch = out[y - 7:y + 8, x - 7:x + 8].reshape(-1, 3)
+        assert (patch == 255).all(axis=1).any() and (patch == 0).all(axis=1).any()
+    assert mask_anchor(np.zeros((4, 4), bool)) == (-1, -1)
+
+
+def test_metrics_figure_ticks_are_legible_in_the_report_column():
+    """At a 1400 px page the report shows figures ~1330 px wide: tick labels must stay >= 11 px there."""
+    (model, data), runs = next(iter(study_groups(ROOT / "results", ROOT / "conf").items()))
+    fig = metrics_figure(model, data, runs)
+    scale = min(1.0, 1330 / (fig.get_figwidth() * 120))  # saved at 120 dpi, shrunk to the column
+    sizes = [t.get_fontsize() for ax in fig.axes if ax.axison for t in ax.get_xticklabels() + ax.get_yticklabels()]
+    assert sizes and min(sizes) * 120 / 72 * scale >= 11

@@ -86,7 +86,8 @@ def build_report(results: Path, out: Path, *, runs: list[RunDir] | None = None, 
              f"code version(s) {', '.join(shas) or 'unknown'}.")
     gallery_note = (
         "Per run: the kept tokens over the model's input (pruned tokens darkened; later PyramidDrop stages tinted; "
-        "white lines: the run's superpixels), then the prediction over the original image. Per-image scores "
+        "white lines: the run's superpixels), then the prediction over the original image (each mask outlined and "
+        "numbered; the numbers match the phrases under it). Per-image scores "
         "follow the official protocol's per-image quantities: mIoU = the image's greedy mIoU (its mean over "
         "images is the reported mIoU); masks = GT masks paired at IoU >= 0.5 by the same greedy pairing; "
         f"recall = the official recall loop's hits / GT labels for this image ({encoder_note}). "

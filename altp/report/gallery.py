@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.colors import to_hex
 from PIL import Image
 
 from altp.viz.image_view import ImageView, image_view
 from altp.viz.overlays import boundary_mask, kept_token_rgb, mask_overlay
 from altp.viz.rundir import RunDir
-from altp.viz.tokens import mask_colours, stage_colours
+from altp.viz.tokens import stage_colours
 
 __all__ = ["Cell", "Gallery", "build_galleries"]
 
@@ -37,7 +36,7 @@ class Cell:
     kept_png: str
     pred_png: str
     caption: str
-    phrases: list[tuple[str, str]]  # (phrase, mask colour hex); colour "" for a phrase without a mask
+    phrases: list[tuple[str, int | None]]  # (phrase, its mask's number in the thumbnail); None: no mask
     kept: str
     scores: dict[str, float | int | None]
     delta: dict[str, float | None]
@@ -118,32 +117,31 @@ def build_galleries(runs: list[RunDir], out: Path, *, encoder: Any | None = None
                      if image_id in r.image_ids}
             ref_view = next((v for v in views.values() if ref is not None and v.run is ref), None)
             any_view = next(iter(views.values()))
-            gt_colours = mask_colours(len(any_view.gt_masks))
-            _save(mask_overlay(any_view.original, any_view.gt_masks, gt_colours), folder / "gt.png", nearest=False)
+            _save(mask_overlay(any_view.original, any_view.gt_masks), folder / "gt.png", nearest=False)
             cells: dict[str, Cell | None] = {}
             for key in keys:
                 view = views.get(key)
                 if view is None:
                     cells[key] = None
                     continue
-                colours = mask_colours(len(view.pred_masks))
                 _save(_kept_array(view), folder / f"{key}_kept.png", nearest=True)
-                _save(mask_overlay(view.original, view.pred_masks, colours), folder / f"{key}_pred.png", nearest=False)
+                _save(mask_overlay(view.original, view.pred_masks), folder / f"{key}_pred.png", nearest=False)
                 scores = _scores(view)
                 ref_scores = _scores(ref_view) if ref_view is not None else {}
                 delta = {k: (None if scores.get(k) is None or ref_scores.get(k) is None
                              else float(scores[k]) - float(ref_scores[k]))  # type: ignore[arg-type]
                          for k in ("miou", "recall")}
-                hexes = [to_hex(c) for c in colours]
+                n_masks = len(view.pred_masks)
                 cells[key] = Cell(
                     run_key=key, kept_png=f"{rel}/{key}_kept.png", pred_png=f"{rel}/{key}_pred.png",
-                    caption=view.caption, phrases=[(p, hexes[i] if i < len(hexes) else "") for i, p in enumerate(view.phrases)],
+                    caption=view.caption, phrases=[(p, i + 1 if i < n_masks else None) for i, p in enumerate(view.phrases)],
                     kept=_kept_text(view), scores=scores, delta=delta, error=view.error,
                     note=view.regions.check if view.regions is not None else "",
                 )  # fmt: skip
             gal.rows.append({
                 "image_id": image_id, "gt_png": f"{rel}/gt.png", "gt_caption": any_view.gt_caption,
-                "gt_labels": [(label, to_hex(c)) for label, c in zip(any_view.gt_labels, gt_colours, strict=False)],
+                "gt_labels": [(label, i + 1 if i < len(any_view.gt_masks) else None)
+                              for i, label in enumerate(any_view.gt_labels)],
                 "cells": cells,
             })  # fmt: skip
         galleries.append(gal)

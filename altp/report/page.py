@@ -16,7 +16,7 @@ from eval.table_format import Table
 __all__ = ["gallery_html", "page_html", "table_html"]
 
 _CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1600px;color:#222;background:#fafafa}
 header,section{padding:12px 24px}
 header{background:#fff;border-bottom:1px solid #ddd}
 h1{font-size:22px;margin:4px 0}h2{font-size:18px;margin:18px 0 8px}h3{font-size:15px;margin:14px 0 6px}
@@ -33,15 +33,16 @@ figcaption{font-size:12px;color:#555}
 .controls{position:sticky;top:0;background:#fafafa;padding:8px 0;z-index:2;border-bottom:1px solid #ddd}
 .controls label{margin-right:12px;white-space:nowrap}
 .scroll{overflow-x:auto}
-table.gallery{border-collapse:collapse;background:#fff}
-table.gallery th,table.gallery td{border:1px solid #ddd;padding:6px;vertical-align:top}
-.cell{width:200px;overflow-wrap:anywhere}
+table.gallery{border-collapse:collapse;background:#fff;width:100%;table-layout:fixed}
+table.gallery th,table.gallery td{border:1px solid #ddd;padding:4px;vertical-align:top}
+.cell{overflow-wrap:anywhere}
 table.gallery th{background:#f0f0f0;position:sticky;top:0;font-size:13px}
-table.gallery img{display:block;width:200px;height:auto;margin-bottom:4px;image-rendering:pixelated}
+table.gallery img{display:block;width:100%;max-width:200px;height:auto;margin-bottom:4px;image-rendering:pixelated}
 table.gallery img.photo{image-rendering:auto}
 .cap{font-size:12px;margin:4px 0}
-.chip{display:inline-block;font-size:11px;padding:0 5px;margin:1px 2px 1px 0;border-radius:3px;color:#fff;text-shadow:0 0 2px #000}
-.chip.nomask{background:#fff;color:#b00;border:1px dashed #b00;text-shadow:none}
+.chip{display:inline-block;font-size:11px;padding:0 5px;margin:1px 2px 1px 0;border-radius:3px;border:1px solid #bbb;background:#fff}
+.chip b{display:inline-block;min-width:1.3em;margin-right:3px;text-align:center;border-radius:3px;background:#000;color:#fff}
+.chip.nomask{color:#b00;border:1px dashed #b00}
 .score{font-size:12px;font-variant-numeric:tabular-nums}
 .neg{color:#b00;font-weight:600}.pos{color:#070;font-weight:600}
 .err{color:#b00;font-size:12px}
@@ -85,13 +86,18 @@ def _fmt_delta(v: float | None) -> str:
     return f' <span class="{"neg" if v < 0 else "pos"}">({v:+.2f})</span>'
 
 
+def _chips(phrases: list[tuple[str, int | None]]) -> str:
+    """Each phrase with the number its mask carries in the thumbnail (masks are outlines, not colours)."""
+    return "".join(
+        f'<span class="chip"><b>{n}</b>{escape(p)}</span>' if n is not None else
+        f'<span class="chip nomask" title="phrase without a mask">{escape(p)}</span>' for p, n in phrases)
+
+
 def _cell_html(cell, pruner: str) -> str:  # noqa: ANN001 (a gallery Cell or None)
     if cell is None:
         return f'<td data-pruner="{escape(pruner)}"><div class="cell muted">no record of this image</div></td>'
     s, d = cell.scores, cell.delta
-    chips = "".join(
-        f'<span class="chip" style="background:{c}">{escape(p)}</span>' if c else
-        f'<span class="chip nomask" title="phrase without a mask">{escape(p)}</span>' for p, c in cell.phrases)
+    chips = _chips(cell.phrases)
     recall = "" if s.get("recall") is None else f"<br>recall {s['recall']:.2f}{_fmt_delta(d.get('recall'))}"
     err = f'<div class="err">FAILED: {escape(cell.error)}</div>' if cell.error else ""
     note = f'<div class="err">{escape(cell.note)}</div>' if cell.note else ""
@@ -127,7 +133,7 @@ def gallery_html(gal: Gallery) -> str:
         attrs = "".join(
             f' data-{key}{m}="{"" if c is None or c.delta.get(m) is None else f"{c.delta[m]:.6f}"}"'
             for key, c in row["cells"].items() for m in ("miou", "recall"))
-        labels = "".join(f'<span class="chip" style="background:{c}">{escape(t)}</span>' for t, c in row["gt_labels"])
+        labels = _chips(row["gt_labels"])
         first = (f'<td><div class="cell"><b>{escape(row["image_id"])}</b><img class="photo" src="{escape(row["gt_png"])}" alt="ground truth">'
                  f'<div class="cap">{escape(row["gt_caption"])}</div><div>{labels}</div></div></td>')
         cells = "".join(_cell_html(row["cells"][k], r.pruner_name) for k, r in zip(gal.run_keys, gal.runs, strict=True))

@@ -1,6 +1,7 @@
 """Arrays drawn over a model's input image: kept tokens, superpixel regions, masks.
 
-Pure numpy (no plotting), so what a figure shows can be tested cell by cell.
+Arrays only (no plotting; PIL draws the mask numbers), so what a figure shows can
+be tested cell by cell.
 Index conventions as in :mod:`altp.viz.geometry`: token ``i`` covers grid row
 ``i // cols``, column ``i % cols``; images are (H, W) or (H, W, C) arrays.
 """
@@ -10,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from matplotlib.font_manager import FontProperties, findfont
+from PIL import Image, ImageDraw, ImageFont
+from scipy.ndimage import binary_dilation, binary_erosion, distance_transform_edt
 from skimage.segmentation import find_boundaries
 
 __all__ = [
@@ -17,6 +21,7 @@ __all__ = [
     "boundary_mask",
     "kept_token_rgb",
     "label_centroids",
+    "mask_anchor",
     "mask_overlay",
     "region_value_image",
     "stage_cells",
@@ -113,18 +118,47 @@ def label_centroids(labels: np.ndarray, region_ids: Sequence[int]) -> list[tuple
     return out
 
 
-def mask_overlay(image: np.ndarray, masks: Sequence[np.ndarray], colours: Sequence[Sequence[float]],
-                 alpha: float = 0.6) -> np.ndarray:
-    """(H, W, 3) uint8: each (H, W) bool mask blended in its colour (later masks on top), outlined.
+def mask_anchor(mask: np.ndarray) -> tuple[int, int]:
+    """(y, x) of the mask's pixel farthest from its border (inside it even if not convex); (-1, -1) if empty."""
+    depth = np.asarray(distance_transform_edt(np.pad(mask.astype(bool), 1)))[1:-1, 1:-1]
+    if not depth.any():
+        return -1, -1
+    y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    return int(y), int(x)
 
-    The image underneath is shown as light grey so that a mask's colour reads
-    as itself and not as a mix with the object's own colour.
+
+def _ring(sel: np.ndarray, width: int, *, outside: bool) -> np.ndarray:
+    """(H, W) bool: the ``width`` px band just inside (or just outside) the mask ``sel``."""
+    if outside:
+        return np.asarray(binary_dilation(sel, iterations=width), dtype=bool) & ~sel
+    return sel & ~np.asarray(binary_erosion(sel, iterations=width, border_value=1), dtype=bool)
+
+
+def mask_overlay(image: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
+    """(H, W, 3) uint8: the image in its own colours, each (H, W) bool mask outlined and numbered.
+
+    Masks are not filled: on a benchmark of coloured shapes a fill colour reads as
+    the object's colour. Each mask gets a white outline inside a black one (visible
+    on any background) and its number (1-based, in mask order) at its innermost
+    pixel, in white on black; a legend maps the numbers to phrases.
+
+    Args:
+        image: (H, W, 3) uint8.
+        masks: (H, W) bool each, in phrase order.
     """
-    grey = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    out = np.repeat((0.55 * grey + 0.45 * 255.0)[..., None], 3, axis=2)
-    for mask, colour in zip(masks, colours, strict=True):
+    out = image[..., :3].astype(np.uint8)  # a copy
+    size = max(out.shape[:2])
+    width = max(1, round(size / 170))  # about 1 px of each tone on a 200 px thumbnail
+    for mask in masks:
         sel = mask.astype(bool)
-        out[sel] = (1 - alpha) * out[sel] + alpha * np.asarray(colour[:3], dtype=np.float64) * 255.0
-        edge = find_boundaries(sel, mode="inner")
-        out[edge] = np.asarray(colour[:3], dtype=np.float64) * 255.0
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        out[_ring(sel, width, outside=True)] = 0
+        out[_ring(sel, width, outside=False)] = 255
+    canvas = Image.fromarray(out)
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.truetype(findfont(FontProperties(family="DejaVu Sans", weight="bold")), max(8, round(size * 0.075)))
+    for number, mask in enumerate(masks, start=1):
+        y, x = mask_anchor(mask)
+        if y >= 0:
+            draw.text((x, y), str(number), fill="white", font=font, anchor="mm", stroke_width=max(1, width),
+                      stroke_fill="black")
+    return np.array(canvas)

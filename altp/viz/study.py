@@ -4,9 +4,9 @@ Reads the flat ``metrics.json`` files under a results folder (as the tables do:
 newest record per cell, default hyper-parameters only; :mod:`eval.run_records`)
 and draws, per model and data split (``<model>_<data>_*.png`` and ``.pdf``):
 
-* ``metrics``: METEOR, CIDEr, AP50, mIoU and recall against the mean number of
-  visual tokens kept after the first stage, one line per pruner, the unpruned
-  run as a dashed line;
+* ``metrics``: METEOR and CIDEr (top row), AP50, mIoU and recall (bottom row)
+  against the mean number of visual tokens kept after the first stage, one line
+  per pruner, the unpruned run as a dashed line;
 * ``pareto``: AP50, mIoU and recall against each recorded FLOPs ratio (keys
   ``flops*``) and against measured time per image, with the Pareto front (no
   other run is both cheaper and better) drawn in grey;
@@ -127,19 +127,25 @@ def _pareto_front(ax: Axes, runs: list[RunRecord], x_key: str, y_key: str, scale
 
 
 def metrics_figure(model: str, data: str, runs: list[RunRecord]) -> Figure:
+    # One row per metric group (captioning, grounding), the legend in the free slot: 12 in wide,
+    # so the report's ~1350 px column shows it near 1:1 at 120 dpi (ticks ~15 px; a row of five was ~7 px).
     groups = _by_pruner(runs)
-    fig = Figure(figsize=(4.0 * len(METRICS), 4.0), layout="constrained")
-    axes = fig.subplots(1, len(METRICS))
-    for ax, (key, name) in zip(axes, METRICS, strict=True):
+    fig = Figure(figsize=(12.0, 7.6), layout="constrained")
+    slots = ("meteor", "cider", "legend", "ap50", "miou", "recall")  # row by row
+    axes: dict[str, Axes] = dict(zip(slots, np.asarray(fig.subplots(2, 3)).ravel(), strict=True))
+    for key, name in METRICS:
+        ax = axes[key]
         _lines(ax, groups, "mean_kept_tokens", key)
         ax.set_title(name)
         ax.set_xlabel("visual tokens kept (mean, first stage)")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("score x100")
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=9)
+    for key in ("meteor", "ap50"):
+        axes[key].set_ylabel("score x100")
+    axes["legend"].set_axis_off()
+    axes["legend"].legend(*axes["meteor"].get_legend_handles_labels(), loc="center", fontsize=10)
     fig.suptitle(f"{model} · {data}: metrics against kept tokens")
     _footer(fig, model, data, runs)
-    cast(ConstrainedLayoutEngine, fig.get_layout_engine()).set(rect=(0, 0.04, 1, 0.96))  # layout="constrained"
+    cast(ConstrainedLayoutEngine, fig.get_layout_engine()).set(rect=(0, 0.03, 1, 0.97))  # layout="constrained"
     return fig
 
 

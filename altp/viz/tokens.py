@@ -44,16 +44,11 @@ from altp.viz.overlays import (
 from altp.viz.rundir import RunDir
 from altp.viz.style import SYNTHETIC_LABEL, is_synthetic
 
-__all__ = ["draw_kept_tokens", "mask_colours", "stage_colours", "token_figure", "write_token_figure"]
+__all__ = ["draw_kept_tokens", "stage_colours", "token_figure", "write_token_figure"]
 
 _STROKE = [patheffects.withStroke(linewidth=2.5, foreground="black")]
 #: tint of the patches a merging pruner (VisionZip) folded into its contextual tokens
 MERGED_RGB = (0.25, 0.55, 1.0)
-
-
-def mask_colours(n: int) -> list[tuple[float, float, float, float]]:
-    """One tab10 colour per mask, in mask order."""
-    return [colormaps["tab10"](i % 10) for i in range(n)]
 
 
 def stage_colours(n_stages: int) -> list[tuple[float, float, float, float]]:
@@ -135,16 +130,16 @@ def _region_panel(ax: Axes, view: ImageView, which: str) -> None:
 
 def _masks_panel(ax: Axes, text_ax: Axes, original: np.ndarray, masks: Sequence[np.ndarray],
                  names: Sequence[str], caption: str, title: str) -> None:
-    colours = mask_colours(len(masks))
-    ax.imshow(mask_overlay(original, masks, colours))
+    """Masks outlined and numbered over the image (:func:`mask_overlay`); below, the numbered phrases."""
+    ax.imshow(mask_overlay(original, masks))
     ax.set_title(title, fontsize=9)
-    handles = [Patch(facecolor=c, label=textwrap.shorten(p, 34)) for c, p in zip(colours, names, strict=False)]
-    extra = len(names) - len(masks)
-    if extra:
-        handles.append(Patch(facecolor="none", edgecolor="red", label=f"{extra:+d} phrases without a mask"))
+    labels = [f"{i}  {textwrap.shorten(p, 34)}" for i, p in enumerate(names[:len(masks)], start=1)]
+    labels += [f"–  {textwrap.shorten(p, 34)} (no mask)" for p in names[len(masks):]]
+    labels += [f"{i}  (no phrase)" for i in range(len(names) + 1, len(masks) + 1)]
+    handles = [Patch(facecolor="none", edgecolor="none", label=label) for label in labels]
     text = textwrap.fill(caption or "(empty caption)", 44)
     leg = text_ax.legend(handles=handles, loc="upper center", fontsize=7, frameon=False, title=text,
-                         title_fontsize=7)
+                         title_fontsize=7, handlelength=0, handletextpad=0)
     leg.set_alignment("left")  # the caption reads as a paragraph
 
 
