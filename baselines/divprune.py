@@ -36,11 +36,19 @@ distance matrix, ``2 V^2 D``.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import replace
+from typing import Any, ClassVar
 
 import torch
 
-from altp.pruning.base import PruneContext, Pruner, Selection, register_pruner
+from altp.pruning.base import (
+    PruneContext,
+    Pruner,
+    PruneStage,
+    ScheduleInfo,
+    Selection,
+    register_pruner,
+)
 
 __all__ = ["DivPrunePruner", "divprune_select"]
 
@@ -76,13 +84,25 @@ class DivPrunePruner(Pruner):
         keep: fraction of visual tokens kept, in (0, 1].
         layer: 0 (upstream: the LLM input); a later layer applies the same rule to
             that layer's input hidden states.
+        renumber: None (upstream): positions renumbered at the input, kept (gaps) at a later
+            layer; True / False force it (an ablation, not upstream when changed).
     """
 
     needs_scores: ClassVar[bool] = False
     min_layer: ClassVar[int] = 0
 
-    def __init__(self, *, keep: float, layer: int = 0) -> None:
+    def __init__(self, *, keep: float, layer: int = 0, renumber: bool | None = None) -> None:
         super().__init__(keep=keep, layer=layer)
+        self.renumber = renumber
+
+    def schedule(self, info: ScheduleInfo) -> list[PruneStage]:
+        (stage,) = super().schedule(info)
+        if self.renumber is None:  # upstream: a shorter sequence at the input, positions contiguous
+            return [stage]
+        return [replace(stage, renumber_positions=bool(self.renumber))]
+
+    def hparams(self) -> dict[str, Any]:
+        return {**super().hparams(), "renumber": self.renumber}
 
     def select(self, ctx: PruneContext) -> Selection:
         tokens = ctx.visual_hidden  # (B, V_cur, D)
