@@ -260,8 +260,7 @@ def _model_tables(
         _metric_table(slug=f"main_{tag}", title=f"{number}: {where}", label_cols=_LABELS,
                       rows=_group_rows(main, label), splits=splits, flops=flops)
     ]  # fmt: skip
-    beyond = [r for r in mine if _at_input(r)
-              or (str(r.metrics["pruner"]) not in PAPER_PRUNERS and is_default(r, defaults))]  # fmt: skip
+    beyond = [r for r in mine if _at_input(r) or str(r.metrics["pruner"]) not in PAPER_PRUNERS]
     if beyond:
         # The paper's references beside them: the unpruned model, FastV and ALTP at their defaults.
         beyond += [r for r in main if str(r.metrics["pruner"]) in _BEYOND_REFERENCES and is_default(r, defaults)]
