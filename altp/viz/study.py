@@ -1,7 +1,8 @@
 """Study figures from run records: every metric against kept tokens, FLOPs and time.
 
 Reads the flat ``metrics.json`` files under a results folder (as the tables do:
-newest record per cell, default hyper-parameters only; :mod:`eval.run_records`)
+newest record per cell, default hyper-parameters only, plus ALTP / DDC at the LLM input as
+``altp@input`` / ``ddc@input``; :mod:`eval.run_records`)
 and draws, per model and data split (``<model>_<data>_*.png`` and ``.pdf``):
 
 * ``metrics``: METEOR and CIDEr (top row), AP50, mIoU and recall (bottom row)
@@ -39,10 +40,11 @@ __all__ = ["METRICS", "study_groups", "write_study_figures"]
 METRICS = (("meteor", "METEOR"), ("cider", "CIDEr"), ("ap50", "AP50"), ("miou", "mIoU"), ("recall", "Recall"))
 _GROUNDING = (("ap50", "AP50"), ("miou", "mIoU"), ("recall", "Recall"))
 _COST_LABELS = {
-    "flops_ratio": "remaining FLOPs (prompt): prefill, eq. 5, own prompt, %",
-    "flops_ratio_paper": "remaining FLOPs (paper): eq. 5, 32 text tokens, %",
-    "generation_flops_ratio": "remaining FLOPs (generation): prefill + decoding, %",
-    "time_per_image_s": "measured time per image, s",
+    # two lines each: one panel's width holds about 35 characters of axis label
+    "flops_ratio": "remaining FLOPs (prompt), %\nprefill, eq. 5, own prompt",
+    "flops_ratio_paper": "remaining FLOPs (paper), %\neq. 5, 32 text tokens",
+    "generation_flops_ratio": "remaining FLOPs (generation), %\nprefill + decoding",
+    "time_per_image_s": "measured time per image, s\n(as recorded; see the footer)",
 }
 
 
@@ -52,17 +54,22 @@ def study_groups(results: Path, conf_dir: Path | None = None) -> dict[tuple[str,
     defaults = load_pruner_defaults(conf_dir) if conf_dir and Path(conf_dir).is_dir() else {}
     groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     for r in runs:
-        if is_default(r, defaults):
+        if is_default(r, defaults) or _at_input(r):
             groups[(str(r.metrics["model"]), str(r.metrics["data"]))].append(r)
     split_rank = {"val": 0, "test": 1}  # val before test, as in the tables
     return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[1][0].family,
                                                        split_rank.get(str(kv[1][0].metrics["split"]), 2), kv[0][1])))
 
 
+def _at_input(run: RunRecord) -> bool:
+    """ALTP or DDC pruning at the LLM input (``pruner.layer=0``): a series of its own, ``<pruner>@input``."""
+    return str(run.metrics["pruner"]) in ("altp", "ddc") and dict(run.hparams).get("layer") == 0
+
+
 def _by_pruner(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
     out: dict[str, list[RunRecord]] = defaultdict(list)
     for r in runs:
-        out[str(r.metrics["pruner"])].append(r)
+        out[str(r.metrics["pruner"]) + ("@input" if _at_input(r) else "")].append(r)
     return {p: sorted(out[p], key=lambda r: float(r.metrics["keep"])) for p in in_display_order(out)}
 
 
@@ -88,6 +95,9 @@ def _footer(fig: Figure, model: str, data: str, runs: list[RunRecord]) -> None:
     note = f"{model} on {data}: {len(runs)} runs; device {', '.join(devices)}; recall text encoder {', '.join(encoders)}"
     if is_synthetic(model, data):
         note = f"{SYNTHETIC_LABEL}. {note}"
+    if any(_num(r.metrics.get("time_per_image_s")) for r in runs):
+        note += ("; time per image as each run recorded it (its machine's load and batch size, run.json "
+                 "'throughput'): not a speed comparison, which scripts/bench_throughput.py measures")
     # wrapped to the figure's width (about 15 characters of 8 pt text per inch), never cut off at its edges
     note = "\n".join(textwrap.wrap(note, width=max(40, int(fig.get_figwidth() * 15))))
     fig.text(0.5, 0.005, note, ha="center", va="bottom", fontsize=8, color="dimgrey")

@@ -19,7 +19,9 @@ SYNTHETIC_LABEL = "SYNTHETIC benchmark / small model (not GranD-f)"
 _SYNTHETIC_WORDS = ("synthetic", "shapes", "tiny")  # the rule eval.tables labels its tables by
 # Each pruner of the display order (unpruned first) has a fixed tab10 colour so every figure agrees.
 _TAB10 = colormaps["tab10"]
-_COLOURS = {"none": (0.2, 0.2, 0.2, 1.0), **{name: _TAB10(i) for i, name in enumerate(PRUNER_ORDER[1:])}}
+_COLOURS = {"none": (0.2, 0.2, 0.2, 1.0), **{name: _TAB10(i) for i, name in enumerate(PRUNER_ORDER[1:])},
+            # ALTP / DDC at the LLM input: the dark variants of tab20, apart from the nine above
+            "ddc@input": colormaps["tab20b"](2), "altp@input": colormaps["tab20b"](14)}
 
 
 def is_synthetic(*names: str) -> bool:
