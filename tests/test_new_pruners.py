@@ -70,3 +70,24 @@ def test_added_flops_of_the_recorded_selection_work() -> None:
     r = v - dom
     assert out[0].record.extras[0]["added_flops"] == 2 * (r - ctx) * ctx * (h + c) + 2 * ctx * (c * d + d * d)
     assert len(out[0].record.merged_tokens_per_stage[0][0]) == ctx
+
+
+def test_divprune_renumber_switch_keeps_original_positions_at_the_input() -> None:
+    """renumber=False (an ablation) keeps each kept token's position: the stock LLM with those position ids agrees."""
+    from altp.pruning.engine import PruningEngine
+    from tests.test_engine import GRID, PREFIX, V, prompt, tiny_lm
+
+    pruner = build_pruner("divprune", keep=0.25, renumber=False)
+    assert pruner is not None and pruner.hparams()["renumber"] is False
+    (stage,) = pruner.schedule(INFO)
+    assert (stage.layer, stage.renumber_positions) == (0, False)
+    lm, x = tiny_lm(), prompt()
+    logits, rec = PruningEngine(lm=lm, pruner=pruner).prefill(inputs_embeds=x, visual_start=PREFIX, num_visual=V,
+                                                                grid=GRID, last_only=True)  # fmt: skip
+    import torch
+
+    keep = torch.tensor(list(range(PREFIX)) + [PREFIX + i for i in rec.kept_tokens[0]]
+                        + list(range(PREFIX + V, x.shape[1])))  # fmt: skip
+    with torch.inference_mode():
+        ref = lm(inputs_embeds=x[:, keep], position_ids=keep[None]).logits[:, -1:]
+    torch.testing.assert_close(logits, ref, rtol=1e-4, atol=1e-4)
