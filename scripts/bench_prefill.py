@@ -122,7 +122,8 @@ def _timed_prefill(
 
 
 def bench(
-    *, lm: LlamaForCausalLM, runs: int, warmup: int, pruners: list[str], out: Path | None = None
+    *, lm: LlamaForCausalLM, runs: int, warmup: int, pruners: list[str], out: Path | None = None,
+    keeps: tuple[float, ...] = KEEPS,
 ) -> list[dict]:
     """Rows as described in the module docstring; written to ``out`` after every row (a long run
     on a shared machine keeps what it measured)."""
@@ -137,7 +138,7 @@ def bench(
     vision = synthetic_vision(1024)
     for name in pruners:
         registered, extra = VARIANTS.get(name, (name, {}))
-        for keep in KEEPS:
+        for keep in keeps:
             pruner = build_pruner(registered, keep=keep, **extra)
             assert pruner is not None
             vis = vision if pruner.needs_vision else None
@@ -218,6 +219,7 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)"
     )
     ap.add_argument("--pruners", nargs="*", help="default: every registered pruner")
+    ap.add_argument("--keeps", type=float, nargs="*", default=list(KEEPS), help="default: 0.1 0.25 0.5")
     args = ap.parse_args()
     if args.runs < 10:
         ap.error("--runs must be >= 10 (medians of fewer runs are too noisy on a shared machine)")
@@ -236,7 +238,7 @@ def main() -> None:
     # prefill ~0.2 s slower here (a fixed cost that would hide the speed-up).
     lm = build_lm()
     with torch.inference_mode():
-        rows = bench(lm=lm, runs=args.runs, warmup=args.warmup, pruners=names, out=args.json)
+        rows = bench(lm=lm, runs=args.runs, warmup=args.warmup, pruners=names, out=args.json, keeps=tuple(args.keeps))
     if args.json:
         print(f"wrote {len(rows)} rows to {args.json}")
 
