@@ -347,6 +347,11 @@ def _visual_span(model: Any, embeds: torch.Tensor) -> torch.Tensor:
     return embeds[0, s : s + model.num_visual]
 
 
+def _prompt(name: str, model: Any, x: Any, question: int) -> torch.Tensor:
+    """The adapter's prompt embeddings of one preprocessed image (OMG-LLaVA: for the question asked)."""
+    return _glamm_prompt(model, x) if name == "glamm" else _omg_prompt(model, x, question)
+
+
 def _question(pred: Any) -> int:
     return int(pred.record.extras[0].get("question", 0))  # OMG-LLaVA: the question whose record is kept
 
@@ -355,11 +360,10 @@ def _question(pred: Any) -> int:
 @pytest.mark.parametrize("name", ["glamm", "omg"])
 def test_divprune_matches_upstream_greedy_max_min(name: str, keep: float, request) -> None:
     model, inputs = request.getfixturevalue(name)
-    prompt = (lambda x, q: _glamm_prompt(model, x)) if name == "glamm" else (lambda x, q: _omg_prompt(model, x, q))
     run = _cached_run(request, name, "divprune", keep)
     run.assert_batch_is_alone()
     for b, (pred, x) in enumerate(zip(run.alone, inputs, strict=True)):
-        embeds = prompt(x, _question(pred))
+        embeds = _prompt(name, model, x, _question(pred))
         want = divprune_oracle(_visual_span(model, embeds), keep)
         assert _kept(pred) == want
         assert pred.record.kept_per_stage == [len(want)] and pred.record.stage_layers == [0]
@@ -426,11 +430,10 @@ def dart_oracle(lm: Any, embeds: torch.Tensor, start: int, num_visual: int, keep
 @pytest.mark.parametrize("name", ["glamm", "omg"])
 def test_dart_matches_upstream_pivots_and_picks(name: str, keep: float, request) -> None:
     model, inputs = request.getfixturevalue(name)
-    prompt = (lambda x, q: _glamm_prompt(model, x)) if name == "glamm" else (lambda x, q: _omg_prompt(model, x, q))
     run = _cached_run(request, name, "dart", keep)
     run.assert_batch_is_alone()
     for pred, x in zip(run.alone, inputs, strict=True):
-        embeds = prompt(x, _question(pred))
+        embeds = _prompt(name, model, x, _question(pred))
         want = dart_oracle(model.llm, embeds, len(model.prefix_ids), model.num_visual, keep)
         assert len(want) == _floor_keep(keep, model.num_visual)
         assert _kept(pred) == want
