@@ -244,7 +244,7 @@ class PrunePlan:
             return 0
         who = f"pruner {self.pruner_name} (stage {st.index}, layer {st.stage.layer})"
         m = sel.merged
-        if m.dim() != 3 or m.shape[0] != self.batch or not (1 <= m.shape[1] < st.stage.n_keep + 1):
+        if m.dim() != 3 or m.shape[0] != self.batch or not (1 <= m.shape[1] <= st.stage.n_keep):
             raise ValueError(f"{who} must return Selection.merged as (B={self.batch}, M, D) with "
                              f"1 <= M <= n_keep={st.stage.n_keep}, got {tuple(m.shape)}")
         groups = sel.merged_from
