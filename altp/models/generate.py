@@ -1,15 +1,16 @@
 """The timed generate-and-decode pipeline both model adapters run for a batch of images.
 
-An adapter supplies its model-specific steps; this module owns their order, the
+An adapter supplies its model-specific steps (:class:`GCGSteps`, callable on any
+set of its preprocessed images); this module owns their order, the
 grouping of a batch into equal-length engine calls, the device syncs around
 every timed stage and the timings::
 
-    encode()                           vision_ms   (B images -> whatever the prompts need)
+    encode(images)                     vision_ms   (B images -> whatever the prompts need)
     for each question q:               prefill_ms + decode_ms (the engine's, summed over calls)
         prompt(encoding, b, q) for every sample b still without a [SEG] state
         engine.generate per group of equal prompt length (a sub-batch)
         seg_states(step_hidden, tokens) per sample
-    masks(encoding, seg states)        mask_ms
+    masks(images, encoding, seg states) mask_ms
     parse(tokens) per sample           caption and phrases
                                        total_ms: encode to the end of parse
 
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 from altp._device import synchronize
-from altp.models.base import GCGPrediction
+from altp.models.base import GCGPrediction, ImageInputs
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from transformers import LlamaForCausalLM
@@ -41,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from altp.pruning.base import Pruner, VisionSignals
     from altp.pruning.records import PruneRecord
 
-__all__ = ["Answer", "Decoded", "generate_and_decode"]
+__all__ = ["Answer", "Decoded", "GCGSteps", "generate_and_decode"]
 
 E = TypeVar("E")  # the adapter's encoding of the batch
 
@@ -99,6 +100,44 @@ class Decoded(Generic[E]):
         )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class GCGSteps(Generic[E]):
+    """An adapter's model-specific steps, for any set of its preprocessed images.
+
+    Attributes:
+        lm: the causal LM the engine runs (``*ForCausalLM``).
+        device: where the model runs (synced before every clock reading).
+        encode: the vision stage of some images; its result goes to ``prompt``,
+            ``vision`` and ``masks`` together with those images.
+        prompt: ``(encoding, sample, question)`` -> (1, L, D) prompt embeddings of one
+            sample of the encoding, the visual span at ``[visual_start, visual_start + num_visual)``.
+        seg_states: ``(step_hidden (T, D), tokens (T,))`` -> (N, D) states for the masks.
+        masks: ``(images, encoding, [states (N_b, D) per sample])`` -> per sample, N_b bool
+            masks at that image's size (a sample with no states gets none and costs nothing).
+        parse: one sample's generated ids -> (caption, phrases).
+        visual_start, num_visual, grid, eos_token_id: passed to
+            :meth:`altp.pruning.engine.PruningEngine.generate`.
+        num_questions: questions to try until a sample's answer gives a ``[SEG]`` state.
+        vision: ``(encoding, samples)`` -> those samples' vision-tower signals for the
+            engine (:class:`altp.pruning.base.VisionSignals`), or None where the model
+            has none or the pruner needs none.
+    """
+
+    lm: LlamaForCausalLM
+    device: torch.device
+    encode: Callable[[Sequence[ImageInputs]], E]
+    prompt: Callable[[E, int, int], torch.Tensor]
+    seg_states: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    masks: Callable[[Sequence[ImageInputs], E, list[torch.Tensor]], list[list[np.ndarray]]]
+    parse: Callable[[list[int]], tuple[str, list[str]]]
+    visual_start: int
+    num_visual: int
+    grid: tuple[int, int]
+    eos_token_id: int | list[int]
+    num_questions: int = 1
+    vision: Callable[[E, list[int]], VisionSignals | None] | None = None
+
+
 def _groups(lengths: dict[int, int]) -> list[list[int]]:
     """Samples by prompt length, each group in batch order, groups by their first sample."""
     by_len: dict[int, list[int]] = {}
@@ -108,48 +147,23 @@ def _groups(lengths: dict[int, int]) -> list[list[int]]:
 
 
 def generate_and_decode(
+    steps: GCGSteps[E],
+    inputs: Sequence[ImageInputs],
     *,
-    lm: LlamaForCausalLM,
     pruner: Pruner | None,
-    device: torch.device,
-    batch_size: int,
-    encode: Callable[[], E],
-    prompt: Callable[[E, int, int], torch.Tensor],
-    num_questions: int = 1,
-    seg_states: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    masks: Callable[[E, list[torch.Tensor]], list[list[np.ndarray]]],
-    parse: Callable[[list[int]], tuple[str, list[str]]],
-    visual_start: int,
-    num_visual: int,
-    grid: tuple[int, int],
     preps: Sequence[Any],
     seeds: Sequence[int],
     max_new_tokens: int,
-    eos_token_id: int | list[int],
     use_cache: bool | None,
-    vision: Callable[[E, list[int]], VisionSignals | None] | None = None,
 ) -> list[Decoded[E]]:
     """Encode, generate greedily through the pruning engine, decode masks and text; timed.
 
     Args:
-        lm: the causal LM the engine runs (``*ForCausalLM``).
+        steps: the adapter's steps.
+        inputs: the batch's preprocessed images (B of them).
         pruner: the pruner, or None for the full model.
-        device: where the model runs (synced before every clock reading).
-        batch_size: B, the images in the batch.
-        encode: the vision stage for all B images; its result goes to ``prompt`` and ``masks``.
-        prompt: ``(encoding, sample, question)`` -> (1, L, D) prompt embeddings of one
-            sample with the visual span at ``[visual_start, visual_start + num_visual)``.
-        num_questions: questions to try until a sample's answer gives a ``[SEG]`` state.
-        seg_states: ``(step_hidden (T, D), tokens (T,))`` -> (N, D) states for the masks.
-        masks: ``(encoding, [states (N_b, D) per sample])`` -> per sample, N_b bool masks
-            at that image's size.
-        parse: one sample's generated ids -> (caption, phrases).
-        visual_start, num_visual, grid, max_new_tokens, eos_token_id, use_cache: passed
-            to :meth:`altp.pruning.engine.PruningEngine.generate`.
         preps, seeds: per sample, what ``pruner.prepare`` returned and its seed.
-        vision: ``(encoding, samples)`` -> those samples' vision-tower signals for the
-            engine (:class:`altp.pruning.base.VisionSignals`), or None where the model
-            has none or the pruner needs none.
+        max_new_tokens, use_cache: passed to :meth:`altp.pruning.engine.PruningEngine.generate`.
 
     Returns:
         One :class:`Decoded` per sample, in batch order.
@@ -157,25 +171,28 @@ def generate_and_decode(
     # Lazy: importing an adapter (the training code does) stays free of the engine and every pruner.
     from altp.pruning.engine import PruningEngine
 
+    batch_size = len(inputs)
     if not (len(preps) == len(seeds) == batch_size >= 1):
         raise ValueError(f"need one prep and one seed per image: {batch_size} images, "
                          f"{len(preps)} preps, {len(seeds)} seeds")
+    device = steps.device
     t0 = time.perf_counter()
-    encoding = encode()
+    encoding = steps.encode(inputs)
     synchronize(device)
     t1 = time.perf_counter()
-    engine = PruningEngine(lm=lm, pruner=pruner)
+    engine = PruningEngine(lm=steps.lm, pruner=pruner)
     answers: list[list[Answer]] = [[] for _ in range(batch_size)]
     prefill_ms = decode_ms = 0.0
     pending = list(range(batch_size))
-    for q in range(num_questions):
-        prompts = {b: prompt(encoding, b, q) for b in pending}
+    for q in range(steps.num_questions):
+        prompts = {b: steps.prompt(encoding, b, q) for b in pending}
         for group in _groups({b: int(p.shape[1]) for b, p in prompts.items()}):
             out = engine.generate(
-                inputs_embeds=torch.cat([prompts[b] for b in group]), visual_start=visual_start,
-                num_visual=num_visual, grid=grid, prep=[preps[b] for b in group], max_new_tokens=max_new_tokens,
-                eos_token_id=eos_token_id, use_cache=use_cache, seed=[seeds[b] for b in group],
-                vision=vision(encoding, group) if vision is not None else None,
+                inputs_embeds=torch.cat([prompts[b] for b in group]), visual_start=steps.visual_start,
+                num_visual=steps.num_visual, grid=steps.grid, prep=[preps[b] for b in group],
+                max_new_tokens=max_new_tokens, eos_token_id=steps.eos_token_id, use_cache=use_cache,
+                seed=[seeds[b] for b in group],
+                vision=steps.vision(encoding, group) if steps.vision is not None else None,
             )  # fmt: skip
             prefill_ms += out.prefill_ms
             decode_ms += out.decode_ms
@@ -183,17 +200,17 @@ def generate_and_decode(
             for i, b in enumerate(group):
                 tokens, hidden = out.tokens[i, : lengths[i]], out.step_hidden[i, : lengths[i]]  # (T,), (T, D)
                 record = out.record.row(i, select_ms=out.record.select_ms / len(group))
-                answers[b].append(Answer(question=q, tokens=tokens, seg_states=seg_states(hidden, tokens),
+                answers[b].append(Answer(question=q, tokens=tokens, seg_states=steps.seg_states(hidden, tokens),
                                          record=record))  # fmt: skip
         pending = [b for b in pending if not answers[b][-1].seg_states.shape[0]]
         if not pending:
             break
     synchronize(device)
     t2 = time.perf_counter()
-    mask_lists = masks(encoding, [a[-1].seg_states for a in answers])
+    mask_lists = steps.masks(inputs, encoding, [a[-1].seg_states for a in answers])
     synchronize(device)
     t3 = time.perf_counter()
-    texts = [parse(a[-1].tokens.tolist()) for a in answers]
+    texts = [steps.parse(a[-1].tokens.tolist()) for a in answers]
     per_image = 1e3 / batch_size
     timings = {
         "vision_ms": (t1 - t0) * per_image,

@@ -50,7 +50,7 @@ from altp.models.base import (
     restore_rope_fp32,
     rope_fp32_masters,
 )
-from altp.models.generate import generate_and_decode
+from altp.models.generate import GCGSteps, generate_and_decode
 from altp.models.patch_grid import rect_area_fractions
 from altp.models.pixels import check_resizes, clip_geometry, clip_resize_crop
 from altp.models.sam import GroundingEncoder, GroundingEncoderConfig, resize_longest_side_shape
@@ -322,6 +322,23 @@ class GLaMM(nn.Module, GCGModel):
                                             join)  # fmt: skip
         return self.build_inputs_embeds(visual), signals
 
+    def gcg_steps(self, pruner: Pruner | None) -> GCGSteps[tuple[torch.Tensor, VisionSignals | None]]:
+        """GLaMM's steps for :mod:`altp.models.generate`: the encoding is (prompt embeddings, vision signals)."""
+        ids = self.token_ids
+        wanted = pruner.needs_vision if pruner is not None else frozenset()
+        return GCGSteps(
+            lm=self.llm, device=self.device,
+            # The prompts are built with the image encodings, so vision_ms covers both.
+            encode=lambda inputs: self._encode_prompts(inputs, wanted),
+            prompt=lambda encoded, b, _question: encoded[0][b : b + 1],
+            vision=lambda encoded, group: encoded[1].rows(group) if encoded[1] is not None else None,
+            seg_states=lambda hidden, tokens: hidden[tokens == ids.seg],  # the states that produced [SEG]
+            masks=lambda inputs, _encoded, states: self.batch_masks(inputs, states),
+            # decode() of one id sequence is a str (transformers types the batched form too)
+            parse=lambda tokens: parse_gcg_output(self.tokenizer.decode(tokens, skip_special_tokens=False)),  # pyright: ignore[reportArgumentType]
+            visual_start=len(self.prefix_ids), num_visual=self.num_visual, grid=self.grid, eos_token_id=ids.eos,
+        )  # fmt: skip
+
     # -- the GCGModel entry points ------------------------------------------------------------
     @torch.inference_mode()
     def predict_batch(
@@ -343,21 +360,7 @@ class GLaMM(nn.Module, GCGModel):
             seeds: per-image seeds for random pruners.
             max_new_tokens, use_cache: as :meth:`predict`.
         """
-        inputs = list(inputs)
-        ids = self.token_ids
-        wanted = pruner.needs_vision if pruner is not None else frozenset()
-        decoded = generate_and_decode(
-            lm=self.llm, pruner=pruner, device=self.device, batch_size=len(inputs),
-            # The prompts are built with the image encodings, so vision_ms covers both.
-            encode=lambda: self._encode_prompts(inputs, wanted),
-            prompt=lambda encoded, b, _question: encoded[0][b : b + 1],
-            vision=lambda encoded, group: encoded[1].rows(group) if encoded[1] is not None else None,
-            seg_states=lambda hidden, tokens: hidden[tokens == ids.seg],  # the states that produced [SEG]
-            masks=lambda _embeds, states: self.batch_masks(inputs, states),
-            # decode() of one id sequence is a str (transformers types the batched form too)
-            parse=lambda tokens: parse_gcg_output(self.tokenizer.decode(tokens, skip_special_tokens=False)),  # pyright: ignore[reportArgumentType]
-            visual_start=len(self.prefix_ids), num_visual=self.num_visual, grid=self.grid, preps=preps,
-            seeds=seeds, max_new_tokens=int(max_new_tokens or self.max_new_tokens), eos_token_id=ids.eos,
-            use_cache=use_cache,
-        )  # fmt: skip
+        steps = self.gcg_steps(pruner)
+        decoded = generate_and_decode(steps, list(inputs), pruner=pruner, preps=preps, seeds=seeds,
+                                      max_new_tokens=int(max_new_tokens or self.max_new_tokens), use_cache=use_cache)
         return [d.prediction(num_text_tokens=self.num_text_tokens, num_visual=self.num_visual) for d in decoded]

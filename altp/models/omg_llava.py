@@ -45,7 +45,7 @@ from altp.models.base import (
     restore_rope_fp32,
     rope_fp32_masters,
 )
-from altp.models.generate import generate_and_decode
+from altp.models.generate import GCGSteps, generate_and_decode
 from altp.models.omg.gcg_output import parse_gcg_text
 from altp.models.omg.internlm2_chat import GCG_QUESTIONS
 from altp.models.omg.preprocess import (
@@ -242,6 +242,22 @@ class OmgLlava(nn.Module, GCGModel):
                                  object_tokens=(t.object_tokens[b],))  # fmt: skip
         return VisualEncoding(tokens=tokens, panoptic=encoding.panoptic)
 
+    def gcg_steps(self, pruner: Pruner | None) -> GCGSteps[VisualEncoding]:
+        """OMG-LLaVA's steps for :mod:`altp.models.generate`: upstream's six questions, in turn."""
+        del pruner  # OMG-LLaVA's vision tower gives the pruners no signals
+        ids = self.token_ids
+        return GCGSteps(
+            lm=self.llm, device=self.device,
+            encode=lambda inputs: encode_per_sample(self.visual.encode, self.pixel_input(inputs), VisualEncoding.concat),
+            prompt=lambda encoding, b, question: self.build_inputs_embeds(self._sample(encoding, b), question),
+            num_questions=len(GCG_QUESTIONS),
+            seg_states=lambda hidden, tokens: seg_hidden_states(hidden, tokens, seg_token_id=ids.seg),
+            masks=lambda inputs, encoding, states: self.batch_masks([x.size for x in inputs], encoding, states),
+            parse=lambda tokens: parse_gcg_text(decode_answer(self.tokenizer, tokens)),
+            visual_start=len(self.prefix_ids), num_visual=self.num_visual, grid=self.grid,
+            eos_token_id=list(ids.stop_ids),
+        )  # fmt: skip
+
     # -- the GCGModel entry points ------------------------------------------------------------
     @torch.inference_mode()
     def predict_batch(
@@ -268,20 +284,8 @@ class OmgLlava(nn.Module, GCGModel):
         ``object_tokens`` (N) and ``separator_tokens`` (1); ``num_text_tokens`` counts both, since
         they are in every layer's sequence.
         """
-        inputs = list(inputs)
-        ids = self.token_ids
-        decoded = generate_and_decode(
-            lm=self.llm, pruner=pruner, device=self.device, batch_size=len(inputs),
-            encode=lambda: encode_per_sample(self.visual.encode, self.pixel_input(inputs), VisualEncoding.concat),
-            prompt=lambda encoding, b, question: self.build_inputs_embeds(self._sample(encoding, b), question),
-            num_questions=len(GCG_QUESTIONS),
-            seg_states=lambda hidden, tokens: seg_hidden_states(hidden, tokens, seg_token_id=ids.seg),
-            masks=lambda encoding, states: self.batch_masks([x.size for x in inputs], encoding, states),
-            parse=lambda tokens: parse_gcg_text(decode_answer(self.tokenizer, tokens)),
-            visual_start=len(self.prefix_ids), num_visual=self.num_visual, grid=self.grid, preps=preps,
-            seeds=seeds, max_new_tokens=int(max_new_tokens or self.max_new_tokens),
-            eos_token_id=list(ids.stop_ids), use_cache=use_cache,
-        )  # fmt: skip
+        decoded = generate_and_decode(self.gcg_steps(pruner), list(inputs), pruner=pruner, preps=preps, seeds=seeds,
+                                      max_new_tokens=int(max_new_tokens or self.max_new_tokens), use_cache=use_cache)
         predictions = []
         for d in decoded:
             q = d.answer.question
