@@ -13,7 +13,9 @@ A paper row (method, kept tokens, Table 4's SLIC N and C) is matched to our runs
 pruner, keep (the csv's ``keep``: ``floor(keep * V)`` = the paper's token count) and
 hyper-parameters: the pruner's defaults (``conf/pruner/<name>.yaml``), except the
 ones the row names (Table 4: ``n_segments`` = N, ``compactness`` = C), which the run
-must have recorded with that value. Our FLOPs column shows one declared convention
+must have recorded with that value. Table 4 beside our runs also shows, next to N
+(SLIC's target), the regions our run realised (``extras.regions.mean``; ``—`` in the
+paper's rows, which report only N). Our FLOPs column shows one declared convention
 (:data:`altp.flops.FLOPS_CONVENTIONS`), said in the footnote; the paper's is its
 printed remaining-FLOPs column.
 """
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from altp.flops import FlopsConvention
-from eval.run_records import RunRecord, newest_per_cell
+from eval.run_records import REGIONS_KEY, RunRecord, newest_per_cell
 from eval.table_format import MISSING, Table, pct
 
 __all__ = ["PAPER_COLUMNS", "PaperCell", "load_paper", "paper_tables"]
@@ -152,7 +154,15 @@ def _one_table(
         (label, name) for col, (label, name) in _HPARAM_COLUMNS.items() if any(r[col] for r in rows)
     ]
 
-    label_cols = ["Method", "Tokens", *[label for label, _ in hp_labels], "Source"]
+    # Table 4 beside our runs: our realised SLIC regions right after N, which is only SLIC's target.
+    names = [name for _, name in hp_labels]
+    at = names.index("n_segments") + 1 if ours is not None and "n_segments" in names else None
+
+    def with_regions(settings: list[str], regions: str) -> list[str]:
+        return settings if at is None else [*settings[:at], regions, *settings[at:]]
+
+    hp_cols = with_regions([label for label, _ in hp_labels], "Regions")
+    label_cols = ["Method", "Tokens", *hp_cols, "Source"]
     columns, groups = list(label_cols), [("", len(label_cols))]
     for split in splits:
         columns += [name for _, name in metrics]
@@ -166,7 +176,7 @@ def _one_table(
     for cell in cells:
         hp = dict(cell.hparams)
         settings = [f"{hp[name]:g}" for _, name in hp_labels]
-        line = [cell.method, str(cell.kept_tokens), *settings, "paper"]
+        line = [cell.method, str(cell.kept_tokens), *with_regions(settings, MISSING), "paper"]
         for split in splits:
             line += [value.get((cell, split, k), MISSING) for k, _ in metrics]
         if has_flops:
@@ -187,15 +197,17 @@ def _one_table(
             for s in splits
         }  # fmt: skip
         found = [r for r in by_split.values() if r is not None]
-        line = [cell.method, _our_tokens(found), *settings, "ours"]
+        # FLOPs and regions from val (the paper prints one FLOPs column), else our first split.
+        first = by_split.get("val") or (found[0] if found else None)
+        regions = first.metrics.get(REGIONS_KEY) if first else None
+        realised = MISSING if regions is None else f"{float(regions):.1f}"
+        line = [cell.method, _our_tokens(found), *with_regions(settings, realised), "ours"]
         for split in splits:
             run = by_split[split]
             line += [pct(run.metrics.get(k)) if run else MISSING for k, _ in metrics]
         if has_flops:
-            # FLOPs from val (as the paper prints one column), else the first split we have.
-            flops_run = by_split.get("val") or (found[0] if found else None)
-            line.append(pct(flops_run.metrics.get(flops.key)) if flops_run else MISSING)
-            missing_flops += flops_run is not None and flops_run.metrics.get(flops.key) is None
+            line.append(pct(first.metrics.get(flops.key)) if first else MISSING)
+            missing_flops += first is not None and first.metrics.get(flops.key) is None
         body.append(line)
 
     model = rows[0]["model"]
@@ -218,6 +230,12 @@ def _one_table(
             notes.append(
                 f"ours runs {our_model} on {family}, not {model} on {_PAPER_DATA}: compare how the "
                 "methods rank and degrade, not the values"
+            )
+        if at is not None:
+            notes.append(
+                "Regions = realised SLIC regions of our run: those that own at least one visual "
+                "token, mean over images of the val run, else the first split (metrics.json "
+                f"{REGIONS_KEY}); the paper reports only the target N, so its rows show {MISSING}"
             )
         if has_flops:
             notes.append(f"FLOPs: paper = its remaining-FLOPs column; ours = {flops.description}, % "

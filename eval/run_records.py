@@ -25,6 +25,7 @@ import yaml
 from altp.run_dir import FAILED_FILE
 
 __all__ = [
+    "REGIONS_KEY",
     "FailedRun",
     "RunRecord",
     "find_failed",
@@ -35,6 +36,8 @@ __all__ = [
     "sortable",
 ]
 
+#: metrics.json key of the mean realised region count (DDC / ALTP; altp.run.summary)
+REGIONS_KEY = "extras.regions.mean"
 _SKIP_DIRS = {"paper", "tables"}  # results/paper: the paper's numbers; results/tables: our output
 
 

@@ -38,6 +38,7 @@ from altp.flops import FLOPS_CONVENTIONS, FlopsConvention
 from altp.pruner_order import pruner_rank
 from eval.paper_tables import load_paper, paper_tables
 from eval.run_records import (
+    REGIONS_KEY,
     RunRecord,
     find_failed,
     find_runs,
@@ -84,10 +85,6 @@ _LABELS = ["Method", "Tokens", "keep"]
 DEFAULT_FLOPS = "paper"
 
 Rows = list[tuple[list[str], dict[str, "RunRecord"]]]  # (row labels, run per split)
-
-
-#: metrics.json key of the mean realised region count (DDC / ALTP; altp.run.summary)
-REGIONS_KEY = "extras.regions.mean"
 
 
 def _regions_cell(run: RunRecord) -> str:

@@ -397,12 +397,35 @@ def test_paper_tables_put_ours_under_each_paper_row(
     assert t3.rows == [["ddc", "57", "paper", "29.1"], ["ddc", "57", "ours", "17.5"]]
 
     t4 = tables[5]
-    assert t4.columns == ["Method", "Tokens", "N", "C", "Source", "AP50"]
-    assert [r[2:] for r in t4.rows] == [
-        ["10", "5", "paper", "20.0"], ["10", "5", "ours", "21.3"],
-        ["3", "5", "paper", "17.1"], ["3", "5", "ours", "17.4"],
-        ["10", "3", "paper", "20.2"], ["10", "3", "ours", "20.5"],
+    assert t4.columns == ["Method", "Tokens", "N", "Regions", "C", "Source", "AP50"]
+    assert [r[2:] for r in t4.rows] == [  # these records predate extras.regions
+        ["10", MISSING, "5", "paper", "20.0"], ["10", MISSING, "5", "ours", "21.3"],
+        ["3", MISSING, "5", "paper", "17.1"], ["3", MISSING, "5", "ours", "17.4"],
+        ["10", MISSING, "3", "paper", "20.2"], ["10", MISSING, "3", "ours", "20.5"],
     ]  # fmt: skip
+
+
+def test_table4_shows_our_realised_regions_next_to_n(
+    paper_csv: Path, conf: Path, tmp_path: Path
+) -> None:
+    """Table 4 only: ours = the val run's extras.regions.mean, paper = — (it reports only N)."""
+    root = tmp_path / "runs"
+    altp4 = {**ALTP_DEFAULT, "pruner.compactness": 5.0}
+    for split, regions in (("val", 8.46), ("test", 3.0)):
+        _write(root, f"glamm/altp_{split}", _metrics("glamm", "grandf", split, "altp", 0.1, 0.2,
+                                                     **altp4, **{"extras.regions.mean": regions}))  # fmt: skip
+    tables = paper_tables(find_runs(root), load_paper(paper_csv), pruner_defaults=load_pruner_defaults(conf),
+                          flops=flops_convention("paper"), source=paper_csv)  # fmt: skip
+    t4 = _table(tables, "paper_table4_glamm_grandf")
+    assert t4.columns == ["Method", "Tokens", "N", "Regions", "C", "Source", "AP50"]
+    assert t4.rows[:4] == [
+        ["altp", "57", "10", MISSING, "5", "paper", "20.0"],
+        ["altp", "57", "10", "8.5", "5", "ours", "20.3"],  # val's count, not test's
+        ["altp", "57", "3", MISSING, "5", "paper", "17.1"],
+        ["altp", MISSING, "3", MISSING, "5", "ours", MISSING],  # no N = 3 run
+    ]
+    assert any("extras.regions.mean" in n and "only the target N" in n for n in t4.notes)
+    assert all("Regions" not in t.columns for t in tables if t is not t4)
 
 
 def test_synthetic_runs_sit_beside_the_paper_labelled(paper_csv: Path, tmp_path: Path) -> None:
@@ -486,8 +509,10 @@ def test_make_tables_on_the_committed_study(tmp_path: Path) -> None:
     t1 = _table(tables, "paper_table1_glamm_shapes_shapes")
     assert len(t1.rows) == 2 * 10 and all(MISSING not in r for r in t1.rows)
     t4 = _table(tables, "paper_table4_glamm_shapes_shapes")
-    ours = {tuple(r[2:4]): r for r in t4.rows if r[4] == "ours"}
-    assert MISSING not in ours[("10", "5")] and ours[("3", "5")][5] == MISSING
+    assert t4.columns[2:6] == ["N", "Regions", "C", "Source"]
+    ours = {(r[2], r[4]): r for r in t4.rows if r[5] == "ours"}
+    assert MISSING not in ours[("10", "5")] and ours[("3", "5")][6] == MISSING
+    assert 1 <= float(ours[("10", "5")][3]) <= 10  # realised regions of N = 10 (SLIC's target)
 
 
 def test_a_schedule_that_ignores_keep_shows_its_kept_fractions(conf: Path) -> None:
