@@ -186,12 +186,8 @@ class PruningEngine:
         self._vision = vision
         synchronize(dev)
         t0 = time.perf_counter()
-        plan = self._plan(inputs_embeds, visual_start, num_visual, grid, prep, seed)
-        cache = growing_cache(self.lm.config) if use_cache else None
-        hidden = self._forward(inputs_embeds, plan, cache=cache, select=True)  # (B, N, D) normed
-        h_last = hidden[:, -1]  # (B, D)
-        with per_sample_linear(self.lm.lm_head, h_last):
-            tok = self.lm.lm_head(h_last).argmax(-1)  # (B,)
+        plan, cache, h_last, tok = self._prefill(inputs_embeds, visual_start, num_visual, grid, prep, seed,
+                                                 use_cache=use_cache)  # fmt: skip
         log = None
         if reselect and plan.first_kept is not None:
             log = KeptSetLog(plan.batch)
@@ -291,6 +287,26 @@ class PruningEngine:
         return logits, plan.record(self.pruner)
 
     # -- internals --------------------------------------------------------------------------------------
+    def _prefill(
+        self,
+        inputs_embeds: torch.Tensor,
+        visual_start: int,
+        num_visual: int,
+        grid: tuple[int, int],
+        prep: Any,
+        seed: int | Sequence[int],
+        *,
+        use_cache: bool,
+    ) -> tuple[PrunePlan, DynamicCache | None, torch.Tensor, torch.Tensor]:
+        """The prompt forward with pruning: (plan, KV cache or None, (B, D) last normed state, (B,) first token)."""
+        plan = self._plan(inputs_embeds, visual_start, num_visual, grid, prep, seed)
+        cache = growing_cache(self.lm.config) if use_cache else None
+        hidden = self._forward(inputs_embeds, plan, cache=cache, select=True)  # (B, N, D) normed
+        h_last = hidden[:, -1]  # (B, D)
+        with per_sample_linear(self.lm.lm_head, h_last):
+            tok = self.lm.lm_head(h_last).argmax(-1)  # (B,)
+        return plan, cache, h_last, tok
+
     def _plan(
         self,
         embeds: torch.Tensor,
