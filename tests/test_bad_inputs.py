@@ -134,6 +134,7 @@ CONFIG_CASES = [
     ("batch_size=0", "batch_size must be an integer >= 1"),
     ("batch_size=1.5", "batch_size must be an integer >= 1"),
     ("batch_size=abc", "batch_size must be an integer >= 1"),
+    ("batching=dynamic", "batching must be one of continuous, static, got 'dynamic'"),
     ("num_workers=-1", "num_workers must be an integer >= 0"),
     ("num_workers=two", "num_workers must be an integer >= 0"),
     ("pruner.layer=40", "pruning layer 40 >= num_layers 32"),

@@ -215,13 +215,15 @@ def _bytes(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("*.json"))}
 
 
+@pytest.mark.parametrize("batch", ["batch_size=1", "batch_size=4"])  # 4: continuous, images written as they finish
 @pytest.mark.parametrize("fault", ["raise@2", "raise-torn@1"])
-def test_interrupted_run_resumes_to_identical_bytes(fault: str, data_root: Path, tmp_path: Path, monkeypatch) -> None:
+def test_interrupted_run_resumes_to_identical_bytes(fault: str, batch: str, data_root: Path, tmp_path: Path,
+                                                    monkeypatch) -> None:  # fmt: skip
     # A fault injected at an exact image (the runner's test-only ALTP_TEST_FAULT), not a timed kill.
     args = ("pruner=altp", "keep=0.1", "evaluate=false")
     ref = _cfg(data_root, tmp_path / "ref", *args)
     run(ref, choices=_choices(ref))
-    cfg = _cfg(data_root, tmp_path / "cut", *args)
+    cfg = _cfg(data_root, tmp_path / "cut", *args, batch)
     monkeypatch.setenv("ALTP_TEST_FAULT", fault)
     with pytest.raises(InjectedFault):
         run(cfg, choices=_choices(cfg))

@@ -77,9 +77,16 @@ def test_batch_8_writes_what_batch_1_writes(pruner: str, data_root: Path, refere
     assert metrics["n_failed"] == 0
     _same_as_reference(tmp_path / "run", reference, pruner)
     info = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert info["throughput"] == {"batch_size": 8, "num_workers": 1, "world_size": 1, "threads": torch.get_num_threads(),
-                                  "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+    assert info["throughput"] == {"batch_size": 8, "batching": "continuous", "num_workers": 1, "world_size": 1,
+                                  "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
     assert all(r["input_wait_ms"] >= 0 and r["wall_ms"] > 0 for r in info["per_image"])
+
+
+@pytest.mark.parametrize("pruner", ["fastv", "pdrop"])
+def test_static_batches_write_what_batch_1_writes(pruner: str, data_root: Path, reference: Path, tmp_path: Path) -> None:
+    _run(data_root, tmp_path / "run", f"pruner={pruner}", "batch_size=4", "batching=static")
+    _same_as_reference(tmp_path / "run", reference, pruner)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["throughput"]["batching"] == "static"
 
 
 def test_several_batches_and_workers_write_what_one_process_writes(data_root, reference, tmp_path) -> None:

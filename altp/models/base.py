@@ -14,7 +14,7 @@ tie-breaking sees, so adapters must keep the order the model produced).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -219,6 +219,25 @@ class GCGModel(Protocol):
                 (None entries unpruned).
             seeds: per-image seeds for random pruners.
             max_new_tokens, use_cache: as :meth:`predict`.
+        """
+        ...
+
+    def predict_stream(
+        self,
+        work: Iterable[tuple[Any, ImageInputs, Any, int]],
+        *,
+        pruner: Pruner | None,
+        slots: int,
+        max_new_tokens: int | None = None,
+        use_cache: bool | None = None,
+    ) -> Iterator[tuple[Any, GCGPrediction]]:
+        """Continuous batching: ``(key, prediction)`` per image, in the order the images finish.
+
+        ``work`` yields ``(key, inputs, prep, seed)`` per image and is read as slots free
+        up; at most ``slots`` images decode at once, and a finished image's slot takes the
+        next one (:func:`altp.models.generate.stream_decode`). Each prediction equals
+        :meth:`predict_batch` of that image alone; ``timings`` are the image's shares of
+        the work it took part in.
         """
         ...
 

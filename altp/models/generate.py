@@ -25,9 +25,11 @@ position rules hold per sample; a sample's result never depends on its batch.
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
@@ -42,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from altp.pruning.base import Pruner, VisionSignals
     from altp.pruning.records import PruneRecord
 
-__all__ = ["Answer", "Decoded", "GCGSteps", "generate_and_decode"]
+__all__ = ["DECODE_COUNTS", "Answer", "DecodeCounts", "Decoded", "GCGSteps", "generate_and_decode", "stream_decode"]
 
 E = TypeVar("E")  # the adapter's encoding of the batch
 
@@ -138,6 +140,24 @@ class GCGSteps(Generic[E]):
     vision: Callable[[E, list[int]], VisionSignals | None] | None = None
 
 
+@dataclass
+class DecodeCounts:
+    """Decoding steps and the rows they carried, summed over every call in this process.
+
+    ``row_steps / (slots * steps)`` is the slot utilisation of a run with ``slots``
+    rows per step at most (``scripts/bench_throughput.py`` resets and reads it).
+    """
+
+    steps: int = 0
+    row_steps: int = 0
+
+    def reset(self) -> None:
+        self.steps = self.row_steps = 0
+
+
+DECODE_COUNTS = DecodeCounts()
+
+
 def _groups(lengths: dict[int, int]) -> list[list[int]]:
     """Samples by prompt length, each group in batch order, groups by their first sample."""
     by_len: dict[int, list[int]] = {}
@@ -196,6 +216,8 @@ def generate_and_decode(
             )  # fmt: skip
             prefill_ms += out.prefill_ms
             decode_ms += out.decode_ms
+            DECODE_COUNTS.steps += out.steps
+            DECODE_COUNTS.row_steps += out.row_steps
             lengths = out.lengths.tolist() if out.lengths is not None else [out.tokens.shape[1]] * len(group)
             for i, b in enumerate(group):
                 tokens, hidden = out.tokens[i, : lengths[i]], out.step_hidden[i, : lengths[i]]  # (T,), (T, D)
@@ -225,3 +247,145 @@ def generate_and_decode(
                 masks=mask_lists[b], timings=dict(timings))
         for b in range(batch_size)
     ]  # fmt: skip
+
+
+@dataclass
+class _Image(Generic[E]):
+    """One image of a continuous stream, from its admission until its masks are decoded."""
+
+    key: Any
+    inputs: ImageInputs
+    prep: Any
+    seed: int
+    encoding: E
+    index: int
+    images: Sequence[ImageInputs]  # every image of its encoding, in the encoding's order
+    vision_ms: float
+    answers: list[Answer] = field(default_factory=list)
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+
+
+def stream_decode(
+    steps: GCGSteps[E],
+    work: Iterable[tuple[Any, ImageInputs, Any, int]],
+    *,
+    pruner: Pruner | None,
+    slots: int,
+    max_new_tokens: int,
+    use_cache: bool | None,
+) -> Iterator[tuple[Any, Decoded[E]]]:
+    """Continuous batching: each image as it finishes, while finished rows take the next image.
+
+    Args:
+        steps: the adapter's steps.
+        work: ``(key, inputs, prep, seed)`` per image; read lazily, at most ``slots``
+            images ahead of the ones finished.
+        pruner: the pruner, or None for the full model.
+        slots: rows decoding at once (the batch size).
+        max_new_tokens, use_cache: as :func:`generate_and_decode`. The cached path only:
+            with ``use_cache=False`` or a pruner that re-selects per step, the images
+            run in static batches of ``slots`` (yielded in order).
+
+    Yields:
+        ``(key, Decoded)`` per image, in the order they finish. Each equals
+        :func:`generate_and_decode` of that image alone (bit for bit on the CPU in fp32).
+        Whenever a row ends, newcomers are encoded together, prefilled in groups of
+        equal prompt length (:class:`~altp.pruning._continuous.DecodePool`) and join the
+        rows decoding; an OMG-LLaVA answer without a ``[SEG]`` state puts the image
+        back at the head of the queue with the next question. Timings are the image's
+        shares: of its encoding group's vision time, of its prefill groups', of every
+        decoding step it took part in (the step's time over its live rows), plus its own
+        masks; ``total_ms`` is their sum and ``batch_size`` is ``slots``.
+    """
+    from altp.pruning._continuous import DecodePool
+    from altp.pruning.engine import PruningEngine
+
+    if slots < 1:
+        raise ValueError(f"slots must be >= 1, got {slots}")
+    items = iter(work)
+    if use_cache is False or (pruner is not None and pruner.reselects_per_step):
+        while chunk := list(itertools.islice(items, slots)):
+            keys, inputs, preps, seeds = zip(*chunk, strict=True)
+            decoded = generate_and_decode(steps, list(inputs), pruner=pruner, preps=preps, seeds=seeds,
+                                          max_new_tokens=max_new_tokens, use_cache=use_cache)  # fmt: skip
+            yield from zip(keys, decoded, strict=True)
+        return
+    device = steps.device
+    pool = DecodePool(PruningEngine(lm=steps.lm, pruner=pruner), max_new_tokens=max_new_tokens,
+                      eos_token_id=steps.eos_token_id)  # fmt: skip
+    queue: deque[tuple[_Image[E], int]] = deque()  # (image, question) re-asked
+    exhausted = False
+    try:
+        while True:
+            free = slots - pool.live - len(queue)
+            fresh = [] if exhausted else list(itertools.islice(items, max(free, 0)))
+            exhausted = exhausted or len(fresh) < max(free, 0)
+            if fresh:
+                t0 = time.perf_counter()
+                images = [x for _, x, _, _ in fresh]
+                encoding = steps.encode(images)
+                synchronize(device)
+                share = (time.perf_counter() - t0) * 1e3 / len(fresh)
+                for i, (key, x, prep, seed) in enumerate(fresh):
+                    queue.append((_Image(key=key, inputs=x, prep=prep, seed=seed, encoding=encoding, index=i,
+                                         images=images, vision_ms=share), 0))  # fmt: skip
+            joining = [queue.popleft() for _ in range(min(len(queue), slots - pool.live))]
+            finished = [f for group in _prompt_groups(steps, joining) for f in _admit(steps, pool, group)]
+            finished += pool.step()
+            for f in finished:
+                image, q = f.key
+                tokens = f.tokens
+                image.answers.append(Answer(question=q, tokens=tokens, seg_states=steps.seg_states(f.step_hidden, tokens),
+                                            record=f.record))  # fmt: skip
+                image.prefill_ms += f.prefill_ms
+                image.decode_ms += f.decode_ms
+                if not image.answers[-1].seg_states.shape[0] and q + 1 < steps.num_questions:
+                    queue.appendleft((image, q + 1))
+                    continue
+                yield image.key, _decoded(steps, image, slots)
+            if exhausted and not queue and not pool.live:
+                break
+    finally:
+        DECODE_COUNTS.steps += pool.stats.steps
+        DECODE_COUNTS.row_steps += pool.stats.row_steps
+        pool.close()
+
+
+def _prompt_groups(
+    steps: GCGSteps[E], joining: list[tuple[_Image[E], int]]
+) -> list[list[tuple[_Image[E], int, torch.Tensor]]]:
+    """The newcomers' prompts, grouped by prompt length (each group prefills as one engine call)."""
+    prompts = [(image, q, steps.prompt(image.encoding, image.index, q)) for image, q in joining]
+    return [[prompts[i] for i in group] for group in _groups({i: int(p.shape[1]) for i, (_, _, p) in enumerate(prompts)})]
+
+
+def _admit(steps: GCGSteps[E], pool: Any, group: list[tuple[_Image[E], int, torch.Tensor]]) -> list[Any]:
+    """One prefill group into the pool; returns the rows already finished."""
+    from altp.pruning.base import VisionSignals
+
+    signals = None
+    if steps.vision is not None:
+        parts = [steps.vision(image.encoding, [image.index]) for image, _, _ in group]
+        signals = VisionSignals.concat([s for s in parts if s is not None]) if any(parts) else None
+    return pool.admit([(image, q) for image, q, _ in group], inputs_embeds=torch.cat([p for _, _, p in group]),
+                      visual_start=steps.visual_start, num_visual=steps.num_visual, grid=steps.grid,
+                      prep=[image.prep for image, _, _ in group], seed=[image.seed for image, _, _ in group],
+                      vision=signals)  # fmt: skip
+
+
+def _decoded(steps: GCGSteps[E], image: _Image[E], slots: int) -> Decoded[E]:
+    """An image whose last answer stands: its masks and text, and its timings."""
+    t0 = time.perf_counter()
+    states = image.answers[-1].seg_states
+    none = states.new_zeros((0, states.shape[-1]))
+    masks = steps.masks(image.images, image.encoding,
+                        [states if i == image.index else none for i in range(len(image.images))])[image.index]  # fmt: skip
+    synchronize(steps.device)
+    mask_ms = (time.perf_counter() - t0) * 1e3
+    caption, phrases = steps.parse(image.answers[-1].tokens.tolist())
+    total = image.vision_ms + image.prefill_ms + image.decode_ms + (time.perf_counter() - t0) * 1e3
+    timings = {"vision_ms": image.vision_ms, "prefill_ms": image.prefill_ms, "decode_ms": image.decode_ms,
+               "mask_ms": mask_ms, "total_ms": total, "batch_size": slots}  # fmt: skip
+    return Decoded(encoding=image.encoding, index=image.index, answers=image.answers, caption=caption,
+                   phrases=phrases, masks=masks, timings=timings)  # fmt: skip

@@ -26,7 +26,7 @@ Build a GLaMM by name (official, shapes, tiny, full-size random) with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -50,7 +50,7 @@ from altp.models.base import (
     restore_rope_fp32,
     rope_fp32_masters,
 )
-from altp.models.generate import GCGSteps, generate_and_decode
+from altp.models.generate import GCGSteps, generate_and_decode, stream_decode
 from altp.models.patch_grid import rect_area_fractions
 from altp.models.pixels import check_resizes, clip_geometry, clip_resize_crop
 from altp.models.sam import GroundingEncoder, GroundingEncoderConfig, resize_longest_side_shape
@@ -364,3 +364,18 @@ class GLaMM(nn.Module, GCGModel):
         decoded = generate_and_decode(steps, list(inputs), pruner=pruner, preps=preps, seeds=seeds,
                                       max_new_tokens=int(max_new_tokens or self.max_new_tokens), use_cache=use_cache)
         return [d.prediction(num_text_tokens=self.num_text_tokens, num_visual=self.num_visual) for d in decoded]
+
+    @torch.inference_mode()
+    def predict_stream(
+        self,
+        work: Iterable[tuple[Any, ImageInputs, Any, int]],
+        *,
+        pruner: Pruner | None,
+        slots: int,
+        max_new_tokens: int | None = None,
+        use_cache: bool | None = None,
+    ) -> Iterator[tuple[Any, GCGPrediction]]:
+        """Continuous batching; see :meth:`altp.models.base.GCGModel.predict_stream`."""
+        for key, d in stream_decode(self.gcg_steps(pruner), work, pruner=pruner, slots=slots,
+                                    max_new_tokens=int(max_new_tokens or self.max_new_tokens), use_cache=use_cache):
+            yield key, d.prediction(num_text_tokens=self.num_text_tokens, num_visual=self.num_visual)

@@ -28,7 +28,7 @@ Build an OMG-LLaVA by name (official, tiny) with :mod:`altp.models.omg_llava_bui
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,7 +45,7 @@ from altp.models.base import (
     restore_rope_fp32,
     rope_fp32_masters,
 )
-from altp.models.generate import GCGSteps, generate_and_decode
+from altp.models.generate import Decoded, GCGSteps, generate_and_decode, stream_decode
 from altp.models.omg.gcg_output import parse_gcg_text
 from altp.models.omg.internlm2_chat import GCG_QUESTIONS
 from altp.models.omg.preprocess import (
@@ -286,14 +286,34 @@ class OmgLlava(nn.Module, GCGModel):
         """
         decoded = generate_and_decode(self.gcg_steps(pruner), list(inputs), pruner=pruner, preps=preps, seeds=seeds,
                                       max_new_tokens=int(max_new_tokens or self.max_new_tokens), use_cache=use_cache)
-        predictions = []
-        for d in decoded:
-            q = d.answer.question
-            n_objects = int(d.encoding.tokens.object_tokens[d.index].shape[0])
-            d.answer.record.extras[0].update(
-                question=q, questions_tried=len(d.answers), object_tokens=n_objects, separator_tokens=1,
-                llm_weights=self.llm_weights,
-            )  # fmt: skip
-            num_text = len(self.prefix_ids) + len(self.suffix_ids[q]) + 1 + n_objects  # + separator + objects
-            predictions.append(d.prediction(num_text_tokens=num_text, num_visual=self.num_visual))
-        return predictions
+        return [self._prediction(d) for d in decoded]
+
+    @torch.inference_mode()
+    def predict_stream(
+        self,
+        work: Iterable[tuple[Any, ImageInputs, Any, int]],
+        *,
+        pruner: Pruner | None,
+        slots: int,
+        max_new_tokens: int | None = None,
+        use_cache: bool | None = None,
+    ) -> Iterator[tuple[Any, GCGPrediction]]:
+        """Continuous batching; see :meth:`altp.models.base.GCGModel.predict_stream`.
+
+        An image whose answer has no ``[SEG]`` state goes back to the head of the queue
+        with the next question, as new work for a free slot.
+        """
+        for key, d in stream_decode(self.gcg_steps(pruner), work, pruner=pruner, slots=slots,
+                                    max_new_tokens=int(max_new_tokens or self.max_new_tokens), use_cache=use_cache):
+            yield key, self._prediction(d)
+
+    def _prediction(self, d: Decoded[VisualEncoding]) -> GCGPrediction:
+        """The prediction of a decoded image, its record's extras naming the question kept."""
+        q = d.answer.question
+        n_objects = int(d.encoding.tokens.object_tokens[d.index].shape[0])
+        d.answer.record.extras[0].update(
+            question=q, questions_tried=len(d.answers), object_tokens=n_objects, separator_tokens=1,
+            llm_weights=self.llm_weights,
+        )  # fmt: skip
+        num_text = len(self.prefix_ids) + len(self.suffix_ids[q]) + 1 + n_objects  # + separator + objects
+        return d.prediction(num_text_tokens=num_text, num_visual=self.num_visual)

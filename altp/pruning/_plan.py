@@ -256,6 +256,14 @@ class PrunePlan:
                              f"indices in [0, {self.num_current}) per merged token")
         return int(m.shape[1])
 
+    def decode_base_at(self, layer: int) -> int:
+        """Position of generated token 0 in ``layer`` (that of the last stage at or before it)."""
+        base = self.num_prompt
+        for at, st in self.states.items():
+            if at <= layer:
+                base = st.decode_base
+        return base
+
     def decode_positions(self, layer: int, j: int) -> torch.Tensor:
         """(1, 1) position of generated token j in the layer range starting at ``layer``."""
         base = self.states[layer].decode_base if layer in self.states else self.num_prompt

@@ -93,6 +93,7 @@ class GenerateOutput:
         record: the prefill's :class:`PruneRecord`.
         prefill_ms: prompt forward incl. pruning, up to the first token's logits.
         decode_ms: the remaining steps.
+        steps, row_steps: decoding steps run and the unfinished rows they carried.
     """
 
     tokens: torch.Tensor
@@ -101,6 +102,8 @@ class GenerateOutput:
     prefill_ms: float
     decode_ms: float
     lengths: torch.Tensor | None = None
+    steps: int = 0
+    row_steps: int = 0
 
 
 class PruningEngine:
@@ -200,12 +203,14 @@ class PruningEngine:
         done = torch.isin(tok, eos)
         live = torch.arange(b, device=dev)  # cached path: the rows still in the batch (and the cache)
         seq = inputs_embeds
+        steps = row_steps = 0
         # A cached step runs one row per sample through every linear layer of the LM.
         with per_sample_linear(self.lm, tok) if cache is not None and b > 1 else nullcontext():
             for j in range(max_new_tokens - 1):
                 n_done = int(done.sum())  # one sync per token: greedy decoding must know when to stop
                 if n_done == b:
                     break
+                steps, row_steps = steps + 1, row_steps + b - n_done
                 if cache is not None:
                     if n_done > b - live.numel():  # rows finished: they leave the batch and the cache
                         stay = ~done[live]
@@ -252,6 +257,8 @@ class PruningEngine:
             prefill_ms=(t1 - t0) * 1e3,
             decode_ms=(t2 - t1) * 1e3,
             lengths=lengths,
+            steps=steps,
+            row_steps=row_steps,
         )
 
     @torch.inference_mode()

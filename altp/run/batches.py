@@ -3,22 +3,28 @@
 :func:`run_images` is what a run (:mod:`altp.run.runner`, on every rank) and the
 throughput benchmark (``scripts/bench_throughput.py``) both call. Images come from
 :func:`altp.run.pipeline.load_images` (decoded, preprocessed and prepared in worker
-processes, in order), are grouped ``batch_size`` at a time and go through the
-model's batched API (:func:`altp.run.inference.predict_batch`); then each image's
-record and prediction are written atomically, record first, in sample order.
+processes, in order) and go through the model ``batch_size`` at a time. By default
+(``batching=continuous``) the model's stream keeps ``batch_size`` answers decoding and a
+finished one's slot takes the next image (:meth:`altp.models.base.GCGModel.predict_stream`);
+each image's record and prediction are written atomically, record first, as soon as it
+finishes, so a killed run loses at most the images in flight. With ``batching=static``
+they are grouped ``batch_size`` at a time through the model's batched API
+(:func:`altp.run.inference.predict_batch`) and written in sample order.
 
 Per image, ``timings`` gain what the loop measured: ``input_wait_ms`` (how long the
 model waited for the pipeline, the batch's wait shared over its images),
 ``load_ms``, ``prep_ms`` and ``gt_ms`` (decoding + preprocessing, ``pruner.prepare``
 and the GT objects on the token grid, for the object coverage, in the worker: off the
-critical path when ``num_workers`` > 0) and ``wall_ms`` (the batch's
+critical path when ``num_workers`` > 0) and ``wall_ms`` (static: the batch's
 wait, model and record-building time shared over its images; not the file writes that
 follow, ~1-2 ms per image with their fsyncs, so 1000 / ``wall_ms`` slightly overstates the
-loop's images per second: ``scripts/bench_throughput.py`` keeps its own clock).
+loop's images per second: ``scripts/bench_throughput.py`` keeps its own clock; continuous:
+the loop's time since the previous image was written).
 
 An image that fails to load is a failed record, always. Any other error stops the
-run, unless ``continue_on_error``: then a failed batch is run again one image at a
-time, so only the images that fail alone are recorded as failed.
+run, unless ``continue_on_error``: then a failed batch (continuous: the images the
+stream held) is run again one image at a time, so only the images that fail alone
+are recorded as failed.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from altp.data.grandf import GrandfSplit, Sample
 from altp.run.inference import (
@@ -127,6 +133,7 @@ def run_images(
     continue_on_error: bool = False,
     desc: str = "run",
     on_written: Callable[[int], None] | None = None,
+    batching: str = "continuous",
 ) -> dict[str, dict[str, Any]]:
     """Run ``samples`` through the model, writing each image's record and prediction.
 
@@ -142,8 +149,11 @@ def run_images(
         num_workers: input-pipeline worker processes (0: in this process).
         continue_on_error: record a model error on an image as a failed image and go on.
         desc: the progress bar's label.
-        on_written: called after each batch's files are written, with the number of images
-            written so far (``scripts/bench_throughput.py`` starts its clock after the warm-up).
+        on_written: called after each batch's files are written (each image's, continuous), with the
+            number of images written so far (``scripts/bench_throughput.py`` starts its clock after the warm-up).
+        batching: ``continuous`` (a finished image's slot takes the next one: images are written
+            as they finish, not in sample order) or ``static`` (batches of ``batch_size`` consecutive
+            images, each batch decoding until its longest answer ends).
 
     Returns:
         image id -> its record as it reads back from disk, for every sample.
@@ -155,7 +165,16 @@ def run_images(
     bar = tqdm(total=len(samples), desc=desc, unit="img")
     loaded = load_images(model, pruner, split, samples, num_workers=num_workers, lookahead=2 * batch_size,
                          gt_patches=partial(sample_gt_patches, model, split))  # fmt: skip
+    if batching not in ("continuous", "static"):
+        raise ValueError(f"batching must be continuous or static, got {batching!r}")
     try:  # the bar ends its line before an error's message is printed
+        if batching == "continuous":
+            for n in _run_continuous(model, pruner, loaded, pred_dir=pred_dir, rec_dir=rec_dir, seed=seed,
+                                     slots=batch_size, continue_on_error=continue_on_error, records=records):  # fmt: skip
+                bar.update(1)
+                if on_written is not None:
+                    on_written(n)
+            return records
         for batch in _batches(loaded, batch_size):
             t0 = time.perf_counter()
             for it in batch:
@@ -195,3 +214,81 @@ def run_images(
     finally:
         bar.close()
     return records
+
+
+def _run_continuous(
+    model: GCGModel,
+    pruner: Pruner | None,
+    loaded: Iterable[LoadedImage],
+    *,
+    pred_dir: Path,
+    rec_dir: Path,
+    seed: int,
+    slots: int,
+    continue_on_error: bool,
+    records: dict[str, dict[str, Any]],
+) -> Iterator[int]:
+    """The continuous loop (:meth:`altp.models.base.GCGModel.predict_stream`): writes each image as it
+    finishes and yields the count written so far.
+
+    An image that failed to load is written when the stream reaches it. With ``continue_on_error``,
+    an error out of the stream runs the images it held one at a time (those that fail alone are
+    recorded as failed) and a new stream goes on with the rest. ``wall_ms`` of an image is the
+    loop's time since the previous image was written, so the images' ``wall_ms`` sum to the loop's.
+    """
+    source = iter(loaded)
+    in_flight: dict[int, LoadedImage] = {}
+    written = 0
+    last = time.perf_counter()
+
+    def write(it: LoadedImage, out: GCGPrediction | BaseException) -> int:
+        nonlocal written, last
+        if isinstance(out, BaseException):
+            log.warning("image %s failed: %s", it.sample.image_id, out)
+            pred, record = empty_prediction(), failed_record(it.sample, out, type_name=error_name(out))
+        else:
+            timings = {"input_wait_ms": it.wait_ms, "load_ms": it.load_ms, "prep_ms": it.prep_ms, "gt_ms": it.gt_ms}
+            pred, record = image_record(it.sample, out, it.gt_patches, timings)
+            now = time.perf_counter()
+            record["timings"]["wall_ms"] = (now - last) * 1e3
+            last = now
+        fault_point("before", written)
+        write_image(pred_dir, rec_dir, it.sample.image_id, pred, record,
+                    torn=lambda k=written: fault_point("torn", k))  # fmt: skip
+        records[it.sample.image_id] = json.loads(json.dumps(record))  # as a resumed run reads it back
+        written += 1
+        return written
+
+    failed_loads: list[LoadedImage] = []
+
+    def work() -> Iterator[tuple[int, Any, Any, int]]:
+        for it in source:
+            if it.error is not None:
+                if not it.load_failed and not continue_on_error:
+                    raise it.error
+                failed_loads.append(it)  # written by the loop below, in its turn
+                continue
+            key = id(it)
+            in_flight[key] = it
+            assert it.inputs is not None  # loaded without error
+            yield key, it.inputs, it.prep, image_seed(seed, it.sample.image_id)
+
+    while True:
+        try:
+            for key, out in model.predict_stream(work(), pruner=pruner, slots=slots):
+                while failed_loads:
+                    it = failed_loads.pop(0)
+                    yield write(it, cast(BaseException, it.error))
+                yield write(in_flight.pop(key), out)
+            while failed_loads:
+                it = failed_loads.pop(0)
+                yield write(it, cast(BaseException, it.error))
+            return
+        except Exception as err:
+            if not continue_on_error:
+                raise
+            held = list(in_flight.values())
+            in_flight.clear()
+            log.warning("the stream failed (%s); running its %d images one at a time", err, len(held))
+            for it in held:
+                yield write(it, _predict(model, pruner, [it], seed, True)[0])

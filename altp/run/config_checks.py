@@ -61,6 +61,14 @@ def _threads(key: str, value: Any) -> None:
         raise _error(f"{key} must be auto or an integer >= 1, got {value!r}")
 
 
+def _one_of(*allowed: str) -> Callable[[str, Any], None]:
+    def check(key: str, value: Any) -> None:
+        if value not in allowed:
+            raise _error(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+
+    return check
+
+
 def _bool(key: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise _error(f"{key} must be true or false, got {value!r}")
@@ -81,6 +89,7 @@ RULES: dict[str, Callable[[str, Any], None]] = {
     "text_encoder": _text,
     "out_dir": _text,
     "batch_size": _int_at_least(1),
+    "batching": _one_of("continuous", "static"),
     "num_workers": _int_at_least(0),
     "rendezvous_timeout_min": _positive,
     "threads": _threads,

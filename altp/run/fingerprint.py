@@ -19,7 +19,7 @@ fingerprint, or it is refused with one line naming what differs
 
 Left out on purpose: scoring options (text encoder, ``evaluate``) and
 ``max_images`` change what is scored, not what is predicted; ``batch_size``,
-``num_workers`` and the number of ranks change how fast images are predicted,
+``batching``, ``num_workers`` and the number of ranks change how fast images are predicted,
 not what (run.json records them), so a run resumes with any of them; file locations
 (``gt_dir``, ``image_dir``, checkpoint folders) are replaced by their content,
 so a moved checkpoint or a fixed ``image_dir`` resumes. Image bytes are not

@@ -273,7 +273,8 @@ def _run(cfg: DictConfig, *, choices: dict[str, str] | None, world: World) -> di
     with torch.inference_mode():
         ran = run_images(model, pruner, split, mine, pred_dir=pred_dir, rec_dir=rec_dir, seed=int(cfg.seed),
                          batch_size=int(cfg.get("batch_size", 1)), num_workers=int(cfg.get("num_workers", 0)),
-                         continue_on_error=bool(cfg.continue_on_error), desc=desc)  # fmt: skip
+                         continue_on_error=bool(cfg.continue_on_error), desc=desc,
+                         batching=str(cfg.get("batching", "continuous")))  # fmt: skip
     barrier(world)  # every rank's files are on disk
     if not world.is_main:
         return broadcast_object(world)

@@ -159,7 +159,8 @@ def write_summary(
         "provenance": prov,
         "pruner_hparams": hp,
         # How this (last) invocation ran; not in the fingerprint: none of it changes the outputs.
-        "throughput": {"batch_size": int(cfg.get("batch_size", 1)), "num_workers": int(cfg.get("num_workers", 0)),
+        "throughput": {"batch_size": int(cfg.get("batch_size", 1)), "batching": cfg.get("batching", "continuous"),
+                       "num_workers": int(cfg.get("num_workers", 0)),
                        "world_size": int(world_size), "threads": torch.get_num_threads(),
                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
         "per_image": [{"image_id": r["image_id"], "error": r.get("error"), **r.get("timings", {})} for r in records],
