@@ -15,6 +15,7 @@ warm-up and timed images each: images/s over the slowest rank's time.
 
     .venv/bin/python scripts/bench_throughput.py --json results/throughput.json
     .venv/bin/python scripts/bench_throughput.py --pruners fastv,altp --batch-sizes 1,8 --workers 1 --repeats 3
+    .venv/bin/python scripts/bench_throughput.py --pruners fastv,altp --batch-sizes 1,8 --batching static,continuous
     .venv/bin/python scripts/bench_throughput.py --pruners fastv --batch-sizes 8 --ranks 1,2
     .venv/bin/python scripts/bench_throughput.py --model glamm_full_random --data synthetic \\
         --set model.device=cuda model.max_new_tokens=32 --images 32   # what scripts/gpu_check.sh runs
@@ -45,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from altp._device import synchronize  # noqa: E402
+from altp.models.generate import DECODE_COUNTS  # noqa: E402
 from altp.run.batches import run_images  # noqa: E402
 from altp.run.distributed import World, barrier, init_world, rank_share  # noqa: E402
 
@@ -65,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--keeps", type=_csv(float), default=[0.1])
     ap.add_argument("--batch-sizes", type=_csv(int), default=[1, 4, 8, 16])
     ap.add_argument("--workers", type=_csv(int), default=[1], help="num_workers values (default 1)")
+    ap.add_argument("--batching", type=_csv(str), default=["continuous"],
+                    help="batching modes to compare: continuous, static (default continuous)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the model's process (default 1)")
     ap.add_argument("--ranks", type=_csv(int), default=None,
                     help="world sizes to measure with torchrun, one thread per rank (e.g. 1,2)")
@@ -123,14 +127,17 @@ def _slowest(world: World, seconds: float) -> float:
 
 
 def measure(model: Any, pruner: Any, split: Any, samples: list, *, batch_size: int, workers: int,
-            warm_samples: list | None = None, world: World | None = None) -> dict[str, Any]:  # fmt: skip
+            warm_samples: list | None = None, world: World | None = None,
+            batching: str = "continuous") -> dict[str, Any]:  # fmt: skip
     """One configuration through :func:`altp.run.batches.run_images` on this rank's share of ``samples``.
 
     The warm-up images (this rank's share of ``warm_samples``, other images than ``samples``)
     go first through the same call, so the same input pipeline: the clock starts when they
     are written, with the model warmed up for this batch size and the workers already
     running ahead, as through most of a long run. Images/s = the timed images over the
-    slowest rank's time from there to its last image written.
+    slowest rank's time from there to its last image written. Slot utilisation = the
+    live row-steps of the decoding steps run from there over (batch size x those steps);
+    ``answer_tokens``: min, median, 90th percentile and max of the timed images' answer lengths.
     """
     world = world or World()
     device = torch.device(model.device)
@@ -143,6 +150,7 @@ def measure(model: Any, pruner: Any, split: Any, samples: list, *, batch_size: i
         if written == len(warm):  # the warm-up is whole batches (_warm_up): this count is hit exactly
             synchronize(device)
             start = time.perf_counter()
+            DECODE_COUNTS.reset()
 
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         folders = {"pred_dir": Path(tmp) / "predictions", "rec_dir": Path(tmp) / "records"}
@@ -153,17 +161,23 @@ def measure(model: Any, pruner: Any, split: Any, samples: list, *, batch_size: i
         synchronize(device)
         barrier(world)
         start = time.perf_counter()  # (no warm-up images: from here)
+        DECODE_COUNTS.reset()
         records = run_images(model, pruner, split, warm + timed, seed=0, batch_size=batch_size, num_workers=workers,
                              desc=f"{getattr(pruner, 'name', 'none')} b{batch_size}", on_written=start_after_warm_up,
-                             **folders)  # fmt: skip
+                             batching=batching, **folders)  # fmt: skip
         synchronize(device)
         seconds = _slowest(world, time.perf_counter() - start)
         barrier(world)
     peak, kind = _peak_memory(device)
     ours = [records[s.image_id] for s in timed]
+    lengths = sorted(int(r["new_tokens"]) for r in ours if r.get("error") is None)
+    pick = lambda q: lengths[min(len(lengths) - 1, int(q * len(lengths)))] if lengths else 0  # noqa: E731
+    counts = DECODE_COUNTS
     return {"images": len(samples), "warmup_images": len(warm_samples or []), "seconds": seconds,
             "images_per_s": len(samples) / seconds, **_stage_means(ours), "peak_memory_mb": peak,
-            "peak_memory_kind": kind}  # fmt: skip
+            "peak_memory_kind": kind, "slot_utilisation": counts.row_steps / max(batch_size * counts.steps, 1),
+            "decode_steps": counts.steps,
+            "answer_tokens": {"min": pick(0.0), "median": pick(0.5), "p90": pick(0.9), "max": pick(1.0)}}  # fmt: skip
 
 
 def _warm_up(extra: list, batches: int, batch_size: int, world: World) -> list:
@@ -192,29 +206,32 @@ def bench(args: argparse.Namespace, world: World | None = None) -> list[dict[str
     model = model_on_rank(base, world)  # as a run: cuda:LOCAL_RANK on each rank of a CUDA run
     cells = [(name, keep) for name in args.pruners for keep in (args.keeps if name != "none" else args.keeps[:1])]
     pruners = {cell: instantiate(_compose(args, *cell).pruner) for cell in cells}
-    configs = [(cell, b, w) for cell in cells for b in args.batch_sizes for w in args.workers]
+    configs = [(cell, b, w, m) for cell in cells for b in args.batch_sizes for w in args.workers
+               for m in (args.batching if b > 1 else args.batching[:1])]  # batch 1: the modes are the same
     runs: dict[Any, list[dict[str, Any]]] = {c: [] for c in configs}
     # Round-robin over every configuration: a slow spell of a shared machine falls on them alike.
     for _ in range(max(1, args.repeats)):
         for config in configs:
-            cell, batch_size, workers = config
+            cell, batch_size, workers, mode = config
             runs[config].append(measure(model, pruners[cell], split, samples, batch_size=batch_size, workers=workers,
-                                        warm_samples=_warm_up(extra, args.warmup, batch_size, world), world=world))  # fmt: skip
+                                        warm_samples=_warm_up(extra, args.warmup, batch_size, world), world=world,
+                                        batching=mode))  # fmt: skip
             if world.is_main:  # each timing as it comes (the table under them has the medians)
-                print(_line({**_config_row(*cell, batch_size, workers, world), **runs[config][-1]}), flush=True)
+                print(_line({**_config_row(*cell, batch_size, workers, world, mode), **runs[config][-1]}), flush=True)
     rows = []
-    for ((name, keep), batch_size, workers), timed in runs.items():
+    for ((name, keep), batch_size, workers, mode), timed in runs.items():
         ranked = sorted(timed, key=lambda r: r["images_per_s"])
-        row = _config_row(name, keep, batch_size, workers, world)
+        row = _config_row(name, keep, batch_size, workers, world, mode)
         row.update(ranked[(len(ranked) - 1) // 2])  # the median run (the lower one of an even count)
         row["images_per_s_runs"] = [r["images_per_s"] for r in timed]
         rows.append(row)
     return rows
 
 
-def _config_row(name: str, keep: float, batch_size: int, workers: int, world: World) -> dict[str, Any]:
-    return {"pruner": name, "keep": keep if name != "none" else 1.0, "batch_size": batch_size, "workers": workers,
-            "ranks": world.size}  # fmt: skip
+def _config_row(name: str, keep: float, batch_size: int, workers: int, world: World,
+                batching: str = "continuous") -> dict[str, Any]:  # fmt: skip
+    return {"pruner": name, "keep": keep if name != "none" else 1.0, "batch_size": batch_size,
+            "batching": batching if batch_size > 1 else "-", "workers": workers, "ranks": world.size}  # fmt: skip
 
 
 def _ranks(args: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]:
@@ -247,29 +264,39 @@ def _without(argv: list[str], *options: str) -> list[str]:
     return out
 
 
-HEADER = (f"{'pruner':<7} {'keep':>5} {'batch':>5} {'wrk':>3} {'rk':>2} {'img/s':>7} {'wait':>7} {'vision':>7} "
-          f"{'prefill':>8} {'dec/tok':>8} {'masks':>7} {'prep':>7} {'peak MB':>8}")  # fmt: skip
+HEADER = (f"{'pruner':<7} {'keep':>5} {'batch':>5} {'mode':>6} {'wrk':>3} {'rk':>2} {'img/s':>7} {'slots':>5} "
+          f"{'answer len':>14} {'wait':>7} {'vision':>7} {'prefill':>8} {'dec/tok':>8} {'masks':>7} {'prep':>7} "
+          f"{'peak MB':>8}")  # fmt: skip
 
 
 def _line(row: dict[str, Any]) -> str:
-    return (f"{row['pruner']:<7} {row['keep']:>5} {row['batch_size']:>5} {row['workers']:>3} {row['ranks']:>2} "
-            f"{row['images_per_s']:>7.2f} {row['input_wait_ms']:>7.1f} {row['vision_ms']:>7.1f} "
+    a = row.get("answer_tokens") or {}
+    lens = f"{a.get('min', 0)}/{a.get('median', 0)}/{a.get('p90', 0)}/{a.get('max', 0)}"
+    mode = {"continuous": "cont", "static": "static"}.get(row.get("batching", "-"), "-")
+    return (f"{row['pruner']:<7} {row['keep']:>5} {row['batch_size']:>5} {mode:>6} {row['workers']:>3} "
+            f"{row['ranks']:>2} {row['images_per_s']:>7.2f} {row.get('slot_utilisation', 0.0):>5.2f} {lens:>14} "
+            f"{row['input_wait_ms']:>7.1f} {row['vision_ms']:>7.1f} "
             f"{row['prefill_ms']:>8.1f} {row['decode_ms_per_token']:>8.2f} {row['mask_ms']:>7.1f} "
             f"{row['prep_ms']:>7.1f} {row['peak_memory_mb']:>8.0f}")  # fmt: skip
 
 
 def ratios(rows: list[dict[str, Any]]) -> list[str]:
     """The ratios the acceptance targets name, for whatever the rows hold."""
-    key = lambda r: (r["pruner"], r["keep"], r["batch_size"], r["workers"], r["ranks"])  # noqa: E731
+    key = lambda r: (r["pruner"], r["keep"], r["batch_size"], r.get("batching", "-"), r["workers"], r["ranks"])  # noqa: E731
     by = {key(r): r["images_per_s"] for r in rows}
     out = []
-    for (p, k, b, w, n), ips in by.items():
-        if b != 1 and (p, k, 1, w, n) in by:
-            out.append(f"{p} keep={k} workers={w} ranks={n}: batch {b} / batch 1 = {ips / by[(p, k, 1, w, n)]:.2f}x")
-        if p == "altp" and ("fastv", k, b, w, n) in by:
-            out.append(f"keep={k} batch={b} workers={w} ranks={n}: altp / fastv = {ips / by[('fastv', k, b, w, n)]:.2f}x")
-        if n != 1 and (p, k, b, w, 1) in by:
-            out.append(f"{p} keep={k} batch={b} workers={w}: {n} ranks / 1 rank = {ips / by[(p, k, b, w, 1)]:.2f}x")
+    for (p, k, b, m, w, n), ips in by.items():
+        if b != 1 and (p, k, 1, "-", w, n) in by:
+            out.append(f"{p} keep={k} workers={w} ranks={n}: batch {b} {m} / batch 1 = "
+                       f"{ips / by[(p, k, 1, '-', w, n)]:.2f}x")  # fmt: skip
+        if m == "continuous" and (p, k, b, "static", w, n) in by:
+            out.append(f"{p} keep={k} batch={b} workers={w} ranks={n}: continuous / static = "
+                       f"{ips / by[(p, k, b, 'static', w, n)]:.2f}x")  # fmt: skip
+        if p == "altp" and ("fastv", k, b, m, w, n) in by:
+            out.append(f"keep={k} batch={b} {m} workers={w} ranks={n}: altp / fastv = "
+                       f"{ips / by[('fastv', k, b, m, w, n)]:.2f}x")  # fmt: skip
+        if n != 1 and (p, k, b, m, w, 1) in by:
+            out.append(f"{p} keep={k} batch={b} {m} workers={w}: {n} ranks / 1 rank = {ips / by[(p, k, b, m, w, 1)]:.2f}x")
     return out
 
 

@@ -39,7 +39,7 @@ def test_bench_rows_cover_every_configuration_and_stage(tmp_path: Path, capsys) 
         assert (row["prep_ms"] > 0) == (row["pruner"] == "altp")  # SLIC ran in the pipeline
     saved = json.loads(out.read_text())
     assert saved["rows"] == json.loads(json.dumps(rows)) and saved["device"] == "cpu"
-    assert any("batch 2 / batch 1" in line for line in saved["ratios"])
+    assert any("batch 2 continuous / batch 1" in line for line in saved["ratios"])
     printed = capsys.readouterr().out
     assert "img/s" in printed and "altp" in printed
 
@@ -61,3 +61,13 @@ def test_ranks_rows_come_from_torchrun_launches(tmp_path: Path) -> None:
         assert row["images"] == 4 and row["images_per_s"] > 0
         assert row["warmup_images"] == 2 * row["ranks"]  # one batch of 2 per rank
         assert row["images_per_s"] == row["images"] / row["seconds"]
+
+
+def test_static_and_continuous_rows_report_slot_utilisation_and_answer_lengths(tmp_path: Path) -> None:
+    rows = _tiny_fastv(tmp_path, "--images", "4", "--batch-sizes", "1,2", "--batching", "static,continuous")
+    assert [(r["batch_size"], r["batching"]) for r in rows] == [(1, "-"), (2, "static"), (2, "continuous")]
+    for row in rows:
+        a = row["answer_tokens"]
+        assert 1 <= a["min"] <= a["median"] <= a["p90"] <= a["max"] <= 12  # glamm_tiny's max_new_tokens
+        assert 0 < row["slot_utilisation"] <= 1 and row["decode_steps"] > 0
+    assert any("continuous / static" in line for line in _bench().ratios(rows))

@@ -79,7 +79,11 @@ def test_continuous_equals_batch_of_one(model_name: str, pruner_name: str) -> No
         assert sorted(order) == list(range(len(inputs)))
         assert {k: _fields(p) for k, p in got} == {i: _fields(p) for i, p in enumerate(alone)}, slots
         assert all(p.timings["batch_size"] == slots for _, p in got)
+        # every decoding step of a live row made one token after the prefill's first (of every question asked)
+        asked = sum(p.record.extras[0].get("questions_tried", 1) for _, p in got)
         assert DECODE_COUNTS.row_steps <= slots * DECODE_COUNTS.steps
+        if asked == len(got):  # (a re-asked question's earlier answers are not in the predictions)
+            assert DECODE_COUNTS.row_steps == sum(p.new_tokens - 1 for _, p in got)
         if model_name == "glamm_shapes" and pruner_name == "none":
             assert order != sorted(order)  # short answers overtake long ones
     if model_name == "glamm_shapes":
