@@ -36,13 +36,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface, DynamicCache
+from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from altp._device import synchronize
-from altp.pruning._kv_cache import growing_cache
 from altp.pruning._plan import PrunePlan
 from altp.pruning._rowwise import per_sample_linear
 from altp.pruning.records import PruneRecord
@@ -59,26 +58,93 @@ __all__ = ["ROWS_ATTENTION", "DecodePool", "FinishedRow", "rows_attention"]
 ROWS_ATTENTION = "altp_rows"
 
 
-class _RowCaches:
-    """The live rows' own caches, passed to the decoder layers as their ``past_key_values``.
+class _SlotCache:
+    """Every row's KV cache, per layer one key and one value buffer of shape (slots, H, capacity, D).
 
-    ``update`` appends each row's new key and value to that row's cache and keeps
-    the rows' cached (1, H, L_b, D) keys and values for :func:`rows_attention`,
-    which the same layer calls right after.
+    Row r's cache in layer l is ``keys[l][slot_r, :, :length]``: a view with a batch of one,
+    handed to the attention exactly as a batch-1 cache hands its keys over (only the
+    strides of the leading dims differ, which the attention's arithmetic does not see:
+    ``tests/test_continuous.py`` compares the bits). A decoding step writes every row's
+    new key and value with one indexed copy per layer.
     """
 
-    def __init__(self, caches: list[DynamicCache], base: Any, padded: bool) -> None:
-        self.caches = caches
+    def __init__(self, num_layers: int) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+
+    def _room(self, layer: int, slots: int, length: int, like_k: torch.Tensor, like_v: torch.Tensor) -> None:
+        k, v = self.keys[layer], self.values[layer]
+        if k is not None and v is not None and k.shape[0] >= slots and k.shape[2] >= length:
+            return
+        s = max(slots, k.shape[0] if k is not None else 0)
+        cap = max(length + max(64, length), k.shape[2] if k is not None else 0)  # doubling
+        nk = like_k.new_zeros((s, like_k.shape[1], cap, like_k.shape[-1]))
+        nv = like_v.new_zeros((s, like_v.shape[1], cap, like_v.shape[-1]))
+        if k is not None and v is not None:
+            nk[: k.shape[0], :, : k.shape[2]].copy_(k)
+            nv[: v.shape[0], :, : v.shape[2]].copy_(v)
+        self.keys[layer], self.values[layer] = nk, nv
+
+    def put(self, layer: int, slot: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """A prefill's (1, H, L, D) keys and values as the start of ``slot``'s cache."""
+        n = keys.shape[-2]
+        self._room(layer, slot + 1, n, keys, values)
+        k, v = self.keys[layer], self.values[layer]
+        assert k is not None and v is not None  # made by _room
+        k[slot, :, :n].copy_(keys[0])
+        v[slot, :, :n].copy_(values[0])
+
+    def append(self, layer: int, slots: torch.Tensor, at: torch.Tensor, top: int, keys: torch.Tensor,
+               values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Write (B, H, 1, D) keys and values at position ``at[b]`` of slot ``slots[b]``; returns the buffers."""
+        self._room(layer, 1, top + 1, keys, values)
+        k, v = self.keys[layer], self.values[layer]
+        assert k is not None and v is not None  # made by _room
+        k[slots, :, at] = keys[:, :, 0]
+        v[slots, :, at] = values[:, :, 0]
+        return k, v
+
+
+class _RowCaches:
+    """One step's view of the slot cache, passed to the decoder layers as their ``past_key_values``.
+
+    ``update`` writes the rows' new keys and values and keeps, for :func:`rows_attention`
+    (which the same layer calls right after), the buffers and each row's slot and length.
+    """
+
+    def __init__(self, cache: _SlotCache, slots: list[int], lengths: list[list[int]], base: Any, direct: bool,
+                 padded: bool) -> None:  # fmt: skip
+        self.cache = cache
+        self.slots = slots
+        self.lengths = lengths  # per layer, per row: its cached tokens before this step
         self.base = base  # the model's own attention function (sdpa or eager)
+        self.direct = direct  # base is transformers' SDPA: call torch's SDPA as it does, without its checks
         self.padded = padded
-        self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        dev = cache_device(cache)
+        self._slots_t = torch.tensor(slots, device=dev)
+        self._at = torch.tensor(lengths, device=dev)  # (layers, B)
+        self.layer = 0
+        self.buffers: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        self.kv = [c.update(key_states[b : b + 1], value_states[b : b + 1], layer_idx)
-                   for b, c in enumerate(self.caches)]  # fmt: skip
-        return key_states, value_states  # unused: rows_attention reads self.kv
+        self.layer = layer_idx
+        self.buffers = self.cache.append(layer_idx, self._slots_t, self._at[layer_idx], max(self.lengths[layer_idx]),
+                                         key_states, value_states)  # fmt: skip
+        return key_states, value_states  # unused: rows_attention reads the buffers
+
+    def rows(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """Per row: (b, keys, values) of its cache including this step's token, (1, H, L_b, D) views."""
+        assert self.buffers is not None  # update() ran first in this layer
+        k, v = self.buffers
+        for b, (s, n) in enumerate(zip(self.slots, self.lengths[self.layer], strict=True)):
+            yield b, k[s : s + 1, :, : n + 1], v[s : s + 1, :, : n + 1]
+
+
+def cache_device(cache: _SlotCache) -> torch.device | None:
+    k = next((t for t in cache.keys if t is not None), None)
+    return k.device if k is not None else None
 
 
 def rows_attention(
@@ -95,25 +161,36 @@ def rows_attention(
     :class:`_RowCaches` in ``kwargs["altp_rows"]``. Returns (B, 1, H, D) as
     transformers' attention functions do.
     """
-    del key, value, attention_mask  # the rows' own keys and values are in the row caches
+    del key, value, attention_mask  # the rows' own keys and values are in the slot cache
     rows = cast(_RowCaches, kwargs.pop("altp_rows"))
-    if not rows.padded:
-        outs = [rows.base(module, query[b : b + 1], k, v, None, **kwargs)[0] for b, (k, v) in enumerate(rows.kv)]
-        return torch.cat(outs), None
-    lengths = [k.shape[-2] for k, _ in rows.kv]
-    n, (k0, v0) = max(lengths), rows.kv[0]
-    b, hkv = len(rows.kv), k0.shape[1]
-    keys = k0.new_zeros((b, hkv, n, k0.shape[-1]))
-    values = v0.new_zeros((b, hkv, n, v0.shape[-1]))
-    mask = torch.zeros((b, 1, 1, n), dtype=torch.bool, device=query.device)
-    for i, ((k, v), m) in enumerate(zip(rows.kv, lengths, strict=True)):
-        keys[i, :, :m] = k[0]
-        values[i, :, :m] = v[0]
-        mask[i, ..., :m] = True
+    if rows.padded:
+        return _padded_attention(module, query, rows, kwargs.get("scaling")), None
+    if rows.direct:
+        # transformers' sdpa_attention_forward for one decoding query without a mask (on the CPU: GQA
+        # through enable_gqa), minus its Python checks: the same torch call on the same tensors.
+        groups = int(getattr(module, "num_key_value_groups", 1))
+        gqa = {"enable_gqa": True} if groups > 1 else {}
+        outs = [F.scaled_dot_product_attention(query[b : b + 1], k, v, attn_mask=None, dropout_p=0.0,
+                                               scale=kwargs.get("scaling"), is_causal=False, **gqa)
+                for b, k, v in rows.rows()]  # fmt: skip
+        return torch.cat(outs).transpose(1, 2).contiguous(), None
+    outs = [rows.base(module, query[b : b + 1], k, v, None, **kwargs)[0] for b, k, v in rows.rows()]
+    return torch.cat(outs), None
+
+
+def _padded_attention(module: torch.nn.Module, query: torch.Tensor, rows: _RowCaches,
+                      scaling: float | None) -> torch.Tensor:  # fmt: skip
+    """One SDPA call over the rows' caches up to the longest, masked per row: (B, 1, H, D)."""
+    assert rows.buffers is not None  # update() ran first in this layer
+    k, v = rows.buffers
+    lengths = torch.tensor(rows.lengths[rows.layer], device=query.device) + 1  # (B,)
+    n = int(lengths.max())
+    keys, values = k[rows._slots_t, :, :n], v[rows._slots_t, :, :n]  # (B, H_kv, n, D)
+    mask = (torch.arange(n, device=query.device)[None] < lengths[:, None])[:, None, None]  # (B, 1, 1, n)
     groups = int(getattr(module, "num_key_value_groups", 1))
     out = F.scaled_dot_product_attention(query, repeat_kv(keys, groups), repeat_kv(values, groups), attn_mask=mask,
-                                         scale=kwargs.get("scaling"))  # fmt: skip
-    return out.transpose(1, 2).contiguous(), None
+                                         scale=scaling)  # fmt: skip
+    return out.transpose(1, 2).contiguous()
 
 
 AttentionInterface.register(ROWS_ATTENTION, rows_attention)
@@ -144,7 +221,8 @@ class FinishedRow:
 class _Row:
     key: Any
     plan: PrunePlan
-    cache: DynamicCache
+    slot: int
+    lengths: list[int]  # per layer, its cached tokens
     record: PruneRecord
     prefill_ms: float
     tokens: list[int] = field(default_factory=list)
@@ -190,6 +268,9 @@ class DecodePool:
         self.padded = padded
         self.rows: list[_Row] = []
         self.stats = PoolStats()
+        self.cache = _SlotCache(len(engine.layers))
+        self._free: list[int] = []  # slots of finished rows, reused lowest first
+        self._slots = 0
         self._decoding: ExitStack | None = None
         self._impl = "eager"
         self._dtype: torch.dtype | None = None
@@ -232,16 +313,28 @@ class DecodePool:
         g = len(keys)
         share = (time.perf_counter() - t0) * 1e3 / g
         record = plan.record(eng.pruner)
-        caches = _split_rows(cache, self.lm.config, g)
+        layers = [cast("GrowingLayer", layer) for layer in cache.layers]
         done: list[FinishedRow] = []
         for i, key in enumerate(keys):
-            row = _Row(key=key, plan=plan, cache=caches[i], record=record.row(i, select_ms=record.select_ms / g),
-                       prefill_ms=share, tokens=[first[i]], states=[h_last[i]])  # fmt: skip
+            row = _Row(key=key, plan=plan, slot=-1, lengths=[int(layer.get_seq_length()) for layer in layers],
+                       record=record.row(i, select_ms=record.select_ms / g), prefill_ms=share, tokens=[first[i]],
+                       states=[h_last[i]])  # fmt: skip
             if first[i] in self.eos or self.max_new_tokens == 1:
                 done.append(_finish(row))
-            else:
-                self.rows.append(row)
+                continue
+            row.slot = self._take_slot()
+            for n, layer in enumerate(layers):
+                assert layer.keys is not None and layer.values is not None  # every layer ran in the prefill
+                self.cache.put(n, row.slot, layer.keys[i : i + 1], layer.values[i : i + 1])
+            self.rows.append(row)
         return done
+
+    def _take_slot(self) -> int:
+        if self._free:
+            self._free.sort()
+            return self._free.pop(0)
+        self._slots += 1
+        return self._slots - 1
 
     # -- decoding ----------------------------------------------------------------------------------
     def step(self) -> list[FinishedRow]:
@@ -256,8 +349,11 @@ class DecodePool:
         self._start_decoding(tok)
         padded = dev.type != "cpu" if self.padded is None else self.padded
         impl = self._impl
-        caches = _RowCaches([r.cache for r in rows], ALL_ATTENTION_FUNCTIONS.get_interface(impl, eager_attention_forward)
-                            if impl != "eager" else eager_attention_forward, padded)  # fmt: skip
+        base = ALL_ATTENTION_FUNCTIONS.get_interface(impl, eager_attention_forward) if impl != "eager" \
+            else eager_attention_forward  # fmt: skip
+        lengths = [list(ns) for ns in zip(*(r.lengths for r in rows), strict=True)]  # (layers, B)
+        caches = _RowCaches(self.cache, [r.slot for r in rows], lengths, base,
+                            direct=base is ALL_ATTENTION_FUNCTIONS.get("sdpa"), padded=padded)  # fmt: skip
         rotary = lm.model.rotary_emb
         h = lm.get_input_embeddings()(tok[:, None]).to(self._dtype)  # (B, 1, D)
         starts = {0} | {at for r in rows for at in r.plan.states}
@@ -280,8 +376,10 @@ class DecodePool:
             r.tokens.append(t)
             r.states.append(h[k])
             r.decode_ms += share
+            r.lengths = [n + 1 for n in r.lengths]
             if t in self.eos or len(r.tokens) >= self.max_new_tokens:
                 done.append(_finish(r))
+                self._free.append(r.slot)
             else:
                 stay.append(r)
         self.rows = stay
@@ -293,6 +391,7 @@ class DecodePool:
         """Restore the model (attention function, linear layers); rows still live are dropped."""
         self._stop_decoding()
         self.rows = []
+        self.cache = _SlotCache(len(self.engine.layers))
 
     # -- the decoding context ----------------------------------------------------------------------
     def _start_decoding(self, like: torch.Tensor) -> None:
@@ -326,19 +425,6 @@ def _rows_attention_named(config: Any) -> Iterator[None]:
         yield
     finally:
         config._attn_implementation = base
-
-
-def _split_rows(cache: DynamicCache, config: Any, g: int) -> list[DynamicCache]:
-    """A group prefill's cache as G caches of one row, each allocated as a batch-1 prefill allocates it."""
-    if g == 1:
-        return [cache]
-    rows = [growing_cache(config) for _ in range(g)]
-    for i, layer in enumerate(cache.layers):
-        keys, values = cast("GrowingLayer", layer).keys, cast("GrowingLayer", layer).values
-        assert keys is not None and values is not None  # every layer ran in the prefill
-        for b, row in enumerate(rows):
-            row.update(keys[b : b + 1], values[b : b + 1], i)
-    return rows
 
 
 def _finish(row: _Row) -> FinishedRow:
