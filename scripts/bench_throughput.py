@@ -24,7 +24,8 @@ Ratios (batch b over batch 1, ALTP over FastV at the same batch size, r ranks ov
 are printed under the table; timing targets live here, not in the tests. On a shared
 machine (a VM whose neighbours come and go) one timing can be 10-20 % off: ``--repeats
 N`` times every configuration N times, round-robin over all of them (pruners included),
-and keeps each one's median run.
+and keeps each one's median run; the ratios also give the median of the per-round ratios (two
+configurations of one round ran minutes apart, so a slow spell falls on both).
 """
 
 from __future__ import annotations
@@ -284,20 +285,44 @@ def ratios(rows: list[dict[str, Any]]) -> list[str]:
     """The ratios the acceptance targets name, for whatever the rows hold."""
     key = lambda r: (r["pruner"], r["keep"], r["batch_size"], r.get("batching", "-"), r["workers"], r["ranks"])  # noqa: E731
     by = {key(r): r["images_per_s"] for r in rows}
+    runs = {key(r): r.get("images_per_s_runs") or [] for r in rows}
+
+    def paired(a: tuple, b: tuple) -> str:
+        """The median of the per-round ratios (round i of both ran minutes apart), when there are several."""
+        pairs = sorted(x / y for x, y in zip(runs[a], runs[b], strict=False) if y)
+        return f" (per round: median {pairs[(len(pairs) - 1) // 2]:.2f}x, {pairs[0]:.2f}-{pairs[-1]:.2f}x)" \
+            if len(pairs) > 1 else ""  # fmt: skip
+
     out = []
     for (p, k, b, m, w, n), ips in by.items():
         if b != 1 and (p, k, 1, "-", w, n) in by:
+            one = (p, k, 1, "-", w, n)
             out.append(f"{p} keep={k} workers={w} ranks={n}: batch {b} {m} / batch 1 = "
-                       f"{ips / by[(p, k, 1, '-', w, n)]:.2f}x")  # fmt: skip
+                       f"{ips / by[one]:.2f}x{paired((p, k, b, m, w, n), one)}")  # fmt: skip
         if m == "continuous" and (p, k, b, "static", w, n) in by:
+            st = (p, k, b, "static", w, n)
             out.append(f"{p} keep={k} batch={b} workers={w} ranks={n}: continuous / static = "
-                       f"{ips / by[(p, k, b, 'static', w, n)]:.2f}x")  # fmt: skip
+                       f"{ips / by[st]:.2f}x{paired((p, k, b, m, w, n), st)}")  # fmt: skip
         if p == "altp" and ("fastv", k, b, m, w, n) in by:
+            fv = ("fastv", k, b, m, w, n)
             out.append(f"keep={k} batch={b} {m} workers={w} ranks={n}: altp / fastv = "
-                       f"{ips / by[('fastv', k, b, m, w, n)]:.2f}x")  # fmt: skip
+                       f"{ips / by[fv]:.2f}x{paired((p, k, b, m, w, n), fv)}")  # fmt: skip
         if n != 1 and (p, k, b, m, w, 1) in by:
             out.append(f"{p} keep={k} batch={b} {m} workers={w}: {n} ranks / 1 rank = {ips / by[(p, k, b, m, w, 1)]:.2f}x")
     return out
+
+
+def _machine(cuda: bool) -> str:
+    """What ran the benchmark, in words: the GPU, or the CPU model and the cores this process may use."""
+    if cuda:
+        return torch.cuda.get_device_name()
+    name = "unknown CPU"
+    try:
+        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))  # fmt: skip
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {len(os.sched_getaffinity(0))} cores"
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -313,6 +338,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     device = rows and ("cuda" if "cuda" in rows[0]["peak_memory_kind"] else "cpu")
     info = {"model": args.model, "data": args.data, "images": args.images, "threads": args.threads,
             "overrides": args.set, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+            "machine": _machine(device == "cuda"), "measured": time.strftime("%Y-%m-%d", time.gmtime()),
             "torch": torch.__version__, "rows": rows}  # fmt: skip
     if not args.rank_worker:
         print("\n" + HEADER)

@@ -153,7 +153,8 @@ def run_images(
             number of images written so far (``scripts/bench_throughput.py`` starts its clock after the warm-up).
         batching: ``continuous`` (a finished image's slot takes the next one: images are written
             as they finish, not in sample order) or ``static`` (batches of ``batch_size`` consecutive
-            images, each batch decoding until its longest answer ends).
+            images, each batch decoding until its longest answer ends). At ``batch_size`` 1 both
+            run the static path.
 
     Returns:
         image id -> its record as it reads back from disk, for every sample.
@@ -168,7 +169,7 @@ def run_images(
     if batching not in ("continuous", "static"):
         raise ValueError(f"batching must be continuous or static, got {batching!r}")
     try:  # the bar ends its line before an error's message is printed
-        if batching == "continuous":
+        if batching == "continuous" and batch_size > 1:  # one slot: a static batch of one is the same, cheaper
             for n in _run_continuous(model, pruner, loaded, pred_dir=pred_dir, rec_dir=rec_dir, seed=seed,
                                      slots=batch_size, continue_on_error=continue_on_error, records=records):  # fmt: skip
                 bar.update(1)
