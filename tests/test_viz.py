@@ -154,3 +154,24 @@ def test_metrics_figure_ticks_are_legible_in_the_report_column():
     scale = min(1.0, 1330 / (fig.get_figwidth() * 120))  # saved at 120 dpi, shrunk to the column
     sizes = [t.get_fontsize() for ax in fig.axes if ax.axison for t in ax.get_xticklabels() + ax.get_yticklabels()]
     assert sizes and min(sizes) * 120 / 72 * scale >= 11
+
+
+def test_pareto_time_row_reads_the_benchmark_and_names_its_machine():
+    from altp.viz.study import pareto_figure, with_measured_times
+
+    (model, data), runs = next(iter(study_groups(ROOT / "results", ROOT / "conf").items()))
+    timing = {"machine": "Test CPU, 2 cores", "measured": "2026-12-06", "data": "shapes_val", "images": 64,
+              "threads": 1, "rows": [{"pruner": "fastv", "keep": 0.1, "images_per_s": 4.0, "batch_size": 1,
+                                      "workers": 1, "images_per_s_runs": [3.9, 4.0, 4.1]},
+                                     {"pruner": "none", "keep": 1.0, "images_per_s": 2.0, "batch_size": 1,
+                                      "workers": 1, "images_per_s_runs": [2.0, 2.0, 2.1]}]}  # fmt: skip
+    timed = {(r.metrics["pruner"], float(r.metrics["keep"]), r.metrics.get("bench_s_per_image"))
+             for r in with_measured_times(runs, timing)}  # fmt: skip
+    assert ("fastv", 0.1, 0.25) in timed and ("none", 1.0, 0.5) in timed  # 1 / images per second
+    assert all(t is None for p, k, t in timed if (p, k) not in (("fastv", 0.1), ("none", 1.0)))
+    fig = pareto_figure(model, data, with_measured_times(runs, timing), timing)
+    assert fig is not None
+    labels = [ax.get_xlabel() for ax in fig.axes]
+    assert any("bench_throughput" in x for x in labels) and not any("as recorded" in x for x in labels)
+    footer = " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
+    assert "Test CPU, 2 cores" in footer and "median of 3 runs" in footer and "batch 1" in footer

@@ -9,8 +9,13 @@ and draws, per model and data split (``<model>_<data>_*.png`` and ``.pdf``):
   against the mean number of visual tokens kept after the first stage, one line
   per pruner, the unpruned run as a dashed line;
 * ``pareto``: AP50, mIoU and recall against each recorded FLOPs ratio (keys
-  ``flops*``) and against measured time per image, with the Pareto front (no
-  other run is both cheaper and better) drawn in grey;
+  ``flops*``) and against time per image, with the Pareto front (no
+  other run is both cheaper and better) drawn in grey. The time is
+  ``scripts/bench_throughput.py``'s measurement (1 / images per second, the median
+  of its repeats, in steady state) when a ``throughput.json`` it wrote sits in the
+  model's folder (``<results>/.../<model>/throughput.json``; the footer names its
+  machine, settings and date), otherwise each run's recorded mean wall time (its
+  machine's load and batch size: not a speed comparison, as the footer says);
 * ``coverage``: object coverage against keep, when the records hold it.
 
 Example (what ``make figures`` runs)::
@@ -23,6 +28,7 @@ from __future__ import annotations
 import sys
 import textwrap
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -35,7 +41,7 @@ from altp.pruner_order import in_display_order
 from altp.viz.style import SYNTHETIC_LABEL, is_synthetic, pruner_colour, save
 from eval.run_records import RunRecord, find_runs, is_default, load_pruner_defaults, newest_per_cell
 
-__all__ = ["METRICS", "study_groups", "write_study_figures"]
+__all__ = ["METRICS", "THROUGHPUT_FILE", "study_groups", "with_measured_times", "write_study_figures"]
 
 METRICS = (("meteor", "METEOR"), ("cider", "CIDEr"), ("ap50", "AP50"), ("miou", "mIoU"), ("recall", "Recall"))
 _GROUNDING = (("ap50", "AP50"), ("miou", "mIoU"), ("recall", "Recall"))
@@ -45,7 +51,39 @@ _COST_LABELS = {
     "flops_ratio_paper": "remaining FLOPs (paper), %\neq. 5, 32 text tokens",
     "generation_flops_ratio": "remaining FLOPs (generation), %\nprefill + decoding",
     "time_per_image_s": "measured time per image, s\n(as recorded; see the footer)",
+    "bench_s_per_image": "time per image, s\n(bench_throughput; see the footer)",
 }
+THROUGHPUT_FILE = "throughput.json"
+
+
+def _measured_times(results: Path, model: str) -> dict[str, Any] | None:
+    """The ``throughput.json`` of ``model``'s folder under ``results`` (bench_throughput's output), or None."""
+    import json
+
+    for path in sorted(Path(results).rglob(f"{model}/{THROUGHPUT_FILE}")):
+        info = json.loads(path.read_text(encoding="utf-8"))
+        info["path"] = str(path)
+        return info
+    return None
+
+
+def with_measured_times(runs: list[RunRecord], info: dict[str, Any] | None) -> list[RunRecord]:
+    """``runs`` with ``bench_s_per_image`` (1 / images per second) where ``info`` measured their cell.
+
+    A row matches a run by pruner and keep (the pruner's defaults: the bench composes
+    ``pruner=<name> keep=<k>``); runs at other settings (``@input``) get none.
+    """
+    if not info:
+        return runs
+    by_cell = {(str(r["pruner"]), round(float(r["keep"]), 6)): 1.0 / float(r["images_per_s"])
+               for r in info.get("rows", []) if r.get("images_per_s")}  # fmt: skip
+    out = []
+    for run in runs:
+        key = (str(run.metrics["pruner"]), round(float(run.metrics["keep"]), 6))
+        if key in by_cell and not _at_input(run):
+            run = replace(run, metrics={**run.metrics, "bench_s_per_image": by_cell[key]})
+        out.append(run)
+    return out
 
 
 def study_groups(results: Path, conf_dir: Path | None = None) -> dict[tuple[str, str], list[RunRecord]]:
@@ -81,26 +119,43 @@ def _cost_keys(runs: list[RunRecord]) -> list[str]:
     """Every FLOPs ratio the records hold (``flops*`` numeric keys), then time per image."""
     flops = sorted({k for r in runs for k, v in r.metrics.items() if k.startswith("flops") and _num(v) is not None})
     flops.sort(key=lambda k: k != "flops_ratio")
-    time = ["time_per_image_s"] if any(_num(r.metrics.get("time_per_image_s")) for r in runs) else []
-    return flops + time
+    for key in ("bench_s_per_image", "time_per_image_s"):  # the measurement if there is one, else as recorded
+        if any(_num(r.metrics.get(key)) for r in runs):
+            return [*flops, key]
+    return flops
 
 
 def _cost_label(key: str) -> str:
     return _COST_LABELS.get(key, f"{key}, %" if key.startswith("flops") else key)
 
 
-def _footer(fig: Figure, model: str, data: str, runs: list[RunRecord]) -> None:
+def _footer(fig: Figure, model: str, data: str, runs: list[RunRecord], timing: dict[str, Any] | None = None) -> None:
     devices = sorted({f"{r.metrics.get('device')}/{r.metrics.get('dtype')}" for r in runs})
     encoders = sorted({str(r.metrics.get("text_encoder")) for r in runs if r.metrics.get("text_encoder")})
     note = f"{model} on {data}: {len(runs)} runs; device {', '.join(devices)}; recall text encoder {', '.join(encoders)}"
     if is_synthetic(model, data):
         note = f"{SYNTHETIC_LABEL}. {note}"
-    if any(_num(r.metrics.get("time_per_image_s")) for r in runs):
+    if timing is not None and any(_num(r.metrics.get("bench_s_per_image")) for r in runs):
+        rows = timing.get("rows") or [{}]
+        row = rows[0]
+        repeats = len(row.get("images_per_s_runs", [])) or 1
+        note += (f"; time per image = 1 / images per second measured by scripts/bench_throughput.py on "
+                 f"{timing.get('machine', timing.get('device', '?'))} ({timing.get('measured', 'date not recorded')}): "
+                 f"first {timing.get('images')} images of {timing.get('data')}, batch {row.get('batch_size')}, "
+                 f"{row.get('workers')} input worker, {timing.get('threads')} torch thread, steady state, median of "
+                 f"{repeats} runs (round-robin); runs at other settings ({', '.join(sorted(_unmeasured(runs))) or '-'}) "
+                 f"have no time")
+    elif any(_num(r.metrics.get("time_per_image_s")) for r in runs):
         note += ("; time per image as each run recorded it (its machine's load and batch size, run.json "
                  "'throughput'): not a speed comparison, which scripts/bench_throughput.py measures")
     # wrapped to the figure's width (about 15 characters of 8 pt text per inch), never cut off at its edges
     note = "\n".join(textwrap.wrap(note, width=max(40, int(fig.get_figwidth() * 15))))
     fig.text(0.5, 0.005, note, ha="center", va="bottom", fontsize=8, color="dimgrey")
+
+
+def _unmeasured(runs: list[RunRecord]) -> set[str]:
+    return {str(r.metrics["pruner"]) + ("@input" if _at_input(r) else "") for r in runs
+            if _num(r.metrics.get("bench_s_per_image")) is None}  # fmt: skip
 
 
 def _lines(ax: Axes, groups: dict[str, list[RunRecord]], x_key: str, y_key: str, scale_x: float = 1.0) -> None:
@@ -159,7 +214,7 @@ def metrics_figure(model: str, data: str, runs: list[RunRecord]) -> Figure:
     return fig
 
 
-def pareto_figure(model: str, data: str, runs: list[RunRecord]) -> Figure | None:
+def pareto_figure(model: str, data: str, runs: list[RunRecord], timing: dict[str, Any] | None = None) -> Figure | None:
     costs = _cost_keys(runs)
     if not costs:
         return None
@@ -176,7 +231,7 @@ def pareto_figure(model: str, data: str, runs: list[RunRecord]) -> Figure | None
             ax.grid(alpha=0.3)
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside right upper", fontsize=9)
     fig.suptitle(f"{model} · {data}: accuracy against cost (up and left is better)")
-    _footer(fig, model, data, runs)
+    _footer(fig, model, data, runs, timing)
     cast(ConstrainedLayoutEngine, fig.get_layout_engine()).set(rect=(0, 0.04, 1, 0.96))
     return fig
 
@@ -225,8 +280,9 @@ def write_study_figures(results: Path, out_dir: Path, *, conf_dir: Path | None =
             unscored.append(f"{model} {data}")
             print(f"note: no run of {model} {data} under {results} has scores (made with evaluate=false?): "
                   f"no metric figures for it", file=sys.stderr)
+        timing = _measured_times(results, model)
         figs = {"metrics": metrics_figure(model, data, runs) if scored else None,
-                "pareto": pareto_figure(model, data, runs) if scored else None,
+                "pareto": pareto_figure(model, data, with_measured_times(runs, timing), timing) if scored else None,
                 "coverage": coverage_figure(model, data, runs)}
         for name, fig in figs.items():
             if fig is not None:
