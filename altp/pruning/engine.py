@@ -34,7 +34,10 @@ Cached decoding stops per sequence: a row that emits EOS leaves the batch (its
 cache rows too) and its remaining tokens repeat that EOS. On the CPU the steps
 that run one row per sample (each decoding step, the last prompt token's
 logits, the scoring row) go through :func:`altp.pruning._rowwise.per_sample_linear`,
-so every sample's tokens are bit-identical to a batch of one.
+so every sample's tokens are bit-identical to a batch of one. Rows of different
+lengths decoding together, a finished row's slot refilled by the next image
+(continuous batching), are :class:`altp.pruning._continuous.DecodePool`'s, built on
+this engine's prefill and layers.
 
 Two uncached modes (``use_cache=False``; every step recomputes prompt +
 generated tokens through all layers):
