@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from altp._device import synchronize  # noqa: E402
 from altp.models.generate import DECODE_COUNTS  # noqa: E402
+from altp.provenance import git_sha  # noqa: E402
 from altp.run.batches import run_images  # noqa: E402
 from altp.run.distributed import World, barrier, init_world, rank_share  # noqa: E402
 
@@ -339,6 +340,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     info = {"model": args.model, "data": args.data, "images": args.images, "threads": args.threads,
             "overrides": args.set, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
             "machine": _machine(device == "cuda"), "measured": time.strftime("%Y-%m-%d", time.gmtime()),
+            "git_sha": git_sha(), "command": " ".join(["scripts/bench_throughput.py", *argv]),
             "torch": torch.__version__, "rows": rows}  # fmt: skip
     if not args.rank_worker:
         print("\n" + HEADER)
