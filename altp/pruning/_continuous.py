@@ -5,9 +5,10 @@ newcomers' prefill (with pruning) through the engine, :meth:`DecodePool.step`
 decodes one token for every live row and hands back the rows that finished, so
 the caller can put the next image in their place. The rows' KV caches differ in
 length (different prompts, pruning stages, answers started at different steps),
-so each row keeps its own cache: exactly the :func:`~altp.pruning._kv_cache.growing_cache`
-of a batch of one (a group prefill's cache is split into one per row, each
-allocated as batch 1 allocates it). A step runs the stock decoder layers once for
+so each row owns a slot of a per-layer buffer (:class:`_SlotCache`): its prefill's
+keys and values are copied to the start of its slot, a step writes every row's new
+token with one indexed copy per layer, and the attention reads each row's cache as
+a batch-of-one view of its slot. A step runs the stock decoder layers once for
 all rows: the linear layers as one batched call (per sample on the CPU,
 :func:`~altp.pruning._rowwise.per_sample_linear`), each row with its own rotary
 position (its own plan and step), and the attention through :func:`rows_attention`,
@@ -120,7 +121,7 @@ class _RowCaches:
         self.base = base  # the model's own attention function (sdpa or eager)
         self.direct = direct  # base is transformers' SDPA: call torch's SDPA as it does, without its checks
         self.padded = padded
-        dev = cache_device(cache)
+        dev = _cache_device(cache)
         self._slots_t = torch.tensor(slots, device=dev)
         self._at = torch.tensor(lengths, device=dev)  # (layers, B)
         self.layer = 0
@@ -142,7 +143,7 @@ class _RowCaches:
             yield b, k[s : s + 1, :, : n + 1], v[s : s + 1, :, : n + 1]
 
 
-def cache_device(cache: _SlotCache) -> torch.device | None:
+def _cache_device(cache: _SlotCache) -> torch.device | None:
     k = next((t for t in cache.keys if t is not None), None)
     return k.device if k is not None else None
 
