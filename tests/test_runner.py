@@ -238,8 +238,9 @@ def test_interrupted_run_resumes_to_identical_bytes(fault: str, batch: str, data
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("batch", ["batch_size=1", "batch_size=4"])  # 4: continuous, written as they finish
 @pytest.mark.parametrize("fault", ["kill@2", "kill-torn@3"])
-def test_killed_process_resumes_to_identical_bytes(fault: str, tmp_path: Path) -> None:
+def test_killed_process_resumes_to_identical_bytes(fault: str, batch: str, tmp_path: Path) -> None:
     """A real SIGKILL at an exact image, through run.py in subprocesses."""
     n = 5
     common = ["model=glamm_tiny", "data=synthetic", f"data.root={tmp_path / 'data'}",
@@ -247,7 +248,7 @@ def test_killed_process_resumes_to_identical_bytes(fault: str, tmp_path: Path) -
     ref = _run_py(*common, f"out_dir={tmp_path / 'ref'}", timeout=600)
     assert ref.returncode == 0, ref.stderr[-2000:]
     out = tmp_path / "killed"
-    killed = _run_py(*common, f"out_dir={out}", timeout=600, env_extra={"ALTP_TEST_FAULT": fault})
+    killed = _run_py(*common, batch, f"out_dir={out}", timeout=600, env_extra={"ALTP_TEST_FAULT": fault})
     assert killed.returncode == -signal.SIGKILL
     assert len(_bytes(out / "predictions")) == int(fault[-1])
     again = _run_py(*common, f"out_dir={out}", timeout=600)
