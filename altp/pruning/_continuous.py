@@ -185,8 +185,11 @@ def _padded_attention(module: torch.nn.Module, query: torch.Tensor, rows: _RowCa
     assert rows.buffers is not None  # update() ran first in this layer
     k, v = rows.buffers
     lengths = torch.tensor(rows.lengths[rows.layer], device=query.device) + 1  # (B,)
-    n = int(lengths.max())
-    keys, values = k[rows._slots_t, :, :n], v[rows._slots_t, :, :n]  # (B, H_kv, n, D)
+    n, b = int(lengths.max()), len(rows.slots)
+    if rows.slots == list(range(b)):  # the usual case (rows in slot order, no free slot among them): views
+        keys, values = k[:b, :, :n], v[:b, :, :n]  # (B, H_kv, n, D)
+    else:  # a gather (copy) while finished rows' slots wait for newcomers
+        keys, values = k[rows._slots_t, :, :n], v[rows._slots_t, :, :n]
     mask = (torch.arange(n, device=query.device)[None] < lengths[:, None])[:, None, None]  # (B, 1, 1, n)
     groups = int(getattr(module, "num_key_value_groups", 1))
     out = F.scaled_dot_product_attention(query, repeat_kv(keys, groups), repeat_kv(values, groups), attn_mask=mask,
@@ -328,6 +331,7 @@ class DecodePool:
                 assert layer.keys is not None and layer.values is not None  # every layer ran in the prefill
                 self.cache.put(n, row.slot, layer.keys[i : i + 1], layer.values[i : i + 1])
             self.rows.append(row)
+        self.rows.sort(key=lambda r: r.slot)  # slot order: the padded attention then reads views, no gather
         return done
 
     def _take_slot(self) -> int:
