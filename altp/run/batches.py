@@ -119,6 +119,23 @@ def _predict(
         ]
 
 
+def _result(it: LoadedImage, out: GCGPrediction | BaseException, wait_ms: float) -> tuple[dict, dict]:
+    """One image's (prediction fields, record): its prediction's, or a failed record for an exception."""
+    if isinstance(out, BaseException):
+        log.warning("image %s failed: %s", it.sample.image_id, out)
+        return empty_prediction(), failed_record(it.sample, out, type_name=error_name(out))
+    timings = {"input_wait_ms": wait_ms, "load_ms": it.load_ms, "prep_ms": it.prep_ms, "gt_ms": it.gt_ms}
+    return image_record(it.sample, out, it.gt_patches, timings)
+
+
+def _write(pred_dir: Path, rec_dir: Path, it: LoadedImage, pred: dict, record: dict, index: int,
+           records: dict[str, dict[str, Any]]) -> None:  # fmt: skip
+    """Write the ``index``-th image of this process (fault points around it) and keep its record as read back."""
+    fault_point("before", index)
+    write_image(pred_dir, rec_dir, it.sample.image_id, pred, record, torn=lambda: fault_point("torn", index))
+    records[it.sample.image_id] = json.loads(json.dumps(record))  # as a resumed run reads it back
+
+
 def run_images(
     model: GCGModel,
     pruner: Pruner | None,
@@ -185,29 +202,13 @@ def run_images(
             outs = dict(zip((id(it) for it in ready), _predict(model, pruner, ready, seed, continue_on_error),
                             strict=True))  # fmt: skip
             wait_ms = sum(it.wait_ms for it in batch) / len(batch)  # the batch's arrival, shared over its images
-            results = []
-            for it in batch:
-                out = it.error if it.error is not None else outs[id(it)]
-                if isinstance(out, BaseException):
-                    log.warning("image %s failed: %s", it.sample.image_id, out)
-                    results.append(
-                        (
-                            it,
-                            empty_prediction(),
-                            failed_record(it.sample, out, type_name=error_name(out)),
-                        )
-                    )
-                    continue
-                timings = {"input_wait_ms": wait_ms, "load_ms": it.load_ms, "prep_ms": it.prep_ms, "gt_ms": it.gt_ms}
-                results.append((it, *image_record(it.sample, out, it.gt_patches, timings)))
+            results = [(it, *_result(it, it.error if it.error is not None else outs[id(it)], wait_ms))
+                       for it in batch]  # fmt: skip
             wall_ms = wait_ms + (time.perf_counter() - t0) * 1e3 / len(batch)
             for it, pred, record in results:
                 if record["error"] is None:
                     record["timings"]["wall_ms"] = wall_ms
-                fault_point("before", written)
-                write_image(pred_dir, rec_dir, it.sample.image_id, pred, record,
-                            torn=lambda k=written: fault_point("torn", k))  # fmt: skip
-                records[it.sample.image_id] = json.loads(json.dumps(record))  # as a resumed run reads it back
+                _write(pred_dir, rec_dir, it, pred, record, written, records)
                 written += 1
                 bar.update(1)
             if on_written is not None:
@@ -244,23 +245,21 @@ def _run_continuous(
 
     def write(it: LoadedImage, out: GCGPrediction | BaseException) -> int:
         nonlocal written, last
-        if isinstance(out, BaseException):
-            log.warning("image %s failed: %s", it.sample.image_id, out)
-            pred, record = empty_prediction(), failed_record(it.sample, out, type_name=error_name(out))
-        else:
-            timings = {"input_wait_ms": it.wait_ms, "load_ms": it.load_ms, "prep_ms": it.prep_ms, "gt_ms": it.gt_ms}
-            pred, record = image_record(it.sample, out, it.gt_patches, timings)
+        pred, record = _result(it, out, it.wait_ms)
+        if record["error"] is None:
             now = time.perf_counter()
             record["timings"]["wall_ms"] = (now - last) * 1e3
             last = now
-        fault_point("before", written)
-        write_image(pred_dir, rec_dir, it.sample.image_id, pred, record,
-                    torn=lambda k=written: fault_point("torn", k))  # fmt: skip
-        records[it.sample.image_id] = json.loads(json.dumps(record))  # as a resumed run reads it back
+        _write(pred_dir, rec_dir, it, pred, record, written, records)
         written += 1
         return written
 
     failed_loads: list[LoadedImage] = []
+
+    def write_failed_loads() -> Iterator[int]:
+        while failed_loads:
+            it = failed_loads.pop(0)
+            yield write(it, cast(BaseException, it.error))
 
     def work() -> Iterator[tuple[int, Any, Any, int]]:
         for it in source:
@@ -277,13 +276,9 @@ def _run_continuous(
     while True:
         try:
             for key, out in model.predict_stream(work(), pruner=pruner, slots=slots):
-                while failed_loads:
-                    it = failed_loads.pop(0)
-                    yield write(it, cast(BaseException, it.error))
+                yield from write_failed_loads()
                 yield write(in_flight.pop(key), out)
-            while failed_loads:
-                it = failed_loads.pop(0)
-                yield write(it, cast(BaseException, it.error))
+            yield from write_failed_loads()
             return
         except Exception as err:
             if not continue_on_error:
