@@ -44,7 +44,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from altp.pruning.base import Pruner, VisionSignals
     from altp.pruning.records import PruneRecord
 
-__all__ = ["DECODE_COUNTS", "Answer", "DecodeCounts", "Decoded", "GCGSteps", "generate_and_decode", "stream_decode"]
+__all__ = ["DECODE_COUNTS", "Answer", "DecodeCounts", "Decoded", "GCGSteps", "StepsAdapter", "generate_and_decode",
+           "stream_decode"]
 
 E = TypeVar("E")  # the adapter's encoding of the batch
 
@@ -389,3 +390,52 @@ def _decoded(steps: GCGSteps[E], image: _Image[E], slots: int) -> Decoded[E]:
                "mask_ms": mask_ms, "total_ms": total, "batch_size": slots}  # fmt: skip
     return Decoded(encoding=image.encoding, index=image.index, answers=image.answers, caption=caption,
                    phrases=phrases, masks=masks, timings=timings)  # fmt: skip
+
+
+class StepsAdapter:
+    """``predict_batch`` and ``predict_stream`` of an adapter that describes itself by its steps.
+
+    An adapter (GLaMM, OMG-LLaVA) subclasses this before :class:`altp.models.base.GCGModel`
+    and defines :meth:`gcg_steps`, :meth:`decoded_prediction` and ``max_new_tokens``.
+    """
+
+    max_new_tokens: int
+
+    def gcg_steps(self, pruner: Pruner | None) -> GCGSteps[Any]:
+        """The adapter's :class:`GCGSteps` for ``pruner``."""
+        raise NotImplementedError
+
+    def decoded_prediction(self, decoded: Decoded[Any]) -> GCGPrediction:
+        """The :class:`~altp.models.base.GCGPrediction` of one decoded image."""
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def predict_batch(
+        self,
+        inputs: Sequence[ImageInputs],
+        *,
+        pruner: Pruner | None,
+        preps: Sequence[Any],
+        seeds: Sequence[int],
+        max_new_tokens: int | None = None,
+        use_cache: bool | None = None,
+    ) -> list[GCGPrediction]:
+        """A static batch; see :meth:`altp.models.base.GCGModel.predict_batch`."""
+        decoded = generate_and_decode(self.gcg_steps(pruner), list(inputs), pruner=pruner, preps=preps, seeds=seeds,
+                                      max_new_tokens=int(max_new_tokens or self.max_new_tokens), use_cache=use_cache)
+        return [self.decoded_prediction(d) for d in decoded]
+
+    @torch.inference_mode()
+    def predict_stream(
+        self,
+        work: Iterable[tuple[Any, ImageInputs, Any, int]],
+        *,
+        pruner: Pruner | None,
+        slots: int,
+        max_new_tokens: int | None = None,
+        use_cache: bool | None = None,
+    ) -> Iterator[tuple[Any, GCGPrediction]]:
+        """Continuous batching; see :meth:`altp.models.base.GCGModel.predict_stream`."""
+        for key, d in stream_decode(self.gcg_steps(pruner), work, pruner=pruner, slots=slots,
+                                    max_new_tokens=int(max_new_tokens or self.max_new_tokens), use_cache=use_cache):
+            yield key, self.decoded_prediction(d)

@@ -26,7 +26,7 @@ Build a GLaMM by name (official, shapes, tiny, full-size random) with
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -50,7 +50,7 @@ from altp.models.base import (
     restore_rope_fp32,
     rope_fp32_masters,
 )
-from altp.models.generate import GCGSteps, generate_and_decode, stream_decode
+from altp.models.generate import Decoded, GCGSteps, StepsAdapter
 from altp.models.patch_grid import rect_area_fractions
 from altp.models.pixels import check_resizes, clip_geometry, clip_resize_crop
 from altp.models.sam import GroundingEncoder, GroundingEncoderConfig, resize_longest_side_shape
@@ -111,7 +111,7 @@ def config_from_dict(d: dict[str, Any]) -> GLaMMConfig:
                        select_layer=int(d["select_layer"]), out_dim=int(d["out_dim"]))
 
 
-class GLaMM(nn.Module, GCGModel):
+class GLaMM(nn.Module, StepsAdapter, GCGModel):
     """GLaMM for grounded conversation generation; implements :class:`altp.models.base.GCGModel`.
 
     Args:
@@ -322,6 +322,7 @@ class GLaMM(nn.Module, GCGModel):
                                             join)  # fmt: skip
         return self.build_inputs_embeds(visual), signals
 
+    # -- what StepsAdapter's predict_batch / predict_stream need ----------------------------------
     def gcg_steps(self, pruner: Pruner | None) -> GCGSteps[tuple[torch.Tensor, VisionSignals | None]]:
         """GLaMM's steps for :mod:`altp.models.generate`: the encoding is (prompt embeddings, vision signals)."""
         ids = self.token_ids
@@ -339,43 +340,6 @@ class GLaMM(nn.Module, GCGModel):
             visual_start=len(self.prefix_ids), num_visual=self.num_visual, grid=self.grid, eos_token_id=ids.eos,
         )  # fmt: skip
 
-    # -- the GCGModel entry points ------------------------------------------------------------
-    @torch.inference_mode()
-    def predict_batch(
-        self,
-        inputs: Sequence[ImageInputs],
-        *,
-        pruner: Pruner | None,
-        preps: Sequence[Any],
-        seeds: Sequence[int],
-        max_new_tokens: int | None = None,
-        use_cache: bool | None = None,
-    ) -> list[GCGPrediction]:
-        """Greedy GCG inference on preprocessed images; see :meth:`altp.models.base.GCGModel.predict_batch`.
-
-        Args:
-            inputs: :meth:`preprocess` of each image.
-            pruner: a :class:`altp.pruning.base.Pruner`, or None for the full model.
-            preps: per image, ``pruner.prepare(inputs[i].vision_image, self.grid)``.
-            seeds: per-image seeds for random pruners.
-            max_new_tokens, use_cache: as :meth:`predict`.
-        """
-        steps = self.gcg_steps(pruner)
-        decoded = generate_and_decode(steps, list(inputs), pruner=pruner, preps=preps, seeds=seeds,
-                                      max_new_tokens=int(max_new_tokens or self.max_new_tokens), use_cache=use_cache)
-        return [d.prediction(num_text_tokens=self.num_text_tokens, num_visual=self.num_visual) for d in decoded]
-
-    @torch.inference_mode()
-    def predict_stream(
-        self,
-        work: Iterable[tuple[Any, ImageInputs, Any, int]],
-        *,
-        pruner: Pruner | None,
-        slots: int,
-        max_new_tokens: int | None = None,
-        use_cache: bool | None = None,
-    ) -> Iterator[tuple[Any, GCGPrediction]]:
-        """Continuous batching; see :meth:`altp.models.base.GCGModel.predict_stream`."""
-        for key, d in stream_decode(self.gcg_steps(pruner), work, pruner=pruner, slots=slots,
-                                    max_new_tokens=int(max_new_tokens or self.max_new_tokens), use_cache=use_cache):
-            yield key, d.prediction(num_text_tokens=self.num_text_tokens, num_visual=self.num_visual)
+    def decoded_prediction(self, decoded: Decoded[Any]) -> GCGPrediction:
+        """The prediction of a decoded image (its text tokens: the prompt's, the same for every image)."""
+        return decoded.prediction(num_text_tokens=self.num_text_tokens, num_visual=self.num_visual)

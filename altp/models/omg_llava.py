@@ -28,7 +28,7 @@ Build an OMG-LLaVA by name (official, tiny) with :mod:`altp.models.omg_llava_bui
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,7 +45,7 @@ from altp.models.base import (
     restore_rope_fp32,
     rope_fp32_masters,
 )
-from altp.models.generate import Decoded, GCGSteps, generate_and_decode, stream_decode
+from altp.models.generate import Decoded, GCGSteps, StepsAdapter
 from altp.models.omg.gcg_output import parse_gcg_text
 from altp.models.omg.internlm2_chat import GCG_QUESTIONS
 from altp.models.omg.preprocess import (
@@ -68,7 +68,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __all__ = ["OmgLlava"]
 
 
-class OmgLlava(nn.Module, GCGModel):
+class OmgLlava(nn.Module, StepsAdapter, GCGModel):
     """OMG-LLaVA for grounded conversation generation; implements :class:`altp.models.base.GCGModel`.
 
     Args:
@@ -242,6 +242,7 @@ class OmgLlava(nn.Module, GCGModel):
                                  object_tokens=(t.object_tokens[b],))  # fmt: skip
         return VisualEncoding(tokens=tokens, panoptic=encoding.panoptic)
 
+    # -- what StepsAdapter's predict_batch / predict_stream need ----------------------------------
     def gcg_steps(self, pruner: Pruner | None) -> GCGSteps[VisualEncoding]:
         """OMG-LLaVA's steps for :mod:`altp.models.generate`: upstream's six questions, in turn."""
         del pruner  # OMG-LLaVA's vision tower gives the pruners no signals
@@ -258,62 +259,20 @@ class OmgLlava(nn.Module, GCGModel):
             eos_token_id=list(ids.stop_ids),
         )  # fmt: skip
 
-    # -- the GCGModel entry points ------------------------------------------------------------
-    @torch.inference_mode()
-    def predict_batch(
-        self,
-        inputs: Sequence[ImageInputs],
-        *,
-        pruner: Pruner | None,
-        preps: Sequence[Any],
-        seeds: Sequence[int],
-        max_new_tokens: int | None = None,
-        use_cache: bool | None = None,
-    ) -> list[GCGPrediction]:
-        """Greedy GCG inference on preprocessed images; see :meth:`altp.models.base.GCGModel.predict_batch`.
+    def decoded_prediction(self, decoded: Decoded[VisualEncoding]) -> GCGPrediction:
+        """The prediction of a decoded image.
 
-        Args:
-            inputs: :meth:`preprocess` of each image.
-            pruner: a :class:`altp.pruning.base.Pruner`, or None for the full model.
-            preps: per image, ``pruner.prepare(inputs[i].vision_image, self.grid)``.
-            seeds: per-image seeds for random pruners.
-            max_new_tokens, use_cache: as :meth:`predict` (max_new_tokens defaults to 100, as upstream).
-
-        Each image tries upstream's questions until one gives a mask. The record's extras hold
-        ``question`` (index into GCG_QUESTIONS of the answer kept), ``questions_tried``,
-        ``object_tokens`` (N) and ``separator_tokens`` (1); ``num_text_tokens`` counts both, since
-        they are in every layer's sequence.
+        Each image tries upstream's questions until one gives a mask (max_new_tokens defaults to
+        100, as upstream). The record's extras hold ``question`` (index into GCG_QUESTIONS of the
+        answer kept), ``questions_tried``, ``object_tokens`` (N), ``separator_tokens`` (1) and
+        ``llm_weights``; ``num_text_tokens`` counts the separator and the objects, since they are in
+        every layer's sequence.
         """
-        decoded = generate_and_decode(self.gcg_steps(pruner), list(inputs), pruner=pruner, preps=preps, seeds=seeds,
-                                      max_new_tokens=int(max_new_tokens or self.max_new_tokens), use_cache=use_cache)
-        return [self._prediction(d) for d in decoded]
-
-    @torch.inference_mode()
-    def predict_stream(
-        self,
-        work: Iterable[tuple[Any, ImageInputs, Any, int]],
-        *,
-        pruner: Pruner | None,
-        slots: int,
-        max_new_tokens: int | None = None,
-        use_cache: bool | None = None,
-    ) -> Iterator[tuple[Any, GCGPrediction]]:
-        """Continuous batching; see :meth:`altp.models.base.GCGModel.predict_stream`.
-
-        An image whose answer has no ``[SEG]`` state goes back to the head of the queue
-        with the next question, as new work for a free slot.
-        """
-        for key, d in stream_decode(self.gcg_steps(pruner), work, pruner=pruner, slots=slots,
-                                    max_new_tokens=int(max_new_tokens or self.max_new_tokens), use_cache=use_cache):
-            yield key, self._prediction(d)
-
-    def _prediction(self, d: Decoded[VisualEncoding]) -> GCGPrediction:
-        """The prediction of a decoded image, its record's extras naming the question kept."""
-        q = d.answer.question
-        n_objects = int(d.encoding.tokens.object_tokens[d.index].shape[0])
-        d.answer.record.extras[0].update(
-            question=q, questions_tried=len(d.answers), object_tokens=n_objects, separator_tokens=1,
+        q = decoded.answer.question
+        n_objects = int(decoded.encoding.tokens.object_tokens[decoded.index].shape[0])
+        decoded.answer.record.extras[0].update(
+            question=q, questions_tried=len(decoded.answers), object_tokens=n_objects, separator_tokens=1,
             llm_weights=self.llm_weights,
         )  # fmt: skip
         num_text = len(self.prefix_ids) + len(self.suffix_ids[q]) + 1 + n_objects  # + separator + objects
-        return d.prediction(num_text_tokens=num_text, num_visual=self.num_visual)
+        return decoded.prediction(num_text_tokens=num_text, num_visual=self.num_visual)
