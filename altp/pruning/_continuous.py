@@ -226,7 +226,7 @@ class _Row:
     key: Any
     plan: PrunePlan
     slot: int
-    lengths: list[int]  # per layer, its cached tokens
+    prefilled: list[int]  # per layer, the tokens its prefill cached (a step adds one to every layer)
     record: PruneRecord
     prefill_ms: float
     tokens: list[int] = field(default_factory=list)
@@ -320,7 +320,7 @@ class DecodePool:
         layers = [cast("GrowingLayer", layer) for layer in cache.layers]
         done: list[FinishedRow] = []
         for i, key in enumerate(keys):
-            row = _Row(key=key, plan=plan, slot=-1, lengths=[int(layer.get_seq_length()) for layer in layers],
+            row = _Row(key=key, plan=plan, slot=-1, prefilled=[int(layer.get_seq_length()) for layer in layers],
                        record=record.row(i, select_ms=record.select_ms / g), prefill_ms=share, tokens=[first[i]],
                        states=[h_last[i]])  # fmt: skip
             if first[i] in self.eos or self.max_new_tokens == 1:
@@ -356,7 +356,8 @@ class DecodePool:
         impl = self._impl
         base = ALL_ATTENTION_FUNCTIONS.get_interface(impl, eager_attention_forward) if impl != "eager" \
             else eager_attention_forward  # fmt: skip
-        lengths = [list(ns) for ns in zip(*(r.lengths for r in rows), strict=True)]  # (layers, B)
+        # (layers, B): cached tokens before this step = the prefill's + the tokens fed since (all but the last)
+        lengths = [list(ns) for ns in zip(*([n + len(r.tokens) - 1 for n in r.prefilled] for r in rows), strict=True)]
         caches = _RowCaches(self.cache, [r.slot for r in rows], lengths, base,
                             direct=base is ALL_ATTENTION_FUNCTIONS.get("sdpa"), padded=padded)  # fmt: skip
         rotary = lm.model.rotary_emb
@@ -381,7 +382,6 @@ class DecodePool:
             r.tokens.append(t)
             r.states.append(h[k])
             r.decode_ms += share
-            r.lengths = [n + 1 for n in r.lengths]
             if t in self.eos or len(r.tokens) >= self.max_new_tokens:
                 done.append(_finish(r))
                 self._free.append(r.slot)
